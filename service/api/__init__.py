@@ -1,0 +1,86 @@
+"""The API's one factory: `create_app(settings=None)`."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, g, request
+
+from service.api import catalog, files, jobs, ops
+from service.api.context import ModelInfo, Runtime, close_db
+from service.api.errors import register_error_handlers
+from service.db import make_engine, make_sessionmaker
+from service.jobs import counts_by_model
+from service.metrics import ApiMetrics
+from service.publish import queue_depth
+from service.settings import Settings, load_settings
+from service.storage import storage_from_settings
+from service.workers.celery_app import make_celery
+
+log = logging.getLogger(__name__)
+
+
+def model_catalog(settings: Settings) -> dict[str, ModelInfo]:
+    """Model ids to family, tasks and defaults, read from config.json only (no torch here)."""
+    from service.models import registry
+
+    out = {}
+    for model_id, path in settings.models.items():
+        try:
+            family = registry.family_of(path)
+        except registry.CheckpointError as exc:
+            # The API may not see the workers' disks; the id is the best remaining clue.
+            family = "janusflow" if "flow" in model_id else "janus-pro"
+            log.warning("model %s: %s; assuming family %s", model_id, exc, family)
+        out[model_id] = ModelInfo(
+            model_id, family, registry.tasks_of(family), registry.defaults_of(family)
+        )
+    return out
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    engine = make_engine(settings.database_url)
+    rt = Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        storage=storage_from_settings(settings),
+        celery=make_celery(settings),
+        models=model_catalog(settings),
+    )
+    app.extensions["janus"] = rt
+    metrics = ApiMetrics()
+    app.extensions["janus_metrics"] = metrics
+
+    def _counts() -> dict[tuple[str, str], int]:
+        with rt.sessions() as session:
+            return counts_by_model(session=session)
+
+    metrics.add_job_collector(
+        _counts,
+        lambda: {m: queue_depth(rt.celery, m) for m in rt.models},
+        lambda: list(rt.models),
+    )
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response):  # type: ignore[no-untyped-def]
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.observe(
+            request.method, route, response.status_code, g.get("started", time.perf_counter())
+        )
+        return response
+
+    app.teardown_appcontext(close_db)
+    register_error_handlers(app)
+    for blueprint in (jobs.bp, catalog.bp, ops.bp, files.bp):
+        app.register_blueprint(blueprint)
+    return app

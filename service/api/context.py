@@ -1,0 +1,54 @@
+"""Per-app runtime (engine, storage, broker) and the one-session-per-request rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+from flask import current_app, g
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.settings import Settings
+from service.storage import Storage
+from service.tables import ApiKey
+
+
+@dataclass
+class ModelInfo:
+    id: str
+    family: str
+    tasks: tuple[str, ...]
+    defaults: dict[str, Any]
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    storage: Storage
+    celery: Celery
+    models: dict[str, ModelInfo] = field(default_factory=dict)
+
+
+def runtime() -> Runtime:
+    return current_app.extensions["janus"]
+
+
+def db() -> Session:
+    """The request's session, opened on first use and closed on teardown."""
+    if "db" not in g:
+        g.db = runtime().sessions()
+    return g.db
+
+
+def close_db(_exc: BaseException | None = None) -> None:
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()
+
+
+def current_key() -> ApiKey:
+    return g.api_key

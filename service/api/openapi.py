@@ -1,0 +1,182 @@
+"""/openapi.json, generated from the pydantic models that validate requests."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from service.schemas import GenerateInput, JobCreate, UnderstandInput
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {},
+            },
+        }
+    },
+}
+_JOB = {
+    "type": "object",
+    "required": [
+        "id",
+        "object",
+        "model",
+        "task",
+        "status",
+        "input",
+        "output",
+        "error",
+        "batch_id",
+        "metadata",
+        "attempts",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "metrics",
+    ],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "job"},
+        "model": {"type": "string"},
+        "task": {"enum": ["generate", "understand"]},
+        "status": {"enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+        "input": {"type": "object"},
+        "output": {"type": ["object", "null"]},
+        "error": {"type": ["object", "null"]},
+        "batch_id": {"type": ["string", "null"]},
+        "metadata": {"type": "object"},
+        "attempts": {"type": "integer"},
+        "queue_position": {"type": ["integer", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "started_at": {"type": ["string", "null"], "format": "date-time"},
+        "completed_at": {"type": ["string", "null"], "format": "date-time"},
+        "metrics": {"type": "object"},
+    },
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): {"description": "error", **_json(_ref("Error"))} for c in codes}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    _, defs = models_json_schema(
+        [(m, "validation") for m in (JobCreate, GenerateInput, UnderstandInput)],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas = {**defs["$defs"], "Error": _ERROR, "Job": _JOB}
+    schemas["JobCreate"]["properties"]["input"] = {
+        "oneOf": [_ref("GenerateInput"), _ref("UnderstandInput")]
+    }
+    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    ok_job = {"200": {"description": "the job", **_json(_ref("Job"))}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Janus job service", "version": "1"},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/jobs": {
+                "post": {
+                    "summary": "Submit a job",
+                    "parameters": [
+                        {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+                        {"name": "Cancel-After", "in": "header", "schema": {"type": "number"}},
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": _ref("JobCreate")},
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["job", "image"],
+                                    "properties": {
+                                        "job": {"type": "string"},
+                                        "image": {"type": "string", "format": "binary"},
+                                    },
+                                }
+                            },
+                        },
+                    },
+                    "responses": {
+                        "202": {"description": "accepted", **_json(_ref("Job"))},
+                        "200": {"description": "idempotent replay", **_json(_ref("Job"))},
+                        **_errors(400, 401, 409, 413, 415, 422),
+                    },
+                },
+                "get": {
+                    "summary": "List jobs, newest first",
+                    "parameters": [
+                        {"name": n, "in": "query", "schema": {"type": t}}
+                        for n, t in (
+                            ("status", "string"),
+                            ("model", "string"),
+                            ("batch_id", "string"),
+                            ("limit", "integer"),
+                            ("after", "string"),
+                        )
+                    ],
+                    "responses": {"200": {"description": "a page of jobs"}, **_errors(401, 422)},
+                },
+            },
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    "summary": "Read a job",
+                    "parameters": [
+                        job_id,
+                        {
+                            "name": "Prefer",
+                            "in": "header",
+                            "schema": {"type": "string", "example": "wait=30"},
+                        },
+                    ],
+                    "responses": {**ok_job, **_errors(401, 404)},
+                }
+            },
+            "/v1/jobs/{job_id}/cancel": {
+                "post": {
+                    "summary": "Cancel a job",
+                    "parameters": [job_id],
+                    "responses": {**ok_job, **_errors(401, 404)},
+                }
+            },
+            "/v1/models": {
+                "get": {"summary": "Served models", "responses": {"200": {"description": "models"}}}
+            },
+            "/healthz": {"get": {"security": [], "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {
+                "get": {
+                    "security": [],
+                    "responses": {"200": {"description": "ready"}, **_errors(503)},
+                }
+            },
+            "/metrics": {
+                "get": {"security": [], "responses": {"200": {"description": "Prometheus text"}}}
+            },
+            "/openapi.json": {
+                "get": {"security": [], "responses": {"200": {"description": "this document"}}}
+            },
+        },
+    }

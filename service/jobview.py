@@ -1,0 +1,70 @@
+"""The public job object (API.md), built from a row. Storage keys become fresh URLs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from service.storage import Storage
+from service.tables import Job
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _with_urls(blob: dict[str, Any], storage: Storage, expires_in: int) -> dict[str, Any]:
+    return {
+        ("url" if k == "key" else k): (storage.url(v, expires_in) if k == "key" else v)
+        for k, v in blob.items()
+    }
+
+
+def job_object(
+    job: Job, storage: Storage, expires_in: int, queue_position: int | None = None
+) -> dict[str, Any]:
+    data_in = dict(job.input)
+    if isinstance(data_in.get("image"), dict):
+        data_in["image"] = _with_urls(data_in["image"], storage, expires_in)
+    output = job.output
+    if output and "images" in output:
+        output = {
+            **output,
+            "images": [_with_urls(i, storage, expires_in) for i in output["images"]],
+        }
+    queue_seconds = None
+    if job.started_at is not None:
+        queue_seconds = round((job.started_at - job.created_at).total_seconds(), 3)
+    metrics: dict[str, Any] = {"queue_seconds": queue_seconds, "run_seconds": job.run_seconds}
+    if job.status == "running":
+        metrics["progress"] = round(job.progress or 0.0, 4)
+    elif job.status == "succeeded":
+        metrics["progress"] = 1.0
+    obj: dict[str, Any] = {
+        "id": job.id,
+        "object": "job",
+        "model": job.model,
+        "task": job.task,
+        "status": job.status,
+        "input": data_in,
+        "output": output,
+        "error": job.error,
+        "batch_id": job.batch_id,
+        "metadata": job.metadata_ or {},
+        "webhook": job.webhook,
+        "webhook_events": job.webhook_events,
+        "attempts": job.attempts,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "completed_at": iso(job.completed_at),
+        "deadline_at": iso(job.deadline_at),
+        "cancel_requested": job.cancel_requested,
+        "metrics": metrics,
+    }
+    if job.custom_id is not None:
+        obj["custom_id"] = job.custom_id
+    if job.status == "queued":
+        obj["queue_position"] = queue_position
+    return obj

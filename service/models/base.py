@@ -1,0 +1,120 @@
+"""The model runner interface: load once, warm up, run a batch.
+
+A runner knows nothing of Flask, Celery, SQL or object storage. The worker
+hands it plain requests and a `RunControl`, and gets back one result (or one
+exception) per request, so that one job's failure or cancellation never sinks
+its neighbours in the same batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: str
+    num_images: int = 1
+    seed: int = 0
+    guidance: float | None = None  # None: the runner's default
+    temperature: float | None = None  # Janus / Janus-Pro
+    steps: int | None = None  # JanusFlow
+
+
+@dataclass(frozen=True)
+class UnderstandRequest:
+    image: Image.Image  # already decoded and validated, RGB
+    question: str
+    seed: int = 0
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+
+
+@dataclass
+class GenerateResult:
+    images: list[Image.Image]
+    # Free-form numbers the worker may record (e.g. decode steps, seconds).
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UnderstandResult:
+    text: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelError(Exception):
+    """A failure that belongs to one job; `code` becomes the job's error code."""
+
+    code = "model_error"
+
+
+class Canceled(ModelError):
+    """The control asked this request to stop at a step boundary."""
+
+    code = "canceled"
+
+
+class InvalidInput(ModelError):
+    """The input passed API validation but the model cannot take it (e.g. too long)."""
+
+    code = "invalid_input"
+
+
+class OutOfMemory(ModelError):
+    code = "out_of_memory"
+
+
+class RunControl(Protocol):
+    """What a runner asks of its caller between steps. Indices are batch positions."""
+
+    def should_stop(self, index: int) -> bool: ...
+
+    def report_progress(self, index: int, fraction: float) -> None: ...
+
+
+class NullControl:
+    def should_stop(self, index: int) -> bool:
+        return False
+
+    def report_progress(self, index: int, fraction: float) -> None:
+        return None
+
+
+class ModelRunner(ABC):
+    """One loaded model. Construct cheaply; `load()` does the heavy work once."""
+
+    family: ClassVar[str]
+    tasks: ClassVar[tuple[str, ...]] = ("understand", "generate")
+
+    def __init__(self, path: str, device: str = "cpu") -> None:
+        self.path = path
+        self.device = device
+
+    @abstractmethod
+    def load(self) -> None:
+        """Read weights from `self.path` onto `self.device`. Raises on a bad path."""
+
+    def warmup(self) -> None:
+        """Run one tiny request of each task so the first real job pays no setup."""
+        self.understand([UnderstandRequest(Image.new("RGB", (32, 32)), "hi", max_new_tokens=2)])
+        self.generate([GenerateRequest("warm-up", num_images=1)])
+
+    @abstractmethod
+    def defaults(self) -> dict[str, dict[str, Any]]:
+        """Per-task defaults, e.g. {"generate": {"guidance": 5.0, ...}, "understand": {...}}."""
+
+    @abstractmethod
+    def generate(
+        self, batch: list[GenerateRequest], control: RunControl | None = None
+    ) -> list[GenerateResult | ModelError]: ...
+
+    @abstractmethod
+    def understand(
+        self, batch: list[UnderstandRequest], control: RunControl | None = None
+    ) -> list[UnderstandResult | ModelError]: ...

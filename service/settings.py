@@ -1,0 +1,124 @@
+"""Typed settings, read once from the environment (prefix JANUS_) and checked at start.
+
+With nothing set, every backend falls back to an embedded default under
+`data_dir` (SQLite, local-disk storage, a broker kept in SQLite) so the whole
+service runs on a machine with no servers. Production points the three URLs
+at Postgres, Redis and S3.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JANUS_", extra="ignore", frozen=False)
+
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    broker_url: str = ""
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None
+    # Model id -> checkpoint path or hub id; the family comes from the checkpoint's config.json.
+    models: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+
+    public_url: str = "http://127.0.0.1:8000"
+    secret_key: str = ""  # signs local-storage URLs; generated into data_dir when empty
+    url_expiry_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
+
+    max_body_bytes: int = Field(24 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
+    max_wait_seconds: int = Field(60, ge=0, le=60)
+
+    # Worker leases: a running job whose lease is not renewed for this long is
+    # considered orphaned and handed back to the queue by the sweeper.
+    lease_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    # The sweeper republishes a queued job this long after its last publish if the
+    # model's broker queue is empty (its message was lost).
+    republish_after_seconds: float = Field(30.0, gt=0)
+    sweep_interval_seconds: float = Field(5.0, gt=0)
+    worker_heartbeat_seconds: float = Field(10.0, gt=0)
+    # Redis redelivers unacked messages after this; it must exceed the longest job
+    # plus prefetch wait, or long jobs run twice (celery#5935).
+    visibility_timeout_seconds: int = Field(6 * 3600, ge=60)
+    publish_max_retries: int = Field(2, ge=0)
+
+    webhook_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_allow_private: bool = False
+
+    log_level: str = "INFO"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"JANUS_MODELS must be a JSON object: {exc}") from exc
+        if not isinstance(value, dict):
+            raise ValueError("JANUS_MODELS must be a JSON object of model id -> checkpoint")
+        return value
+
+    @field_validator("webhook_allowlist", mode="before")
+    @classmethod
+    def _parse_allowlist(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [h.strip() for h in value.split(",") if h.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        data = self.data_dir.resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{data / 'janus.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{data / 'broker.db'}"
+        if not self.storage_url:
+            self.storage_url = f"file://{data / 'storage'}"
+        if self.database_url.startswith("postgresql://") or self.database_url.startswith(
+            "postgres://"
+        ):
+            # SQLAlchemy's bare postgresql:// means psycopg2; we ship psycopg 3.
+            self.database_url = "postgresql+psycopg://" + self.database_url.split("://", 1)[1]
+        if not self.storage_url.startswith(("file://", "s3://")):
+            raise ValueError("JANUS_STORAGE_URL must be file:///dir or s3://bucket[/prefix]")
+        for model_id in self.models:
+            if not model_id or any(c not in _MODEL_ID_CHARS for c in model_id):
+                raise ValueError(f"model id {model_id!r}: use lowercase letters, digits, . _ -")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @cached_property
+    def signing_key(self) -> bytes:
+        if self.secret_key:
+            return self.secret_key.encode()
+        # Persisted so that the API's processes agree on it across restarts.
+        path = self.data_dir / "secret_key"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()
+
+
+_MODEL_ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment once; keyword overrides win (tests pass settings this way)."""
+    return Settings(**overrides)

@@ -1,0 +1,31 @@
+"""`janus-service dispatcher`: the CPU process for housekeeping (and, later, webhooks)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from service.db import make_engine, make_sessionmaker
+from service.settings import Settings
+from service.workers.celery_app import make_celery
+from service.workers.sweeper import sweep_once
+
+log = logging.getLogger(__name__)
+
+
+def run_dispatcher(settings: Settings, stop: threading.Event | None = None) -> None:
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    celery = make_celery(settings)
+    log.info("dispatcher started; sweeping every %.1fs", settings.sweep_interval_seconds)
+    while not stop.is_set():
+        try:
+            sweep_once(sessions=sessions, celery=celery, settings=settings)
+        except Exception:  # a DB or broker blip must not end the loop
+            log.exception("sweep failed")
+        stop.wait(settings.sweep_interval_seconds)
+    log.info("dispatcher stopped")

@@ -1,0 +1,250 @@
+"""What a worker does with one message: claim, run the model, store outputs, finish.
+
+The message is only a wake-up carrying a job id. The job is claimed in SQL
+(with a lease), compatible queued jobs may join it in one batch, outputs are
+written under the job's own keys, and the terminal state is committed last.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import jobs as crud
+from service.db import session_scope
+from service.images import open_rgb
+from service.models.base import (
+    Canceled,
+    GenerateRequest,
+    GenerateResult,
+    InvalidInput,
+    ModelError,
+    ModelRunner,
+    UnderstandRequest,
+    UnderstandResult,
+)
+from service.settings import Settings
+from service.storage import Storage, StorageError
+from service.tables import Job, utcnow
+from service.workers.lease import LeaseKeeper
+
+log = logging.getLogger(__name__)
+
+
+class TransientError(Exception):
+    """Storage or database trouble worth retrying the message for."""
+
+
+@dataclass
+class Executor:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    storage: Storage
+    runner: ModelRunner
+    model_id: str
+    worker_id: str
+    max_batch: int = 1
+
+    def run(self, job_id: str) -> None:
+        try:
+            batch = self._claim(job_id)
+        except OperationalError as exc:
+            raise TransientError(f"database: {exc}") from exc
+        if not batch:
+            return
+        started = time.monotonic()
+        try:
+            self._run_batch(batch, started)
+        except (StorageError, OperationalError) as exc:
+            self._release(batch)
+            raise TransientError(str(exc)) from exc
+
+    # -- claiming ---------------------------------------------------------------
+    def _claim(self, job_id: str) -> list[Job]:
+        s = self.settings
+        with session_scope(self.sessions) as session:
+            first = crud.claim(
+                session=session,
+                job_id=job_id,
+                worker_id=self.worker_id,
+                lease_seconds=s.lease_seconds,
+                max_attempts=s.max_attempts,
+            )
+            if first is None:
+                log.info("job %s: not claimable (done, canceled or owned); message ignored", job_id)
+                return []
+            more = crud.claim_more(
+                session=session,
+                model=first.model,
+                task=first.task,
+                worker_id=self.worker_id,
+                lease_seconds=s.lease_seconds,
+                limit=self.max_batch - 1,
+            )
+        batch = []
+        for job in [first, *more]:
+            if job.deadline_at is not None and job.deadline_at <= utcnow():
+                self._finish(job.id, "canceled", error=_deadline_error())
+            else:
+                batch.append(job)
+        return batch
+
+    def _release(self, batch: list[Job]) -> None:
+        try:
+            with session_scope(self.sessions) as session:
+                for job in batch:
+                    crud.release(session=session, job_id=job.id, worker_id=self.worker_id)
+        except OperationalError:
+            log.warning("could not release %d job(s); their leases will expire", len(batch))
+
+    # -- running ----------------------------------------------------------------
+    def _run_batch(self, batch: list[Job], started: float) -> None:
+        task = batch[0].task
+        runnable: list[Job] = []
+        requests: list[Any] = []
+        for job in batch:
+            try:
+                requests.append(self._request(job))
+                runnable.append(job)
+            except ModelError as exc:
+                self._finish(job.id, "failed", error={"code": exc.code, "message": str(exc)})
+        if not runnable:
+            return
+        keeper = LeaseKeeper(
+            self.sessions,
+            self.worker_id,
+            self.settings.lease_seconds,
+            [j.id for j in runnable],
+            [j.deadline_at for j in runnable],
+        )
+        log.info("running %d %s job(s): %s", len(runnable), task, [j.id for j in runnable])
+        with keeper:
+            try:
+                if task == "generate":
+                    results = self.runner.generate(requests, keeper)
+                else:
+                    results = self.runner.understand(requests, keeper)
+            except Exception as exc:  # a runner bug must still end every job, not hang it
+                log.exception("runner failed on the whole batch")
+                results = [ModelError(f"{type(exc).__name__}: {exc}") for _ in runnable]
+        elapsed = round(time.monotonic() - started, 3)
+        for index, (job, result) in enumerate(zip(runnable, results, strict=True)):
+            if job.id in keeper.lost:
+                continue  # another worker owns it now
+            self._complete(job, index, result, keeper, elapsed)
+
+    def _request(self, job: Job) -> GenerateRequest | UnderstandRequest:
+        data = job.input
+        if job.task == "generate":
+            return GenerateRequest(
+                prompt=data["prompt"],
+                num_images=data.get("num_images", 1),
+                seed=data["seed"],
+                guidance=data.get("guidance"),
+                temperature=data.get("temperature"),
+                steps=data.get("steps"),
+            )
+        try:
+            raw = self.storage.get(data["image"]["key"])
+        except KeyError as exc:
+            raise ModelError("the job's input image is missing from storage") from exc
+        try:
+            image = open_rgb(raw)
+        except Exception as exc:
+            raise InvalidInput(f"input image could not be decoded: {exc}") from exc
+        return UnderstandRequest(
+            image=image,
+            question=data["question"],
+            seed=data["seed"],
+            max_new_tokens=data.get("max_new_tokens"),
+            temperature=data.get("temperature"),
+            top_p=data.get("top_p"),
+        )
+
+    def _complete(
+        self, job: Job, index: int, result: Any, keeper: LeaseKeeper, elapsed: float
+    ) -> None:
+        if isinstance(result, Canceled):
+            error = _deadline_error() if keeper.deadline_passed(index) else None
+            self._finish(job.id, "canceled", error=error, run_seconds=elapsed)
+        elif isinstance(result, ModelError):
+            self._finish(
+                job.id,
+                "failed",
+                error={"code": result.code, "message": str(result)},
+                run_seconds=elapsed,
+            )
+        elif isinstance(result, GenerateResult):
+            images = [self._upload(job.id, n, img) for n, img in enumerate(result.images)]
+            self._finish(
+                job.id,
+                "succeeded",
+                output={"images": images, "seed": job.input["seed"]},
+                run_seconds=elapsed,
+            )
+        elif isinstance(result, UnderstandResult):
+            self._finish(
+                job.id,
+                "succeeded",
+                output={"text": result.text, "seed": job.input["seed"]},
+                run_seconds=elapsed,
+            )
+        else:
+            self._finish(
+                job.id,
+                "failed",
+                run_seconds=elapsed,
+                error={
+                    "code": "model_error",
+                    "message": f"runner returned {type(result).__name__}",
+                },
+            )
+
+    def _upload(self, job_id: str, n: int, image: Any) -> dict[str, Any]:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        key = f"jobs/{job_id}/{n}.png"  # deterministic: a rerun overwrites, never duplicates
+        _retry(lambda: self.storage.put(key, buf.getvalue(), "image/png"), StorageError)
+        return {
+            "key": key,
+            "width": image.width,
+            "height": image.height,
+            "content_type": "image/png",
+        }
+
+    def _finish(self, job_id: str, status: str, **fields: Any) -> None:
+        def commit() -> None:
+            with session_scope(self.sessions) as session:
+                if not crud.finish(
+                    session=session,
+                    job_id=job_id,
+                    worker_id=self.worker_id,
+                    status=status,
+                    **fields,
+                ):
+                    log.warning("job %s: no longer ours; result dropped", job_id)
+
+        _retry(commit, OperationalError)
+        log.info("job %s: %s", job_id, status)
+
+
+def _deadline_error() -> dict[str, str]:
+    return {"code": "deadline_exceeded", "message": "the job's Cancel-After deadline passed"}
+
+
+def _retry(fn: Any, errors: type[Exception] | tuple[type[Exception], ...], tries: int = 4) -> Any:
+    """A few quick in-process retries; longer outages go back through the broker."""
+    for attempt in range(tries):
+        try:
+            return fn()
+        except errors:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 * 2**attempt)
+    return None

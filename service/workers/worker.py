@@ -1,0 +1,117 @@
+"""`janus-service worker`: load one model, then consume that model's queue.
+
+The model is loaded in this process before the consumer starts, and tasks run
+in this same process (Celery's solo pool): nothing forks after CUDA is touched
+(celery#3402), the model is loaded exactly once, and cancellation, deadlines
+and progress are handled by the model loop rather than by killing a pool child.
+If the process dies, its leases expire and the dispatcher's sweeper hands the
+jobs to another worker; `task_reject_on_worker_lost` and late acks keep the
+message too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from sqlalchemy import delete, update
+
+from service.db import make_engine, make_sessionmaker, session_scope
+from service.settings import Settings
+from service.storage import storage_from_settings
+from service.tables import Worker, utcnow
+from service.workers.celery_app import make_celery, queue_name
+from service.workers.executor import Executor
+from service.workers.tasks import register_tasks
+
+log = logging.getLogger(__name__)
+
+
+class WorkerStartError(RuntimeError):
+    pass
+
+
+def run_worker(
+    settings: Settings,
+    model_id: str,
+    *,
+    device: str = "cpu",
+    max_batch: int = 1,
+    hostname: str | None = None,
+    loglevel: str = "INFO",
+) -> None:
+    from service.models.registry import CheckpointError, load_runner
+
+    if model_id not in settings.models:
+        raise WorkerStartError(
+            f"model {model_id!r} is not in JANUS_MODELS (known: {sorted(settings.models)})"
+        )
+    path = settings.models[model_id]
+    started = time.monotonic()
+    try:
+        runner = load_runner(path, device=device, model_id=model_id)
+    except CheckpointError as exc:
+        raise WorkerStartError(str(exc)) from exc
+    runner.warmup()
+    log.info(
+        "model %s loaded from %s on %s in %.1fs", model_id, path, device, time.monotonic() - started
+    )
+
+    host = hostname or socket.gethostname()
+    worker_id = f"{model_id}@{host}:{os.getpid()}"
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    executor = Executor(
+        settings, sessions, storage_from_settings(settings), runner, model_id, worker_id, max_batch
+    )
+    app = make_celery(settings)
+    register_tasks(app, executor)
+
+    with session_scope(sessions) as session:
+        session.merge(
+            Worker(
+                id=worker_id,
+                model=model_id,
+                hostname=host,
+                device=device,
+                max_batch=max_batch,
+                started_at=utcnow(),
+                heartbeat_at=utcnow(),
+            )
+        )
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=_heartbeat,
+        args=(sessions, worker_id, settings, stop),
+        daemon=True,
+        name="worker-heartbeat",
+    )
+    beat.start()
+    try:
+        app.Worker(
+            hostname=f"{model_id}@{host}",
+            pool="solo",
+            concurrency=1,
+            queues=[queue_name(model_id)],
+            loglevel=loglevel,
+            without_gossip=True,
+            without_mingle=True,
+        ).start()
+    finally:
+        stop.set()
+        with session_scope(sessions) as session:
+            session.execute(delete(Worker).where(Worker.id == worker_id))
+
+
+def _heartbeat(sessions, worker_id: str, settings: Settings, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
+    while not stop.wait(settings.worker_heartbeat_seconds):
+        try:
+            with session_scope(sessions) as session:
+                session.execute(
+                    update(Worker).where(Worker.id == worker_id).values(heartbeat_at=utcnow())
+                )
+        except Exception as exc:
+            log.warning("worker heartbeat failed: %s", exc)
