@@ -1,0 +1,124 @@
+"""Faults lose nothing: a SIGKILLed worker, and Redis away while a job is submitted."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import boto3
+import pytest
+import redis
+from sqlalchemy import create_engine, select
+
+from service.db import make_engine, make_sessionmaker
+from service.tables import Job
+from service.workers.celery_app import make_celery
+from service.workers.sweeper import sweep_once
+from tests.conftest import free_port, settings_env, start_worker, wait_for
+from tests.test_e2e_worker import wait_terminal
+
+pytestmark = pytest.mark.slow
+SLOW = "janus-pro-slow"
+
+
+@pytest.fixture(scope="module")
+def slow_checkpoint(tmp_path_factory) -> str:
+    from service.models.tiny import write_tiny_checkpoint
+
+    # The real 576-token path: long enough per job to kill a worker mid-run.
+    return write_tiny_checkpoint("janus-pro", str(tmp_path_factory.mktemp("slow") / "ckpt"),
+                                 image_size=384)
+
+
+def test_worker_killed_mid_job_is_recovered(client, auth, settings, spawn,
+                                            slow_checkpoint) -> None:
+    env = settings_env(settings.model_copy(update={
+        "models": {**settings.models, SLOW: slow_checkpoint}}))
+    # The API must know the model too, but it only needs the id: add it to the catalog.
+    from service.api.context import ModelInfo
+
+    catalog = client.application.extensions["janus"].models
+    catalog.setdefault(SLOW, ModelInfo(SLOW, "janus-pro", ("understand", "generate"),
+                                       catalog[next(iter(catalog))].defaults))
+    spawn(["dispatcher"], env=env, name="dispatcher")
+    first = start_worker(spawn, settings, model=SLOW, name="first", env=env)
+
+    job = client.post("/v1/jobs", json={"model": SLOW, "task": "generate",
+                                        "input": {"prompt": "crash", "num_images": 2,
+                                                  "seed": 5}}, headers=auth).json
+    engine = create_engine(settings.database_url)
+
+    def status() -> str:
+        with engine.connect() as conn:
+            return conn.scalar(select(Job.status).where(Job.id == job["id"]))
+
+    wait_for(lambda: status() == "running", 60, interval=0.05, what="job to start")
+    time.sleep(0.5)
+    first.stop(signal.SIGKILL)
+    assert status() == "running"  # orphaned until the lease expires
+
+    start_worker(spawn, settings, model=SLOW, name="second", env=env)
+    done = wait_terminal(client, auth, job["id"], timeout=180)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+    bucket = settings.storage_url.split("/")[2]
+    keys = [o["Key"] for o in s3.list_objects_v2(
+        Bucket=bucket, Prefix=f"t/jobs/{job['id']}/").get("Contents", [])]
+    assert sorted(keys) == [f"t/jobs/{job['id']}/0.png", f"t/jobs/{job['id']}/1.png"]
+    engine.dispose()
+
+
+def test_redis_down_at_submit_then_sweeper_publishes(client, settings, auth, tmp_path) -> None:
+    port = free_port()
+
+    def start_redis() -> subprocess.Popen:
+        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                                stdout=subprocess.DEVNULL)
+        wait_for(lambda: _pings(port), 20, what="private redis")
+        return proc
+
+    server = start_redis()
+    broken = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{port}/0"})
+    from service.api import create_app
+
+    app = create_app(broken)
+    api = app.test_client()
+    server.terminate()
+    server.wait(10)
+
+    started = time.monotonic()
+    r = api.post("/v1/jobs", json={"model": "janus-pro-idle", "task": "generate",
+                                   "input": {"prompt": "while redis sleeps"}}, headers=auth)
+    assert r.status_code == 202, r.json
+    assert time.monotonic() - started < 30  # bounded retries, no hang
+    job_id = r.json["id"]
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        row = conn.execute(select(Job).where(Job.id == job_id)).one()
+    assert row.status == "queued" and row.enqueued_at is None
+
+    server = start_redis()
+    try:
+        sessions = make_sessionmaker(make_engine(settings.database_url))
+        celery = make_celery(broken)
+        report = sweep_once(sessions=sessions, celery=celery, settings=broken)
+        assert job_id in report.republished
+        again = sweep_once(sessions=sessions, celery=celery, settings=broken)
+        assert job_id not in again.republished  # published once
+        queue = redis.Redis(port=port).lrange("model.janus-pro-idle", 0, -1)
+        assert sum(job_id.encode() in m for m in queue) == 1
+    finally:
+        server.terminate()
+        server.wait(10)
+    api.post(f"/v1/jobs/{job_id}/cancel", headers=auth)
+    engine.dispose()
+
+
+def _pings(port: int) -> bool:
+    try:
+        return bool(redis.Redis(port=port, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
