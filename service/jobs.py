@@ -85,80 +85,60 @@ def mark_unpublished(*, session: Session, job_ids: list[str]) -> None:
     )
 
 
-def claim(
-    *, session: Session, job_id: str, worker_id: str, lease_seconds: float, max_attempts: int
-) -> Job | None:
-    """Take a queued job (or one whose worker's lease expired) for this worker, or None."""
+def _claim_values(worker_id: str, lease_seconds: float) -> dict[str, Any]:
     now = utcnow()
-    claimable = or_(
-        Job.status == "queued",
-        and_(
-            Job.status == "running",
-            Job.lease_expires_at < now,
-            Job.attempts < max_attempts,
-        ),
-    )
-    return session.scalar(
-        update(Job)
-        .where(Job.id == job_id, Job.cancel_requested.is_(False), claimable)
-        .values(
-            status="running",
-            worker_id=worker_id,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            attempts=Job.attempts + 1,
-            started_at=func.coalesce(Job.started_at, now),
-            progress=0.0,
-        )
-        .returning(Job)
-        .execution_options(synchronize_session=False)
-    )
+    return {
+        "status": "running",
+        "worker_id": worker_id,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "attempts": Job.attempts + 1,
+        "started_at": func.coalesce(Job.started_at, now),
+        "progress": 0.0,
+    }
 
 
-def claim_more(
-    *,
-    session: Session,
-    model: str,
-    task: str,
-    worker_id: str,
-    lease_seconds: float,
-    limit: int,
+def claim_next(
+    *, session: Session, model: str, worker_id: str, lease_seconds: float, limit: int
 ) -> list[Job]:
-    """Claim up to `limit` more queued jobs to run in the same batch (oldest, best lane first)."""
-    if limit <= 0:
+    """Claim the best queued job of `model` and up to `limit - 1` more of the same task.
+
+    A broker message is only a wake-up: whichever job it names, the worker takes
+    the head of the queue as Postgres orders it (interactive lane first, then
+    oldest). Every queued job has a message of its own, so each message claims
+    at most one job's worth of work and none is left behind; a message whose
+    job already ran finds nothing, or another job, and no harm is done.
+    """
+    queued = select(Job.id, Job.task).where(
+        Job.model == model, Job.status == "queued", Job.cancel_requested.is_(False)
+    )
+    head = session.execute(
+        queued.order_by(Job.lane, Job.id).limit(1).with_for_update(skip_locked=True)
+    ).first()
+    if head is None:
         return []
-    ids = list(
-        session.scalars(
+    ids = [head.id]
+    if limit > 1:
+        ids += session.scalars(
             select(Job.id)
             .where(
                 Job.model == model,
-                Job.task == task,
                 Job.status == "queued",
+                Job.task == head.task,
                 Job.cancel_requested.is_(False),
+                Job.id != head.id,
             )
             .order_by(Job.lane, Job.id)
-            .limit(limit)
+            .limit(limit - 1)
             .with_for_update(skip_locked=True)
-        )
-    )
-    if not ids:
-        return []
-    now = utcnow()
-    return list(
-        session.scalars(
-            update(Job)
-            .where(Job.id.in_(ids), Job.status == "queued")
-            .values(
-                status="running",
-                worker_id=worker_id,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempts=Job.attempts + 1,
-                started_at=func.coalesce(Job.started_at, now),
-                progress=0.0,
-            )
-            .returning(Job)
-            .execution_options(synchronize_session=False)
-        )
-    )
+        ).all()
+    rows = session.scalars(
+        update(Job)
+        .where(Job.id.in_(ids), Job.status == "queued")
+        .values(**_claim_values(worker_id, lease_seconds))
+        .returning(Job)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return sorted(rows, key=lambda job: (job.lane, job.id))
 
 
 def renew_leases(

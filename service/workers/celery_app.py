@@ -20,10 +20,12 @@ def queue_name(model: str) -> str:
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("janus", broker=settings.broker_url, set_as_current=False)
-    transport: dict[str, object] = {"visibility_timeout": settings.visibility_timeout_seconds}
+    transport: dict[str, object] = {}
     if settings.broker_url.startswith(("redis://", "rediss://")):
         # Fail a publish fast when Redis is away; the sweeper republishes later.
-        transport.update(socket_connect_timeout=2, socket_timeout=10, retry_on_timeout=True)
+        transport.update(visibility_timeout=settings.visibility_timeout_seconds,
+                         socket_connect_timeout=2, socket_timeout=10, retry_on_timeout=True)
+    # (kombu's SQLAlchemy transport hands its options to create_engine, so it gets none.)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -69,26 +69,18 @@ class Executor:
     def _claim(self, job_id: str) -> list[Job]:
         s = self.settings
         with session_scope(self.sessions) as session:
-            first = crud.claim(
+            claimed = crud.claim_next(
                 session=session,
-                job_id=job_id,
+                model=self.model_id,
                 worker_id=self.worker_id,
                 lease_seconds=s.lease_seconds,
-                max_attempts=s.max_attempts,
+                limit=self.max_batch,
             )
-            if first is None:
-                log.info("job %s: not claimable (done, canceled or owned); message ignored", job_id)
-                return []
-            more = crud.claim_more(
-                session=session,
-                model=first.model,
-                task=first.task,
-                worker_id=self.worker_id,
-                lease_seconds=s.lease_seconds,
-                limit=self.max_batch - 1,
-            )
+        if not claimed:
+            log.info("message %s: no queued job left for %s; nothing to do", job_id, self.model_id)
+            return []
         batch = []
-        for job in [first, *more]:
+        for job in claimed:
             if job.deadline_at is not None and job.deadline_at <= utcnow():
                 self._finish(job.id, "canceled", error=_deadline_error())
             else:

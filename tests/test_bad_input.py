@@ -1,0 +1,201 @@
+"""Malformed requests get the documented 4xx in the one error shape, and leave nothing behind."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import zlib
+
+import pytest
+import redis
+from PIL import Image
+from sqlalchemy import create_engine, func, select
+
+from service.tables import Job
+from tests.conftest import IDLE
+from tests.test_api_jobs import png_bytes
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def png_header_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A few hundred bytes that claim to be a 900-megapixel PNG."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b""))
+
+
+def gif_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="GIF")
+    return buf.getvalue()
+
+
+def gen(**input_: object) -> dict:
+    return {"model": IDLE, "task": "generate", "input": {"prompt": "fox", **input_}}
+
+
+def und(**input_: object) -> dict:
+    return {"model": IDLE, "task": "understand",
+            "input": {"image": b64(png_bytes()), "question": "what?", **input_}}
+
+
+# (name, kwargs for client.open, expected status, expected error code)
+CASES = [
+    ("empty body", {"data": b"", "content_type": "application/json"}, 400, "invalid_json"),
+    ("invalid json", {"data": b'{"model":', "content_type": "application/json"}, 400,
+     "invalid_json"),
+    ("json array", {"json": []}, 422, "validation_error"),
+    ("text/plain", {"data": b"hello", "content_type": "text/plain"}, 415,
+     "unsupported_media_type"),
+    ("missing model", {"json": {"task": "generate", "input": {"prompt": "x"}}}, 422,
+     "validation_error"),
+    ("missing task", {"json": {"model": IDLE, "input": {"prompt": "x"}}}, 422,
+     "validation_error"),
+    ("unknown task", {"json": {**gen(), "task": "paint"}}, 422, "validation_error"),
+    ("unknown model", {"json": {**gen(), "model": "dall-e"}}, 422, "unknown_model"),
+    ("missing input", {"json": {"model": IDLE, "task": "generate"}}, 422, "validation_error"),
+    ("input not object", {"json": {**gen(), "input": "fox"}}, 422, "validation_error"),
+    ("extra top-level field", {"json": {**gen(), "priority": 1}}, 422, "validation_error"),
+    ("missing prompt", {"json": {**gen(), "input": {"num_images": 1}}}, 422,
+     "validation_error"),
+    ("empty prompt", {"json": gen(prompt="")}, 422, "validation_error"),
+    ("blank prompt", {"json": gen(prompt="   ")}, 422, "validation_error"),
+    ("prompt too long", {"json": gen(prompt="x" * 4001)}, 422, "validation_error"),
+    ("num_images 0", {"json": gen(num_images=0)}, 422, "validation_error"),
+    ("num_images 17", {"json": gen(num_images=17)}, 422, "validation_error"),
+    ("num_images as string", {"json": gen(num_images="2")}, 422, "validation_error"),
+    ("num_images fractional", {"json": gen(num_images=2.5)}, 422, "validation_error"),
+    ("negative seed", {"json": gen(seed=-1)}, 422, "validation_error"),
+    ("seed too large", {"json": gen(seed=2**64)}, 422, "validation_error"),
+    ("guidance as string", {"json": gen(guidance="high")}, 422, "validation_error"),
+    ("temperature zero", {"json": gen(temperature=0)}, 422, "validation_error"),
+    ("steps on janus-pro", {"json": gen(steps=30)}, 422, "validation_error"),
+    ("unknown input field", {"json": gen(negative_prompt="blur")}, 422, "validation_error"),
+    ("webhook not http", {"json": {**gen(), "webhook": "ftp://example.com/x"}}, 422,
+     "validation_error"),
+    ("webhook with credentials", {"json": {**gen(), "webhook": "https://u:p@example.com/"}},
+     422, "validation_error"),
+    ("bad webhook event", {"json": {**gen(), "webhook_events": ["finished"]}}, 422,
+     "validation_error"),
+    ("metadata not object", {"json": {**gen(), "metadata": ["a"]}}, 422, "validation_error"),
+    ("understand without image", {"json": {**und(), "input": {"question": "q"}}}, 422,
+     "validation_error"),
+    ("understand without question", {"json": {**und(), "input": {"image": b64(png_bytes())}}},
+     422, "validation_error"),
+    ("image not base64", {"json": und(image="not base64 at all!")}, 422, "invalid_image"),
+    ("image not an image", {"json": und(image=b64(b"%PDF-1.4 hello"))}, 422, "invalid_image"),
+    ("truncated png", {"json": und(image=b64(png_bytes((64, 64))[:60]))}, 422,
+     "invalid_image"),
+    ("decompression bomb", {"json": und(image=b64(png_header_bomb()))}, 422,
+     "image_too_large"),
+    ("gif not accepted", {"json": und(image="data:image/gif;base64," + b64(gif_bytes()))}, 422,
+     "invalid_image"),
+    ("max_new_tokens zero", {"json": und(max_new_tokens=0)}, 422, "validation_error"),
+    ("top_p above one", {"json": und(top_p=1.5)}, 422, "validation_error"),
+    ("multipart without job part", {"data": {"image": (io.BytesIO(png_bytes()), "a.png")},
+                                    "content_type": "multipart/form-data"}, 422,
+     "validation_error"),
+    ("multipart without image part",
+     {"data": {"job": json.dumps({"model": IDLE, "task": "understand",
+                                  "input": {"question": "q"}})},
+      "content_type": "multipart/form-data"}, 422, "validation_error"),
+    ("multipart generate", {"data": {"job": json.dumps(gen()),
+                                     "image": (io.BytesIO(png_bytes()), "a.png")},
+                            "content_type": "multipart/form-data"}, 422, "validation_error"),
+    ("bad Cancel-After", {"json": gen(), "headers": {"Cancel-After": "soon"}}, 422,
+     "validation_error"),
+    ("negative Cancel-After", {"json": gen(), "headers": {"Cancel-After": "-5"}}, 422,
+     "validation_error"),
+    ("Idempotency-Key too long", {"json": gen(), "headers": {"Idempotency-Key": "k" * 300}},
+     422, "validation_error"),
+]
+
+
+@pytest.fixture()
+def side_effects(settings, app):  # type: ignore[no-untyped-def]
+    engine = create_engine(settings.database_url)
+    queue = redis.Redis.from_url(settings.broker_url)
+    storage = app.extensions["janus"].storage
+
+    def snapshot() -> tuple[int, int, int]:
+        with engine.connect() as conn:
+            jobs = conn.scalar(select(func.count()).select_from(Job))
+        return jobs, queue.llen(f"model.{IDLE}"), len(storage.list("inputs/"))
+
+    yield snapshot
+    engine.dispose()
+
+
+def assert_error_shape(response, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
+    body = response.get_json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body["error"]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "status", "code"), CASES, ids=[c[0] for c in CASES])
+def test_bad_submission(client, auth, side_effects, name, kwargs, status, code) -> None:
+    before = side_effects()
+    headers = {**auth, **kwargs.pop("headers", {})} if "headers" in kwargs else auth
+    response = client.post("/v1/jobs", headers=headers, **dict(kwargs))
+    error = assert_error_shape(response, status, code)
+    if status == 422 and code == "validation_error":
+        assert error["details"] and all("field" in d and "message" in d for d in error["details"])
+    assert side_effects() == before
+
+
+def test_validation_details_name_every_field(client, auth) -> None:
+    response = client.post("/v1/jobs", json=gen(num_images=99, seed=-3, bogus=1), headers=auth)
+    error = assert_error_shape(response, 422, "validation_error")
+    fields = {d["field"] for d in error["details"]}
+    assert fields == {"input.num_images", "input.seed", "input.bogus"}
+
+
+def test_body_too_large(settings, auth, side_effects) -> None:
+    from service.api import create_app
+
+    small = create_app(settings.model_copy(update={"max_body_bytes": 4096})).test_client()
+    before = side_effects()
+    response = small.post("/v1/jobs", json=gen(prompt="x" * 3000, num_images=1) | {
+        "metadata": {"pad": "y" * 3000}}, headers=auth)
+    assert_error_shape(response, 413, "body_too_large")
+    assert side_effects() == before
+
+
+@pytest.mark.parametrize(("method", "path", "status", "code"), [
+    ("get", "/v1/nothing", 404, "not_found"),
+    ("delete", "/v1/jobs", 405, "method_not_allowed"),
+    ("get", "/v1/jobs/job_missing", 404, "not_found"),
+    ("get", "/v1/jobs?limit=0", 422, "validation_error"),
+    ("get", "/v1/jobs?status=done", 422, "validation_error"),
+    ("get", "/v1/jobs?color=red", 422, "validation_error"),
+])
+def test_bad_reads(client, auth, method, path, status, code) -> None:
+    assert_error_shape(getattr(client, method)(path, headers=auth), status, code)
+
+
+def test_unexpected_error_is_a_json_500(settings) -> None:
+    from service.api import create_app
+
+    app = create_app(settings)
+
+    @app.get("/boom")
+    def boom():  # type: ignore[no-untyped-def]
+        raise RuntimeError("secret internals")
+
+    response = app.test_client().get("/boom")
+    error = assert_error_shape(response, 500, "internal_error")
+    assert "secret" not in error["message"]

@@ -1,0 +1,82 @@
+"""The embedded default (SQLite, local files, a broker in SQLite), run as real processes
+through the CLI exactly as `make run` does, driven over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.conftest import TEST_IMAGE_SIZE, free_port, wait_for
+from tests.test_api_jobs import png_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def test_embedded_end_to_end(tmp_path, tiny_checkpoint, spawn) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JANUS_")}
+    env.update(JANUS_DATA_DIR=str(tmp_path / "var"), JANUS_PUBLIC_URL=f"http://127.0.0.1:{port}",
+               JANUS_MODELS=json.dumps({"tiny": tiny_checkpoint}), OMP_NUM_THREADS="1",
+               JANUS_SWEEP_INTERVAL_SECONDS="1")
+    cli = [sys.executable, "-m", "service.cli"]
+    subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
+    out = subprocess.run([*cli, "keys", "create", "--name", "t", "--json"], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    created = json.loads(out)  # --json prints the object and nothing else
+    assert set(created) == {"key", "webhook_secret"}
+    assert created["webhook_secret"].startswith("whsec_")
+    auth = {"Authorization": f"Bearer {created['key']}"}
+
+    api = spawn(["api", "--port", str(port), "--workers", "1"], env=env, name="api")
+    spawn(["worker", "--model", "tiny"], env=env, name="worker")
+    spawn(["dispatcher"], env=env, name="dispatcher")
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert api.alive(), api.output()
+        try:
+            return requests.get(f"{base}/readyz", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_for(ready, 60, what="embedded API")
+    models = requests.get(f"{base}/v1/models", headers=auth, timeout=5).json()["data"]
+    assert [m["id"] for m in models] == ["tiny"]
+
+    job = requests.post(f"{base}/v1/jobs", headers=auth, timeout=10, json={
+        "model": "tiny", "task": "generate", "input": {"prompt": "fox", "num_images": 2}}).json()
+    image = base64.b64encode(png_bytes()).decode()
+    ask = requests.post(f"{base}/v1/jobs", headers=auth, timeout=10, json={
+        "model": "tiny", "task": "understand",
+        "input": {"image": image, "question": "what?", "max_new_tokens": 8}}).json()
+
+    def finished(job_id: str) -> dict:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            data = requests.get(f"{base}/v1/jobs/{job_id}", timeout=30,
+                                headers={**auth, "Prefer": "wait=20"}).json()
+            if data["status"] not in ("queued", "running"):
+                return data
+        raise AssertionError(data)
+
+    done = finished(job["id"])
+    assert done["status"] == "succeeded", done
+    for meta in done["output"]["images"]:
+        assert meta["url"].startswith(f"{base}/files/")
+        got = requests.get(meta["url"], timeout=10)
+        assert got.status_code == 200 and got.headers["Content-Type"] == "image/png"
+        img = Image.open(io.BytesIO(got.content))
+        assert img.size == (TEST_IMAGE_SIZE, TEST_IMAGE_SIZE) == (meta["width"], meta["height"])
+        tampered = requests.get(meta["url"].replace("sig=", "sig=0"), timeout=10)
+        assert tampered.status_code == 403 and tampered.json()["error"]["code"] == "forbidden"
+    answer = finished(ask["id"])
+    assert answer["status"] == "succeeded" and isinstance(answer["output"]["text"], str)
