@@ -13,6 +13,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.tables import TERMINAL, Job, Worker, utcnow
+from service.transitions import job_changed
 
 
 def get_job(*, session: Session, api_key_id: str, job_id: str) -> Job | None:
@@ -75,6 +76,8 @@ def request_cancel(*, session: Session, job: Job) -> Job:
         session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True))
     session.flush()
     session.refresh(job)
+    if job.status == "canceled":
+        job_changed(session=session, job=job)
     return job
 
 
@@ -138,6 +141,8 @@ def claim_next(
         .returning(Job)
         .execution_options(synchronize_session=False)
     ).all()
+    for job in rows:
+        job_changed(session=session, job=job, first_start=job.attempts == 1)
     return sorted(rows, key=lambda job: (job.lane, job.id))
 
 
@@ -180,7 +185,7 @@ def finish(
     """Set the one terminal state, only if this worker still owns the running job."""
     assert status in TERMINAL
     now = utcnow()
-    result = session.execute(
+    job = session.scalar(
         update(Job)
         .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
         .values(
@@ -192,9 +197,13 @@ def finish(
             progress=1.0 if status == "succeeded" else Job.progress,
             run_seconds=run_seconds,
         )
+        .returning(Job)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    if job is None:
+        return False
+    job_changed(session=session, job=job)
+    return True
 
 
 def release(*, session: Session, job_id: str, worker_id: str) -> bool:

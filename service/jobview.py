@@ -15,7 +15,9 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _with_urls(blob: dict[str, Any], storage: Storage, expires_in: int) -> dict[str, Any]:
+def _with_urls(blob: dict[str, Any], storage: Storage | None, expires_in: int) -> dict[str, Any]:
+    if storage is None:  # a snapshot for the outbox: keys stay keys until delivery
+        return dict(blob)
     return {
         ("url" if k == "key" else k): (storage.url(v, expires_in) if k == "key" else v)
         for k, v in blob.items()
@@ -23,8 +25,9 @@ def _with_urls(blob: dict[str, Any], storage: Storage, expires_in: int) -> dict[
 
 
 def job_object(
-    job: Job, storage: Storage, expires_in: int, queue_position: int | None = None
+    job: Job, storage: Storage | None, expires_in: int, queue_position: int | None = None
 ) -> dict[str, Any]:
+    """The API's job object. With `storage=None`, blobs keep their storage `key`."""
     data_in = dict(job.input)
     if isinstance(data_in.get("image"), dict):
         data_in["image"] = _with_urls(data_in["image"], storage, expires_in)
@@ -68,3 +71,20 @@ def job_object(
     if job.status == "queued":
         obj["queue_position"] = queue_position
     return obj
+
+
+def with_fresh_urls(obj: dict[str, Any], storage: Storage, expires_in: int) -> dict[str, Any]:
+    """Turn a snapshot's storage keys into presigned URLs (used when delivering webhooks)."""
+    out = dict(obj)
+    if isinstance(out.get("input"), dict) and isinstance(out["input"].get("image"), dict):
+        out["input"] = {
+            **out["input"],
+            "image": _with_urls(out["input"]["image"], storage, expires_in),
+        }
+    output = out.get("output")
+    if isinstance(output, dict) and "images" in output:
+        out["output"] = {
+            **output,
+            "images": [_with_urls(i, storage, expires_in) for i in output["images"]],
+        }
+    return out

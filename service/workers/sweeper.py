@@ -18,6 +18,7 @@ from service.db import session_scope
 from service.publish import publish, queue_depth
 from service.settings import Settings
 from service.tables import Job, Worker, utcnow
+from service.transitions import job_changed
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -51,9 +52,11 @@ def sweep_once(
                     "code": "worker_lost",
                     "message": f"the job's worker was lost {job.attempts} times",
                 }
+                job_changed(session=session, job=job)
                 report.lost.append(job.id)
             elif job.cancel_requested:
                 job.status, job.completed_at = "canceled", now
+                job_changed(session=session, job=job)
                 report.expired.append(job.id)
             else:
                 job.status, job.worker_id, job.lease_expires_at = "queued", None, None
@@ -71,6 +74,7 @@ def sweep_once(
                 "code": "deadline_exceeded",
                 "message": "the job's Cancel-After deadline passed",
             }
+            job_changed(session=session, job=job)
             report.expired.append(job.id)
 
     report.republished = _republish(sessions, celery, settings)
