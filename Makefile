@@ -19,7 +19,7 @@ run: install
 	$(VENV)/bin/janus-service dev
 
 lint: install
-	$(VENV)/bin/ruff check service tests bench migrations/env.py
+	$(VENV)/bin/ruff check .
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
