@@ -104,11 +104,21 @@ def _family_rules(model: ModelInfo, task: str, data: dict[str, Any]) -> None:
         raise _field_error("input.steps", "steps applies to JanusFlow models")
 
 
-def parse_submission(
-    request: Request, models: dict[str, ModelInfo], settings: Settings
-) -> Submission:
-    job, image_bytes = _read_body(request)
-    multipart = image_bytes is not None
+@dataclass
+class CheckedJob:
+    body: JobCreate
+    input: dict[str, Any]  # validated; seed chosen when absent
+    image: CheckedImage | None
+
+
+def check_job(
+    job: Any,
+    models: dict[str, ModelInfo],
+    settings: Settings,
+    image_bytes: bytes | None = None,
+    multipart: bool = False,
+) -> CheckedJob:
+    """Validate one job body (an API request or one batch line); raise ApiError if bad."""
     if not isinstance(job, dict):
         raise _field_error("body", "the job must be a JSON object")
     try:
@@ -121,7 +131,7 @@ def parse_submission(
             422,
             "unknown_model",
             f"unknown model {body.model!r}",
-            {"field": "model", "known": sorted(models)},
+            [{"field": "model", "message": f"unknown model; known: {', '.join(sorted(models))}"}],
         )
     if body.task not in model.tasks:
         raise _field_error("task", f"model {body.model} does not support task {body.task!r}")
@@ -153,12 +163,20 @@ def parse_submission(
             raise ApiError(
                 422, exc.code, str(exc), [{"field": "input.image", "message": str(exc)}]
             ) from exc
+    if data.get("seed") is None:
+        data["seed"] = secrets.randbelow(2**32)  # small enough to read, well inside SEED_MAX
+    assert data["seed"] <= SEED_MAX
+    return CheckedJob(body, data, image)
 
+
+def parse_submission(
+    request: Request, models: dict[str, ModelInfo], settings: Settings
+) -> Submission:
+    job, image_bytes = _read_body(request)
+    checked = check_job(job, models, settings, image_bytes, multipart=image_bytes is not None)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= 255):
         raise _field_error("Idempotency-Key", "must be 1 to 255 characters")
     request_hash = _canonical_hash(job, image_bytes)
-    if data.get("seed") is None:
-        data["seed"] = secrets.randbelow(2**32)  # small enough to read, well inside SEED_MAX
-    assert data["seed"] <= SEED_MAX
-    return Submission(body, data, image, request_hash, key, _cancel_after(request))
+    return Submission(checked.body, checked.input, checked.image, request_hash, key,
+                      _cancel_after(request))
