@@ -77,7 +77,7 @@ def request_cancel(*, session: Session, job: Job) -> Job:
     session.flush()
     session.refresh(job)
     if job.status == "canceled":
-        job_changed(session=session, job=job)
+        job_changed(session=session, job=job, previous="queued")
     return job
 
 
@@ -142,8 +142,15 @@ def claim_next(
         .execution_options(synchronize_session=False)
     ).all()
     for job in rows:
-        job_changed(session=session, job=job, first_start=job.attempts == 1)
+        job_changed(session=session, job=job, previous="queued", first_start=job.attempts == 1)
     return sorted(rows, key=lambda job: (job.lane, job.id))
+
+
+def has_queued(*, session: Session, model: str) -> bool:
+    return (
+        session.scalar(select(Job.id).where(Job.model == model, Job.status == "queued").limit(1))
+        is not None
+    )
 
 
 def renew_leases(
@@ -202,19 +209,23 @@ def finish(
     )
     if job is None:
         return False
-    job_changed(session=session, job=job)
+    job_changed(session=session, job=job, previous="running")
     return True
 
 
 def release(*, session: Session, job_id: str, worker_id: str) -> bool:
     """Hand a running job back to the queue after a transient fault."""
-    result = session.execute(
+    job = session.scalar(
         update(Job)
         .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
         .values(status="queued", worker_id=None, lease_expires_at=None, enqueued_at=None)
+        .returning(Job)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    if job is None:
+        return False
+    job_changed(session=session, job=job, previous="running")
+    return True
 
 
 def fail_queued(*, session: Session, job_id: str, status: str, error: dict[str, Any]) -> bool:

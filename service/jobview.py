@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from service.storage import Storage
-from service.tables import Job
+from service.tables import Batch, Job
 
 
 def iso(value: datetime | None) -> str | None:
@@ -88,3 +88,25 @@ def with_fresh_urls(obj: dict[str, Any], storage: Storage, expires_in: int) -> d
             "images": [_with_urls(i, storage, expires_in) for i in output["images"]],
         }
     return out
+
+
+def batch_object(batch: Batch) -> dict[str, Any]:
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "status": batch.status,
+        "counts": {
+            "total": batch.total,
+            "queued": batch.n_queued,
+            "running": batch.n_running,
+            "succeeded": batch.n_succeeded,
+            "failed": batch.n_failed,
+            "canceled": batch.n_canceled,
+        },
+        "input_format": batch.input_format,
+        "created_at": iso(batch.created_at),
+        "started_at": iso(batch.started_at),
+        "completed_at": iso(batch.completed_at),
+        "webhook": batch.webhook,
+        "metadata": batch.metadata_ or {},
+    }

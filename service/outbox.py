@@ -11,8 +11,8 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from service.ids import new_id
-from service.jobview import job_object
-from service.tables import Job, WebhookEvent, utcnow
+from service.jobview import batch_object, job_object
+from service.tables import Batch, Job, WebhookEvent, utcnow
 
 # What each job status announces, and which `webhook_events` filter lets it through.
 _JOB_EVENTS = {
@@ -41,6 +41,30 @@ def job_event(*, session: Session, job: Job) -> WebhookEvent | None:
             "type": event_type,
             "timestamp": now.isoformat().replace("+00:00", "Z"),
             "data": job_object(job, None, 0),
+        },
+        status="pending",
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(event)
+    return event
+
+
+def batch_event(*, session: Session, batch: Batch) -> WebhookEvent | None:
+    """`batch.completed`, once: the caller's conditional status update guarantees it."""
+    if not batch.webhook:
+        return None
+    now = utcnow()
+    event = WebhookEvent(
+        id=new_id("msg"),
+        api_key_id=batch.api_key_id,
+        batch_id=batch.id,
+        type="batch.completed",
+        url=batch.webhook,
+        payload={
+            "type": "batch.completed",
+            "timestamp": now.isoformat().replace("+00:00", "Z"),
+            "data": batch_object(batch),
         },
         status="pending",
         next_attempt_at=now,

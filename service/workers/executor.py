@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,9 @@ class Executor:
     model_id: str
     worker_id: str
     max_batch: int = 1
+    # Publishes one wake-up for this model. Set by the worker; the executor only
+    # decides when (see `_keep_draining`).
+    wake: Callable[[], None] | None = None
 
     def run(self, job_id: str) -> None:
         try:
@@ -64,6 +68,23 @@ class Executor:
         except (StorageError, OperationalError) as exc:
             self._release(batch)
             raise TransientError(str(exc)) from exc
+        self._keep_draining()
+
+    def _keep_draining(self) -> None:
+        """Publish the next wake-up while queued jobs remain.
+
+        A bulk upload publishes only a few wake-ups, not one per line; each run
+        that leaves work behind passes the baton, so the chain drains the queue.
+        """
+        if self.wake is None:
+            return
+        try:
+            with session_scope(self.sessions) as session:
+                more = crud.has_queued(session=session, model=self.model_id)
+        except OperationalError:
+            more = True  # can't tell: a spare wake-up costs one empty claim
+        if more:
+            self.wake()
 
     # -- claiming ---------------------------------------------------------------
     def _claim(self, job_id: str) -> list[Job]:

@@ -15,6 +15,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import session_scope
+from service.jobs import live_workers
 from service.publish import publish, queue_depth
 from service.settings import Settings
 from service.tables import Job, Worker, utcnow
@@ -52,15 +53,16 @@ def sweep_once(
                     "code": "worker_lost",
                     "message": f"the job's worker was lost {job.attempts} times",
                 }
-                job_changed(session=session, job=job)
+                job_changed(session=session, job=job, previous="running")
                 report.lost.append(job.id)
             elif job.cancel_requested:
                 job.status, job.completed_at = "canceled", now
-                job_changed(session=session, job=job)
+                job_changed(session=session, job=job, previous="running")
                 report.expired.append(job.id)
             else:
                 job.status, job.worker_id, job.lease_expires_at = "queued", None, None
                 job.enqueued_at = None  # publish it again below
+                job_changed(session=session, job=job, previous="running")
                 report.requeued.append(job.id)
         # Queued jobs whose Cancel-After deadline passed never run.
         for job in session.scalars(
@@ -74,7 +76,7 @@ def sweep_once(
                 "code": "deadline_exceeded",
                 "message": "the job's Cancel-After deadline passed",
             }
-            job_changed(session=session, job=job)
+            job_changed(session=session, job=job, previous="queued")
             report.expired.append(job.id)
 
     report.republished = _republish(sessions, celery, settings)
@@ -92,13 +94,16 @@ def sweep_once(
 
 
 def _republish(sessions: sessionmaker[Session], celery: Celery, settings: Settings) -> list[str]:
-    """Publish queued jobs whose message is known or presumed lost.
+    """Wake workers for queued jobs whose message is known or presumed lost.
 
     A NULL `enqueued_at` means the publish failed (or a lease was recovered).
     An old `enqueued_at` alone is not proof of loss, since a long queue is slow, so
-    those are republished only while the model's broker queue is empty.
+    those count only while the model's broker queue is empty. Messages are
+    wake-ups that claim the head of the queue in SQL and pass the baton while
+    work remains, so a model needs one per live worker, not one per job.
     """
     stale_before = utcnow() - timedelta(seconds=settings.republish_after_seconds)
+    done: list[str] = []
     with session_scope(sessions) as session:
         rows = list(
             session.scalars(
@@ -112,22 +117,19 @@ def _republish(sessions: sessionmaker[Session], celery: Celery, settings: Settin
                 .with_for_update(skip_locked=True)
             )
         )
-        empty: dict[str, bool] = {}
-        todo = []
+        by_model: dict[str, list[Job]] = {}
         for job in rows:
-            if job.enqueued_at is not None:
-                if job.model not in empty:
-                    empty[job.model] = queue_depth(celery, job.model) == 0
-                if not empty[job.model]:
-                    continue
-            todo.append(job)
-        if not todo:
-            return []
-        failed = set(publish(celery, [(j.id, j.model) for j in todo], settings.publish_max_retries))
+            by_model.setdefault(job.model, []).append(job)
+        workers = live_workers(session=session, stale_after=3 * settings.worker_heartbeat_seconds)
         now = utcnow()
-        done = []
-        for job in todo:
-            if job.id not in failed:
+        for model, jobs in by_model.items():
+            lost = any(job.enqueued_at is None for job in jobs)
+            if not lost and queue_depth(celery, model) != 0:
+                continue
+            wakeups = [(job.id, model) for job in jobs[: max(1, workers.get(model, 0))]]
+            if publish(celery, wakeups, settings.publish_max_retries):
+                continue  # broker still away: try again next sweep
+            for job in jobs:
                 job.enqueued_at = now
                 done.append(job.id)
-        return done
+    return done

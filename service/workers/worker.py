@@ -20,6 +20,8 @@ import time
 from sqlalchemy import delete, update
 
 from service.db import make_engine, make_sessionmaker, session_scope
+from service.ids import new_id
+from service.publish import publish
 from service.settings import Settings
 from service.storage import storage_from_settings
 from service.tables import Worker, utcnow
@@ -68,6 +70,7 @@ def run_worker(
         settings, sessions, storage_from_settings(settings), runner, model_id, worker_id, max_batch
     )
     app = make_celery(settings)
+    executor.wake = lambda: _wake(app, settings, model_id)
     register_tasks(app, executor)
 
     with session_scope(sessions) as session:
@@ -115,3 +118,7 @@ def _heartbeat(sessions, worker_id: str, settings: Settings, stop: threading.Eve
                 )
         except Exception as exc:
             log.warning("worker heartbeat failed: %s", exc)
+
+
+def _wake(app, settings: Settings, model_id: str) -> None:  # type: ignore[no-untyped-def]
+    publish(app, [(new_id("wake"), model_id)], settings.publish_max_retries)
