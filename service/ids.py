@@ -20,3 +20,10 @@ def new_id(prefix: str) -> str:
     millis = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
     return f"{prefix}_{_b32(millis, 10)}{_b32(rand, 16)}"
+
+
+def new_ids(prefix: str, count: int) -> list[str]:
+    """`count` ids in creation order (one timestamp, consecutive random parts)."""
+    millis = time.time_ns() // 1_000_000
+    base = int.from_bytes(os.urandom(10), "big") >> 8  # headroom for the increments
+    return [f"{prefix}_{_b32(millis, 10)}{_b32(base + i, 16)}" for i in range(count)]

@@ -52,8 +52,24 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(6 * 3600, ge=60)
     publish_max_retries: int = Field(2, ge=0)
 
+    # Bulk uploads (POST /v1/batches).
+    batch_max_lines: int = Field(50_000, ge=1)
+    batch_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    # Wake-up messages published per upload; each passes the baton while work remains.
+    batch_wakeups: int = Field(64, ge=1)
+
     webhook_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_allow_private: bool = False
+    # Delivery (docs/WEBHOOKS.md). The schedule is the wait before each try,
+    # comma-separated seconds (a string so it round-trips through the environment);
+    # its length is the number of tries.
+    webhook_retry_schedule: str = "0,5,300,1800,7200,18000,36000"
+    webhook_max_age_seconds: float = Field(24 * 3600.0, gt=0)
+    webhook_connect_timeout_seconds: float = Field(5.0, gt=0)
+    webhook_timeout_seconds: float = Field(15.0, gt=0)
+    webhook_secret_grace_seconds: float = Field(24 * 3600.0, ge=0)
+    webhook_concurrency: int = Field(8, ge=1, le=256)
+    webhook_poll_seconds: float = Field(1.0, gt=0)
 
     log_level: str = "INFO"
 
@@ -77,6 +93,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [h.strip() for h in value.split(",") if h.strip()]
         return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _check_retry_schedule(cls, value: str) -> str:
+        _parse_schedule(value)
+        return value
+
+    @property
+    def webhook_retry_delays(self) -> list[float]:
+        return _parse_schedule(self.webhook_retry_schedule)
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
@@ -117,6 +143,16 @@ class Settings(BaseSettings):
 
 
 _MODEL_ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def _parse_schedule(value: str) -> list[float]:
+    try:
+        delays = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ValueError(f"JANUS_WEBHOOK_RETRY_SCHEDULE: comma-separated seconds: {exc}") from exc
+    if not delays or any(not (0 <= d < 10**7) for d in delays):
+        raise ValueError("JANUS_WEBHOOK_RETRY_SCHEDULE: one or more non-negative seconds")
+    return delays
 
 
 def load_settings(**overrides: Any) -> Settings:

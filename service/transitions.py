@@ -8,7 +8,7 @@ second, always in that order, so concurrent transitions cannot deadlock.
 
 from __future__ import annotations
 
-from sqlalchemy import case, func, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from service.outbox import batch_event, job_event
@@ -36,6 +36,7 @@ def batch_counts_moved(
         delta[new] = delta.get(new, 0) + n
     values = {f"n_{s}": getattr(Batch, f"n_{s}") + d for s, d in delta.items() if d}
     if not values:
+        finish_batch_if_done(session=session, batch_id=batch_id)
         return
     now = utcnow()
     if delta.get("running", 0) > 0 or any(new == "running" for _, new in moves):
@@ -49,6 +50,17 @@ def batch_counts_moved(
     ).first()
     if row is None or row.n_queued or row.n_running or row.status in ("completed", "canceled"):
         return
+    finish_batch_if_done(session=session, batch_id=batch_id)
+
+
+def finish_batch_if_done(*, session: Session, batch_id: str) -> None:
+    """Every job terminal: `completed` (or `canceled` after a cancel), and one webhook event."""
+    row = session.execute(
+        select(Batch.n_queued, Batch.n_running, Batch.status).where(Batch.id == batch_id)
+    ).first()
+    if row is None or row.n_queued or row.n_running or row.status in ("completed", "canceled"):
+        return
+    now = utcnow()
     final = "canceled" if row.status == "canceling" else "completed"
     batch = session.scalar(
         update(Batch)
@@ -61,4 +73,4 @@ def batch_counts_moved(
         batch_event(session=session, batch=batch)
 
 
-__all__ = ["job_changed", "batch_counts_moved", "Job"]
+__all__ = ["job_changed", "batch_counts_moved", "finish_batch_if_done", "Job"]

@@ -1,0 +1,187 @@
+"""/v1/batches: bulk uploads of many jobs in one file, their progress, results and cancel."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+
+from service import batches as crud
+from service.api.auth import require_api_key
+from service.api.batch_upload import detect_format, parse_defaults, parse_upload
+from service.api.context import current_key, db, runtime
+from service.api.errors import ApiError, validation_error
+from service.api.submit import _check_webhook
+from service.ids import new_ids
+from service.jobs import mark_unpublished
+from service.jobview import batch_object, with_fresh_urls
+from service.publish import publish
+from service.tables import Batch
+
+bp = Blueprint("batches", __name__)
+bp.before_request(require_api_key)
+
+
+def _owned(batch_id: str) -> Batch:
+    batch = crud.get_batch(session=db(), api_key_id=current_key().id, batch_id=batch_id)
+    if batch is None:
+        raise ApiError(404, "not_found", f"no batch {batch_id!r}")
+    return batch
+
+
+def _json_part(name: str) -> dict[str, Any]:
+    raw = request.form.get(name)
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise validation_error([{"field": name, "message": "not valid JSON"}]) from exc
+    if not isinstance(value, dict):
+        raise validation_error([{"field": name, "message": "must be a JSON object"}])
+    return value
+
+
+def _job_columns(line: Any) -> dict[str, Any]:
+    body = line.job.body
+    data = dict(line.job.input)
+    return {
+        "model": body.model,
+        "task": body.task,
+        "input": data,
+        "metadata_": body.metadata or {},
+        "webhook": body.webhook,
+        "webhook_events": body.webhook_events or ["completed"],
+        "custom_id": line.custom_id,
+        "line_no": line.line_no,
+    }
+
+
+@bp.post("/v1/batches")
+def create_batch() -> tuple[Response, int]:
+    rt = runtime()
+    settings = rt.settings
+    # Uploads may be far larger than a single job request.
+    request.max_content_length = settings.batch_max_bytes
+    if request.mimetype != "multipart/form-data":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send multipart/form-data with a part 'file' (JSONL or CSV)",
+        )
+    upload = request.files.get("file")
+    if upload is None:
+        raise validation_error([{"field": "file", "message": "a JSONL or CSV file part"}])
+    data = upload.read()
+    fmt = detect_format(upload.filename or "", upload.mimetype or "", data)
+    defaults = parse_defaults(request.form.get("defaults"))
+    webhook = request.form.get("webhook") or None
+    if webhook is not None:
+        _check_webhook(webhook)
+    metadata = _json_part("metadata")
+    lines = parse_upload(data, fmt, defaults, rt.models, settings)
+
+    session = db()
+    ids = new_ids("job", len(lines))  # consecutive: workers take lines in upload order
+    jobs = []
+    for job_id, line in zip(ids, lines, strict=True):
+        job = _job_columns(line)
+        image = line.job.image
+        if image is not None:  # stored before any row exists, as for single jobs
+            key = f"inputs/{job_id}/image.{image.extension}"
+            rt.storage.put(key, image.data, image.content_type)
+            job["input"]["image"] = {
+                "key": key,
+                "content_type": image.content_type,
+                "width": image.width,
+                "height": image.height,
+                "bytes": len(image.data),
+            }
+        jobs.append(job)
+    batch = crud.create_batch(
+        session=session,
+        api_key_id=current_key().id,
+        ids=ids,
+        jobs=jobs,
+        input_format=fmt,
+        webhook=webhook,
+        metadata=metadata,
+    )
+    session.commit()
+
+    # A few wake-ups, one per model, not one message per line: each worker run passes
+    # the baton while the model has queued jobs (service/workers/executor.py).
+    first: dict[str, str] = {}
+    for job_id, job in zip(ids, jobs, strict=True):
+        first.setdefault(job["model"], job_id)
+    wakeups = [
+        (job_id, model)
+        for model, job_id in first.items()
+        for _ in range(min(settings.batch_wakeups, len(ids)))
+    ]
+    if publish(rt.celery, wakeups, settings.publish_max_retries):
+        mark_unpublished(session=session, job_ids=ids)
+        session.commit()
+    return jsonify(batch_object(batch)), 202
+
+
+@bp.get("/v1/batches/<batch_id>")
+def read_batch(batch_id: str) -> Response:
+    return jsonify(batch_object(_owned(batch_id)))
+
+
+@bp.get("/v1/batches")
+def list_batches() -> Response:
+    raw_limit = request.args.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+        raise validation_error([{"field": "limit", "message": "an integer from 1 to 100"}])
+    rows, has_more = crud.list_batches(
+        session=db(),
+        api_key_id=current_key().id,
+        limit=int(raw_limit),
+        after=request.args.get("after") or None,
+    )
+    return jsonify(
+        {
+            "object": "list",
+            "data": [batch_object(b) for b in rows],
+            "has_more": has_more,
+            "next": rows[-1].id if has_more and rows else None,
+        }
+    )
+
+
+@bp.post("/v1/batches/<batch_id>/cancel")
+def cancel_batch(batch_id: str) -> Response:
+    batch = crud.cancel_batch(session=db(), batch=_owned(batch_id))
+    db().commit()
+    return jsonify(batch_object(batch))
+
+
+@bp.get("/v1/batches/<batch_id>/results")
+def batch_results(batch_id: str) -> Response:
+    _owned(batch_id)
+    rt = runtime()
+    expires = rt.settings.url_expiry_seconds
+
+    def lines() -> Iterator[str]:
+        for row in crud.iter_results(session=db(), batch_id=batch_id):
+            output = row.output
+            if output is not None:
+                output = with_fresh_urls({"output": output}, rt.storage, expires)["output"]
+            yield (
+                json.dumps(
+                    {
+                        "custom_id": row.custom_id,
+                        "job_id": row.id,
+                        "status": row.status,
+                        "output": output,
+                        "error": row.error,
+                    }
+                )
+                + "\n"
+            )
+
+    return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
