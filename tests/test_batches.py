@@ -234,3 +234,50 @@ def test_cancel_mid_run(client, auth, settings, spawn) -> None:
             Job.batch_id == batch["id"], Job.status == "canceled", Job.started_at.is_not(None)))
     assert ran <= 2  # at most the jobs that were running when the cancel came
     engine.dispose()
+
+
+def test_cli_submit_and_results(tmp_path, settings, spawn, api_key) -> None:
+    import subprocess
+    import sys
+
+    import requests
+
+    from tests.conftest import free_port, settings_env
+
+    port = free_port()
+    env = settings_env(settings)
+    api = spawn(["api", "--port", str(port), "--workers", "1"], env=env, name="api")
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert api.alive(), api.output()
+        try:
+            return requests.get(f"{base}/healthz", timeout=1).ok
+        except requests.ConnectionError:
+            return False
+
+    wait_for(up, 60, what="api")
+    src = tmp_path / "jobs.csv"
+    src.write_text("custom_id,prompt\nfirst,a fox\nsecond,a cat\n")
+    cli = [sys.executable, "-m", "service.cli", "batch"]
+    client_env = {**env, "JANUS_API_URL": base, "JANUS_API_KEY": api_key}
+    out = subprocess.run([*cli, "submit", str(src), "--model", IDLE], env=client_env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    batch_id = out.stdout.strip()
+    assert batch_id.startswith("batch_")
+    auth = {"Authorization": f"Bearer {api_key}"}
+    requests.post(f"{base}/v1/batches/{batch_id}/cancel", headers=auth, timeout=10)
+    dest = tmp_path / "out.jsonl"
+    got = subprocess.run([*cli, "results", batch_id, "-o", str(dest)], env=client_env,
+                         capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    rows = [json.loads(line) for line in dest.read_text().splitlines()]
+    assert [r["custom_id"] for r in rows] == ["first", "second"]
+    assert {r["status"] for r in rows} == {"canceled"}
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"model": "nope", "task": "generate", "input": {"prompt": "x"}}\n')
+    refused = subprocess.run([*cli, "submit", str(bad)], env=client_env, capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 2 and "line 1" in refused.stderr
