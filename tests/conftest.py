@@ -128,6 +128,7 @@ def settings(
         broker_url=redis_url,
         storage_url=f"s3://{bucket}/t",
         s3_endpoint_url=s3_server,
+        broker_key_prefix=f"t{uuid.uuid4().hex[:8]}:",  # concurrent test runs share Redis
         models={TINY: tiny_checkpoint, IDLE: tiny_checkpoint},
         secret_key=secrets.token_hex(16),
         lease_seconds=3,
@@ -136,6 +137,11 @@ def settings(
         worker_heartbeat_seconds=1,
         max_attempts=3,
     )
+
+
+def queue_key(settings: Settings, model: str) -> str:
+    """The Redis list holding a model's queue."""
+    return f"{settings.broker_key_prefix}model.{model}"
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ from PIL import Image
 from sqlalchemy import create_engine, func, select
 
 from service.tables import Job
-from tests.conftest import IDLE, TINY, make_key
+from tests.conftest import IDLE, TINY, make_key, queue_key
 
 
 def png_bytes(size: tuple[int, int] = (32, 24), color: str = "red") -> bytes:
@@ -143,7 +143,7 @@ def test_metrics(client, auth) -> None:
 
 def test_publish_lands_in_redis(client, settings, auth) -> None:
     r = redis.Redis.from_url(settings.broker_url)
-    before = r.llen(f"model.{IDLE}")
+    before = r.llen(queue_key(settings, IDLE))
     job = client.post("/v1/jobs", json=gen_body(), headers=auth).json
-    assert r.llen(f"model.{IDLE}") == before + 1
+    assert r.llen(queue_key(settings, IDLE)) == before + 1
     client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)

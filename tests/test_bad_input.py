@@ -14,7 +14,7 @@ from PIL import Image
 from sqlalchemy import create_engine, func, select
 
 from service.tables import Job
-from tests.conftest import IDLE
+from tests.conftest import IDLE, queue_key
 from tests.test_api_jobs import png_bytes
 
 
@@ -130,7 +130,7 @@ def side_effects(settings, app):  # type: ignore[no-untyped-def]
     def snapshot() -> tuple[int, int, int]:
         with engine.connect() as conn:
             jobs = conn.scalar(select(func.count()).select_from(Job))
-        return jobs, queue.llen(f"model.{IDLE}"), len(storage.list("inputs/"))
+        return jobs, queue.llen(queue_key(settings, IDLE)), len(storage.list("inputs/"))
 
     yield snapshot
     engine.dispose()

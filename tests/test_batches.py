@@ -12,7 +12,7 @@ import redis
 from sqlalchemy import create_engine, func, select
 
 from service.tables import Batch, Job
-from tests.conftest import IDLE, TINY, start_worker, wait_for
+from tests.conftest import IDLE, TINY, queue_key, start_worker, wait_for
 from tests.test_api_jobs import png_bytes
 
 
@@ -35,7 +35,7 @@ def counts(settings):  # type: ignore[no-untyped-def]
         with engine.connect() as conn:
             jobs = conn.scalar(select(func.count()).select_from(Job))
             batches = conn.scalar(select(func.count()).select_from(Batch))
-        return jobs, batches, queue.llen(f"model.{IDLE}")
+        return jobs, batches, queue.llen(queue_key(settings, IDLE))
 
     yield snapshot
     engine.dispose()

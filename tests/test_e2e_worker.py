@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, select
 
 from service.publish import publish
 from service.tables import Job
-from tests.conftest import TEST_IMAGE_SIZE, TINY, start_worker, wait_for
+from tests.conftest import TEST_IMAGE_SIZE, TINY, queue_key, start_worker, wait_for
 from tests.test_api_jobs import png_bytes
 
 pytestmark = pytest.mark.slow
@@ -95,7 +95,7 @@ def test_cancel_queued_never_runs_and_duplicate_delivery_is_harmless(
 
     # The canceled job's message was consumed by now (it was ahead in the queue).
     queue = redis.Redis.from_url(settings.broker_url)
-    wait_for(lambda: queue.llen(f"model.{TINY}") == 0, 30, what="queue to drain")
+    wait_for(lambda: queue.llen(queue_key(settings, TINY)) == 0, 30, what="queue to drain")
     never = client.get(f"/v1/jobs/{canceled['id']}", headers=auth).json
     assert never["status"] == "canceled" and never["started_at"] is None
     assert never["attempts"] == 0
@@ -105,7 +105,8 @@ def test_cancel_queued_never_runs_and_duplicate_delivery_is_harmless(
     from service.workers.celery_app import make_celery
 
     assert publish(make_celery(settings), [(ok["id"], TINY)], 1) == []
-    wait_for(lambda: queue.llen(f"model.{TINY}") == 0, 30, what="duplicate to be consumed")
+    wait_for(lambda: queue.llen(queue_key(settings, TINY)) == 0, 30,
+             what="duplicate to be consumed")
     time.sleep(1.0)
     with engine.connect() as conn:
         row = conn.execute(select(Job).where(Job.id == ok["id"])).one()

@@ -15,7 +15,7 @@ from service.db import make_engine, make_sessionmaker
 from service.tables import Job
 from service.workers.celery_app import make_celery
 from service.workers.sweeper import sweep_once
-from tests.conftest import free_port, settings_env, start_worker, wait_for
+from tests.conftest import free_port, queue_key, settings_env, start_worker, wait_for
 from tests.test_e2e_worker import wait_terminal
 
 pytestmark = pytest.mark.slow
@@ -108,7 +108,7 @@ def test_redis_down_at_submit_then_sweeper_publishes(client, settings, auth, tmp
         again = sweep_once(sessions=sessions, celery=celery, settings=broken)
         assert job_id not in again.republished  # published once
         # One wake-up for the model (its id names the oldest unpublished job).
-        assert redis.Redis(port=port).llen("model.janus-pro-idle") >= 1
+        assert redis.Redis(port=port).llen(queue_key(broken, "janus-pro-idle")) >= 1
     finally:
         server.terminate()
         server.wait(10)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from flask import current_app, g
@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.settings import Settings
 from service.storage import Storage
-from service.tables import ApiKey
+
+if TYPE_CHECKING:
+    from service.api.auth import Principal
 
 
 @dataclass
@@ -50,5 +52,5 @@ def close_db(_exc: BaseException | None = None) -> None:
         session.close()
 
 
-def current_key() -> ApiKey:
+def current_key() -> Principal:
     return g.api_key

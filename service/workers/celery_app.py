@@ -25,6 +25,8 @@ def make_celery(settings: Settings) -> Celery:
         # Fail a publish fast when Redis is away; the sweeper republishes later.
         transport.update(visibility_timeout=settings.visibility_timeout_seconds,
                          socket_connect_timeout=2, socket_timeout=10, retry_on_timeout=True)
+        if settings.broker_key_prefix:
+            transport["global_keyprefix"] = settings.broker_key_prefix
     # (kombu's SQLAlchemy transport hands its options to create_engine, so it gets none.)
     app.conf.update(
         task_acks_late=True,
