@@ -12,7 +12,7 @@ import json
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str = ""
     broker_url: str = ""
+    # Prefix for every Redis key the broker writes: lets deployments (or test runs)
+    # share one Redis without seeing each other's queues.
+    broker_key_prefix: str = ""
     storage_url: str = ""
     s3_endpoint_url: str | None = None
     # Model id -> checkpoint path or hub id; the family comes from the checkpoint's config.json.
@@ -72,6 +75,10 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = Field(1.0, gt=0)
 
     log_level: str = "INFO"
+    # "json": one JSON object per log line (containers, log shippers); "text" for people.
+    log_format: Literal["text", "json"] = "text"
+    # Port of a worker's Prometheus endpoint (`worker --metrics-port` overrides); 0 = off.
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
 
     @field_validator("models", mode="before")
     @classmethod
