@@ -62,6 +62,38 @@ _JOB = {
         "metrics": {"type": "object"},
     },
 }
+_COUNTS = {s: {"type": "integer"} for s in
+           ("total", "queued", "running", "succeeded", "failed", "canceled")}
+_BATCH = {
+    "type": "object",
+    "required": ["id", "object", "status", "counts", "created_at", "completed_at", "webhook",
+                 "metadata"],
+    "properties": {
+        "id": {"type": "string"}, "object": {"const": "batch"},
+        "status": {"enum": ["queued", "running", "completed", "canceling", "canceled"]},
+        "counts": {"type": "object", "properties": _COUNTS},
+        "created_at": {"type": "string", "format": "date-time"},
+        "completed_at": {"type": ["string", "null"], "format": "date-time"},
+        "webhook": {"type": ["string", "null"]}, "metadata": {"type": "object"},
+    },
+}
+_DELIVERY = {
+    "type": "object",
+    "required": ["id", "event_id", "type", "attempt", "attempted_at", "status_code", "error",
+                 "duration_ms", "next_attempt_at", "event_status"],
+    "properties": {
+        "id": {"type": "string"},
+        "event_id": {"type": "string", "description": "the webhook-id header"},
+        "type": {"type": "string"},
+        "attempt": {"type": "integer"},
+        "attempted_at": {"type": "string", "format": "date-time"},
+        "status_code": {"type": ["integer", "null"]},
+        "error": {"type": ["string", "null"]},
+        "duration_ms": {"type": ["number", "null"]},
+        "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
+        "event_status": {"enum": ["pending", "delivering", "succeeded", "failed"]},
+    },
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -82,11 +114,13 @@ def openapi_document() -> dict[str, Any]:
         [(m, "validation") for m in (JobCreate, GenerateInput, UnderstandInput)],
         ref_template="#/components/schemas/{model}",
     )
-    schemas = {**defs["$defs"], "Error": _ERROR, "Job": _JOB}
+    schemas = {**defs["$defs"], "Error": _ERROR, "Job": _JOB, "Batch": _BATCH}
     schemas["JobCreate"]["properties"]["input"] = {
         "oneOf": [_ref("GenerateInput"), _ref("UnderstandInput")]
     }
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    batch_id = {"name": "batch_id", "in": "path", "required": True,
+                "schema": {"type": "string"}}
     ok_job = {"200": {"description": "the job", **_json(_ref("Job"))}}
     return {
         "openapi": "3.1.0",
@@ -162,6 +196,61 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {**ok_job, **_errors(401, 404)},
                 }
             },
+            "/v1/jobs/{job_id}/webhook-deliveries": {
+                "get": {
+                    "summary": "Every webhook delivery attempt for the job, oldest first",
+                    "parameters": [job_id],
+                    "responses": {
+                        "200": {
+                            "description": "attempts",
+                            **_json(
+                                {
+                                    "type": "object",
+                                    "required": ["object", "data"],
+                                    "properties": {
+                                        "object": {"const": "list"},
+                                        "data": {"type": "array", "items": _DELIVERY},
+                                    },
+                                }
+                            ),
+                        },
+                        **_errors(401, 404),
+                    },
+                }
+            },
+            "/v1/batches": {
+                "post": {
+                    "summary": "Upload a batch of jobs (JSONL or CSV)",
+                    "requestBody": {"required": True, "content": {"multipart/form-data": {
+                        "schema": {"type": "object", "required": ["file"], "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "defaults": {"type": "string", "description": "JSON object"},
+                            "webhook": {"type": "string"},
+                            "metadata": {"type": "string", "description": "JSON object"},
+                        }}}}},
+                    "responses": {"202": {"description": "accepted", **_json(_ref("Batch"))},
+                                  **_errors(401, 413, 415, 422)},
+                },
+                "get": {"summary": "List batches, newest first",
+                        "parameters": [{"name": n, "in": "query", "schema": {"type": t}}
+                                       for n, t in (("limit", "integer"), ("after", "string"))],
+                        "responses": {"200": {"description": "a page of batches"}}},
+            },
+            "/v1/batches/{batch_id}": {"get": {
+                "summary": "Read a batch", "parameters": [batch_id],
+                "responses": {"200": {"description": "the batch", **_json(_ref("Batch"))},
+                              **_errors(401, 404)}}},
+            "/v1/batches/{batch_id}/cancel": {"post": {
+                "summary": "Cancel every job of the batch not yet terminal",
+                "parameters": [batch_id],
+                "responses": {"200": {"description": "the batch", **_json(_ref("Batch"))},
+                              **_errors(401, 404)}}},
+            "/v1/batches/{batch_id}/results": {"get": {
+                "summary": "Results in upload order (NDJSON; partial while running)",
+                "parameters": [batch_id],
+                "responses": {"200": {"description": "one JSON object per line", "content": {
+                    "application/x-ndjson": {"schema": {"type": "string"}}}},
+                    **_errors(401, 404)}}},
             "/v1/models": {
                 "get": {"summary": "Served models", "responses": {"200": {"description": "models"}}}
             },
