@@ -6,12 +6,13 @@ import base64
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.ids import new_id
-from service.tables import ApiKey
+from service.tables import ApiKey, utcnow
 
 
 @dataclass(frozen=True)
@@ -49,3 +50,36 @@ def find_key(*, session: Session, key: str) -> ApiKey | None:
     if row is None or row.revoked_at is not None:
         return None
     return row
+
+
+class KeyLookupError(LookupError):
+    """No key, or more than one, matches what the operator named."""
+
+
+def rotate_secret(
+    *, session: Session, grace_seconds: float, key_id: str | None = None, name: str | None = None
+) -> str:
+    """Give the key a new webhook secret and return it (shown once).
+
+    The old secret keeps signing beside the new one for `grace_seconds`, so
+    receivers can switch without dropping a delivery. Rotating again inside
+    the grace period retires the oldest secret at once (one previous is kept).
+    """
+    query = select(ApiKey).where(ApiKey.revoked_at.is_(None))
+    if key_id is not None:
+        query = query.where(ApiKey.id == key_id)
+    elif name is not None:
+        query = query.where(ApiKey.name == name)
+    else:
+        raise KeyLookupError("name a key by id or by name")
+    rows = list(session.scalars(query.with_for_update().limit(2)))
+    if not rows:
+        raise KeyLookupError(f"no active key {key_id or name!r}")
+    if len(rows) > 1:
+        raise KeyLookupError(f"several keys are named {name!r}; use --key-id")
+    row = rows[0]
+    row.previous_webhook_secret = row.webhook_secret
+    row.previous_secret_expires_at = utcnow() + timedelta(seconds=grace_seconds)
+    row.webhook_secret = new_webhook_secret()
+    session.flush()
+    return row.webhook_secret

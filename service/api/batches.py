@@ -79,7 +79,7 @@ def create_batch() -> tuple[Response, int]:
     defaults = parse_defaults(request.form.get("defaults"))
     webhook = request.form.get("webhook") or None
     if webhook is not None:
-        _check_webhook(webhook)
+        _check_webhook(webhook, settings)
     metadata = _json_part("metadata")
     lines = parse_upload(data, fmt, defaults, rt.models, settings)
 

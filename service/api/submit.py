@@ -12,7 +12,6 @@ import math
 import secrets
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import Request
 from pydantic import ValidationError
@@ -22,6 +21,7 @@ from service.api.errors import ApiError, validation_error
 from service.images import CheckedImage, ImageRejected, check_image, decode_base64_image
 from service.schemas import SEED_MAX, JobCreate, error_details, input_model
 from service.settings import Settings
+from service.webhooks.ssrf import UnsafeWebhookURL, check_webhook_url
 
 MAX_CANCEL_AFTER = 7 * 24 * 3600
 
@@ -74,12 +74,16 @@ def _canonical_hash(job: Any, image: bytes | None) -> str:
     return digest.hexdigest()
 
 
-def _check_webhook(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _field_error("webhook", "webhook must be an absolute http(s) URL")
-    if parts.username or parts.password:
-        raise _field_error("webhook", "webhook URL must not carry credentials")
+def _check_webhook(url: str, settings: Settings | None = None) -> None:
+    """The SSRF guard at submit (service/webhooks/ssrf.py); delivery checks again."""
+    if settings is None:  # callers inside a request may leave it to the app's settings
+        from service.api.context import runtime
+
+        settings = runtime().settings
+    try:
+        check_webhook_url(url, settings)
+    except UnsafeWebhookURL as exc:
+        raise _field_error("webhook", str(exc)) from exc
 
 
 def _cancel_after(request: Request) -> float | None:
@@ -147,7 +151,7 @@ def check_job(
     data.pop("image", None)
     _family_rules(model, body.task, data)
     if body.webhook is not None:
-        _check_webhook(body.webhook)
+        _check_webhook(body.webhook, settings)
 
     image = None
     if body.task == "understand":

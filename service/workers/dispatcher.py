@@ -1,4 +1,4 @@
-"""`janus-service dispatcher`: the CPU process for housekeeping (and, later, webhooks)."""
+"""`janus-service dispatcher`: the CPU process for webhook delivery and housekeeping."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 
 from service.db import make_engine, make_sessionmaker
 from service.settings import Settings
+from service.webhooks.runner import start_webhook_runner
 from service.workers.celery_app import make_celery
 from service.workers.sweeper import sweep_once
 
@@ -21,6 +22,7 @@ def run_dispatcher(settings: Settings, stop: threading.Event | None = None) -> N
             signal.signal(sig, lambda *_: stop.set())
     sessions = make_sessionmaker(make_engine(settings.database_url))
     celery = make_celery(settings)
+    webhooks = start_webhook_runner(settings, sessions, stop)
     log.info("dispatcher started; sweeping every %.1fs", settings.sweep_interval_seconds)
     while not stop.is_set():
         try:
@@ -28,4 +30,5 @@ def run_dispatcher(settings: Settings, stop: threading.Event | None = None) -> N
         except Exception:  # a DB or broker blip must not end the loop
             log.exception("sweep failed")
         stop.wait(settings.sweep_interval_seconds)
+    webhooks.join()  # lets in-flight deliveries finish and be recorded
     log.info("dispatcher stopped")
