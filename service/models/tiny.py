@@ -92,7 +92,9 @@ def write_tiny_checkpoint(
 ) -> str:
     """Write a tiny random checkpoint of `family` into `out_dir` and return `out_dir`."""
     if family == "janusflow":
-        raise NotImplementedError("janusflow tiny checkpoint: not implemented yet")
+        from service.models.janusflow_tiny import write_tiny_janusflow
+
+        return write_tiny_janusflow(out_dir, image_size=image_size, seed=seed)
     if family != "janus-pro":
         raise ValueError(f"unknown model family {family!r}")
     if image_size % 16:
@@ -191,3 +193,18 @@ def _write_janus_pro(out_dir: str, *, image_size: int, seed: int) -> str:
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def write_tiny_original_checkpoint(out_dir: str, *, image_size: int = 384, seed: int = 0) -> str:
+    """The tiny janus-pro checkpoint (same weights) in DeepSeek's original layout.
+
+    Exercises the original-layout loader: config.json with `model_type: multi_modality`,
+    DeepSeek's weight names, and their tokenizer/processor files.
+    """
+    import tempfile
+
+    from service.models.convert_export import export_original
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tiny_checkpoint("janus-pro", tmp, image_size=image_size, seed=seed)
+        return export_original(tmp, out_dir)

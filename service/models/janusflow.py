@@ -1,0 +1,250 @@
+"""JanusFlow-1.3B: our own runner over the published `deepseek-ai/JanusFlow-1.3B` weights.
+
+Understanding: SigLIP-L/16 at 384 px -> aligner -> Llama (`LlamaForCausalLM`) writes the
+answer, sampled like the published demo (temperature 0.1, top-p 0.95, at most 512 new
+tokens by default) and seeded per job. Generation: the batched rectified-flow ODE and
+SDXL-VAE decode of `janusflow_sampler`. Loading: `janusflow_load` (strict, by key).
+
+The VAE is not part of the checkpoint: it comes from `vae_path` (default: the
+`JANUS_VAE_PATH` environment variable, else `stabilityai/sdxl-vae`), except that a
+checkpoint directory with its own `vae/` (the tiny test checkpoints) uses that.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+from PIL import Image
+
+from service.models import registry
+from service.models.base import (
+    Canceled,
+    GenerateRequest,
+    GenerateResult,
+    InvalidInput,
+    ModelError,
+    ModelRunner,
+    NullControl,
+    OutOfMemory,
+    RunControl,
+    UnderstandRequest,
+    UnderstandResult,
+)
+from service.models.janusflow_attention import ATTN_IMPLEMENTATION
+from service.models.janusflow_config import (
+    BOI,
+    BOS,
+    EOI,
+    EOS,
+    IMAGE,
+    PAD,
+    SPECIAL_TOKENS,
+    sft_prompt,
+)
+from service.models.janusflow_load import (
+    DEFAULT_VAE,
+    WeightsError,
+    load_model,
+    load_tokenizer,
+    load_vae,
+    read_image_settings,
+    resolve_dir,
+    vae_factor,
+    vae_source,
+)
+from service.models.janusflow_sampler import FlowJob, FlowSampler, decode_latents
+from service.models.janusflow_understand import Stop, understand_one
+
+DECODE_CHUNK = 4  # images per VAE call: bounds the decoder's activation peak
+UPSAMPLED_SIZE = 1024  # what the published demo resizes its 384 px images to
+
+
+class JanusFlowRunner(ModelRunner):
+    family = registry.JANUSFLOW
+    tasks = registry.tasks_of(registry.JANUSFLOW)
+
+    def __init__(
+        self,
+        path: str,
+        device: str = "cpu",
+        *,
+        vae_path: str | None = None,
+        upsample_1024: bool = False,
+        reuse_prefix_kv: bool = True,
+    ) -> None:
+        super().__init__(path, device)
+        self.vae_path = vae_path or os.environ.get("JANUS_VAE_PATH") or DEFAULT_VAE
+        self.upsample_1024 = upsample_1024
+        self.reuse_prefix_kv = reuse_prefix_kv
+        self.dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        self.model: Any = None
+        self.vae: Any = None
+        self.tokenizer: Any = None
+        self.sampler: FlowSampler | None = None
+        self.image_size = 384
+        self.max_positions = 16384
+        self.images: Any = None  # ImageSettings
+        self.ids: dict[str, int] = {}
+        self._specials: list[str] = []
+
+    # -- loading ----------------------------------------------------------------------
+
+    def load(self) -> None:
+        directory = resolve_dir(self.path)
+        self.model = load_model(directory, self.dtype, self.device, ATTN_IMPLEMENTATION)
+        self.vae = load_vae(vae_source(directory, self.vae_path), self.dtype, self.device)
+        self.tokenizer = load_tokenizer(directory)
+        config = self.model.config
+        if self.vae.config.latent_channels != config.gen_enc.input_channels:
+            raise WeightsError(
+                f"the VAE has {self.vae.config.latent_channels} latent channels, the "
+                f"generation encoder reads {config.gen_enc.input_channels}"
+            )
+        latent, grid = config.latent_grid(vae_factor(self.vae))
+        self.image_size = config.image_size
+        self.max_positions = self.model.language_model.config.max_position_embeddings
+        self.images = read_image_settings(directory, config.und.image_size)
+        for token in (BOS, EOS, PAD, IMAGE, BOI, EOI):
+            token_id = self.tokenizer.token_to_id(token)
+            if token_id is None:
+                raise WeightsError(f"the tokenizer has no {token!r}")
+            self.ids[token] = token_id
+        added = self.tokenizer.get_added_tokens_decoder().values()
+        specials = {t.content for t in added if t.special} | set(SPECIAL_TOKENS)
+        self._specials = sorted(specials, key=len, reverse=True)  # longest first
+        self.sampler = FlowSampler(
+            self.model, latent=latent, grid=grid, bos_id=self.ids[BOS], pad_id=self.ids[PAD],
+            device=self.device, dtype=self.dtype, reuse_prefix_kv=self.reuse_prefix_kv,
+        )
+
+    def defaults(self) -> dict[str, dict[str, Any]]:
+        values = registry.defaults_of(self.family)
+        values["generate"]["image_size"] = (
+            UPSAMPLED_SIZE if self.upsample_1024 else self.image_size
+        )
+        return values
+
+    def warmup(self) -> None:
+        self.understand([UnderstandRequest(Image.new("RGB", (32, 32)), "hi", max_new_tokens=2)])
+        self.generate([GenerateRequest("warm-up", num_images=1, steps=2)])
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def clean(self, text: str) -> str:
+        # User text must not smuggle in control tokens (an image placeholder, a fake turn).
+        for token in self._specials:
+            text = text.replace(token, "")
+        return text.strip()
+
+    def encode(self, text: str) -> list[int]:
+        # BOS by hand: the result must not depend on the tokenizer file's post-processor.
+        return [self.ids[BOS]] + self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _failure(self, e: Exception) -> ModelError:
+        if isinstance(e, ModelError):
+            return e
+        if isinstance(e, torch.OutOfMemoryError):
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            return OutOfMemory(str(e) or "out of memory")
+        return ModelError(str(e) or type(e).__name__)
+
+    # -- generate ---------------------------------------------------------------------
+
+    def _flow_job(self, index: int, req: GenerateRequest) -> FlowJob:
+        d = self.defaults()["generate"]
+        steps = d["steps"] if req.steps is None else int(req.steps)
+        guidance = d["guidance"] if req.guidance is None else float(req.guidance)
+        if req.num_images < 1:
+            raise InvalidInput("num_images must be at least 1")
+        if steps < 1:
+            raise InvalidInput("steps must be at least 1")
+        if guidance < 0:
+            raise InvalidInput("guidance must not be negative")
+        ids = self.encode(sft_prompt(self.clean(req.prompt)))
+        room = self.max_positions - 1 - self.sampler.image_tokens  # type: ignore[union-attr]
+        if len(ids) > room:
+            raise InvalidInput(f"prompt too long: {len(ids)} tokens; at most {room} fit")
+        return FlowJob(index, ids, req.num_images, steps, guidance, int(req.seed))
+
+    def _sample(self, jobs: list[FlowJob], control: RunControl) -> dict[int, Any]:
+        """The sampler over `jobs`; out of memory splits the batch, so that only a job that
+        cannot run alone fails."""
+        message = ""
+        try:
+            return self.sampler.run(jobs, control)  # type: ignore[union-attr]
+        except torch.OutOfMemoryError as e:
+            message = str(e) or "out of memory"
+        if self.device.startswith("cuda"):  # outside the except: its frames are gone now
+            torch.cuda.empty_cache()
+        if len(jobs) == 1:
+            return {jobs[0].index: OutOfMemory(message)}
+        half = len(jobs) // 2
+        return {**self._sample(jobs[:half], control), **self._sample(jobs[half:], control)}
+
+    def generate(
+        self, batch: list[GenerateRequest], control: RunControl | None = None
+    ) -> list[GenerateResult | ModelError]:
+        control = control or NullControl()
+        started = time.monotonic()
+        results: list[Any] = [None] * len(batch)
+        jobs: list[FlowJob] = []
+        for i, req in enumerate(batch):
+            try:
+                if control.should_stop(i):
+                    raise Canceled("canceled before start")
+                jobs.append(self._flow_job(i, req))
+            except Exception as e:
+                results[i] = self._failure(e)
+        latents: dict[int, Any] = {}
+        if jobs:
+            try:
+                latents = self._sample(jobs, control)
+            except Exception as e:  # a fault of the batch as a whole
+                latents = {job.index: self._failure(e) for job in jobs}
+        ode_seconds = round(time.monotonic() - started, 3)
+        size = UPSAMPLED_SIZE if self.upsample_1024 else None
+        for job in jobs:
+            z = latents[job.index]
+            if isinstance(z, ModelError):
+                results[job.index] = z
+                continue
+            try:
+                decode_started = time.monotonic()
+                images = []
+                for chunk in z.split(DECODE_CHUNK):
+                    images.extend(decode_latents(self.vae, chunk, size))
+                control.report_progress(job.index, 1.0)
+                results[job.index] = GenerateResult(images=images, stats={
+                    "prompt_tokens": len(job.prompt_ids), "steps": job.steps,
+                    "guidance": job.guidance, "batch_jobs": len(jobs),
+                    "ode_seconds": ode_seconds,
+                    "vae_seconds": round(time.monotonic() - decode_started, 3),
+                    "seconds": round(time.monotonic() - started, 3),
+                })
+            except Exception as e:
+                results[job.index] = self._failure(e)
+        return results
+
+    # -- understand -------------------------------------------------------------------
+
+    def understand(
+        self, batch: list[UnderstandRequest], control: RunControl | None = None
+    ) -> list[UnderstandResult | ModelError]:
+        # One job at a time: each is a short prefill and a sampled answer, seeded on its own.
+        control = control or NullControl()
+        results: list[UnderstandResult | ModelError] = []
+        for i, req in enumerate(batch):
+            try:
+                if control.should_stop(i):
+                    raise Canceled("canceled before start")
+                with torch.inference_mode():
+                    results.append(understand_one(self, i, req, control))
+            except Stop:
+                results.append(Canceled("canceled"))
+            except Exception as e:
+                results.append(self._failure(e))
+        return results

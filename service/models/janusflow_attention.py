@@ -1,0 +1,88 @@
+"""Attention for JanusFlow's ODE steps: rows attend in groups, each over its own keys.
+
+The Llama runs with this function registered as its attention implementation. Without a
+`janusflow_plan` keyword it is plain SDPA (text generation for understanding). With one,
+the batch's rows are split into `Group`s and each group attends over
+
+    [its prefix keys (computed once, before the first ODE step)] + [this call's keys],
+
+causally (or under its own mask). The prefix is a job's prompt (shared by that job's image rows), or
+the lone BOS token that every unconditional row sees, so the prompt never runs again
+after the first step and no row ever sees another job's padding: a job's numbers are the
+same alone or batched. A plan may also `store` the keys and values it computes, which is
+how the prefix cache is filled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+ATTN_IMPLEMENTATION = "janusflow_grouped"
+
+KV = tuple[torch.Tensor, torch.Tensor]  # (keys, values), each (rows, kv_heads, length, head_dim)
+
+
+@dataclass
+class Group:
+    start: int  # first batch row of the group
+    stop: int  # one past its last row
+    offset: int = 0  # first real position: the group's rows are left-padded before it
+    prefix: list[KV] | None = None  # per layer; batch 1 (broadcast to the rows)
+    mask: torch.Tensor | None = None  # bool (prefix + queries, same); None: causal
+
+
+@dataclass
+class Plan:
+    groups: list[Group]
+    store: dict[int, KV] | None = None  # layer index -> this call's keys/values
+
+
+def grouped_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    plan: Plan | None = kwargs.pop("janusflow_plan", None)
+    if plan is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    layer = module.layer_idx
+    rows, heads, length, head_dim = query.shape
+    extra = {"enable_gqa": True} if key.shape[1] != heads else {}
+    out = query.new_zeros(rows, length, heads, head_dim)
+    for g in plan.groups:
+        q = query[g.start : g.stop, :, g.offset :]
+        k = key[g.start : g.stop, :, g.offset :]
+        v = value[g.start : g.stop, :, g.offset :]
+        if plan.store is not None:
+            plan.store[layer] = (k, v)
+        placeholders = 0
+        if g.prefix is not None:
+            pk, pv = g.prefix[layer]
+            n, placeholders = g.stop - g.start, pk.shape[2]
+            k = torch.cat([pk.expand(n, -1, -1, -1), k], dim=2)
+            v = torch.cat([pv.expand(n, -1, -1, -1), v], dim=2)
+            # Causal over [prefix + new] is what the new queries need: each sees the whole
+            # prefix and the new keys up to itself. Placeholder queries at the prefix
+            # positions make the problem square, so SDPA's causal kernels (which skip the
+            # masked half) apply; their outputs are dropped.
+            q = torch.cat([q.new_zeros(n, heads, placeholders, head_dim), q], dim=2)
+        o = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=g.mask, is_causal=g.mask is None, scale=scaling, **extra
+        )
+        out[g.start : g.stop, g.offset :] = o[:, :, placeholders:].transpose(1, 2)
+    return out, None
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, grouped_attention)
