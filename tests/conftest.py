@@ -23,6 +23,7 @@ PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 TINY = "janus-pro-tiny"  # served by worker processes in tests
 IDLE = "janus-pro-idle"  # configured, never served: API-only tests queue jobs here
+FLOW = "janusflow-tiny"
 TEST_IMAGE_SIZE = 64
 
 
@@ -114,12 +115,21 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def flow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from service.models.tiny import write_tiny_checkpoint
+
+    out = tmp_path_factory.mktemp("ckpt") / "janusflow-tiny"
+    return write_tiny_checkpoint("janusflow", str(out), image_size=TEST_IMAGE_SIZE)
+
+
+@pytest.fixture(scope="session")
 def settings(
     pg_url: str,
     redis_url: str,
     s3_server: str,
     bucket: str,
     tiny_checkpoint: str,
+    flow_checkpoint: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
     return Settings(
@@ -129,7 +139,7 @@ def settings(
         storage_url=f"s3://{bucket}/t",
         s3_endpoint_url=s3_server,
         broker_key_prefix=f"t{uuid.uuid4().hex[:8]}:",  # concurrent test runs share Redis
-        models={TINY: tiny_checkpoint, IDLE: tiny_checkpoint},
+        models={TINY: tiny_checkpoint, IDLE: tiny_checkpoint, FLOW: flow_checkpoint},
         secret_key=secrets.token_hex(16),
         lease_seconds=3,
         republish_after_seconds=2,
