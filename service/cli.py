@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
 import sys
 
 from pydantic import ValidationError
@@ -19,11 +19,10 @@ def _settings() -> Settings:
         sys.exit(f"janus-service: bad configuration:\n{exc}")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from service.logs import setup_logging
+
+    setup_logging(level, fmt)  # fmt "json": one JSON object per line (JANUS_LOG_FORMAT)
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -48,6 +47,33 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
         print("(shown once; only a hash of the key is stored)", file=sys.stderr)
 
 
+def cmd_keys_rotate_secret(args: argparse.Namespace) -> None:
+    from service.db import make_engine, make_sessionmaker, session_scope
+    from service.keys import KeyLookupError, rotate_secret
+
+    settings = _settings()
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    try:
+        with session_scope(sessions) as session:
+            secret = rotate_secret(
+                session=session,
+                grace_seconds=settings.webhook_secret_grace_seconds,
+                key_id=args.key_id,
+                name=args.name,
+            )
+    except KeyLookupError as exc:
+        sys.exit(f"janus-service keys rotate-secret: {exc}")
+    if args.json:
+        print(json.dumps({"webhook_secret": secret}))
+    else:
+        print(f"webhook secret: {secret}")
+        print(
+            f"(shown once; the old secret keeps signing for "
+            f"{settings.webhook_secret_grace_seconds:g}s)",
+            file=sys.stderr,
+        )
+
+
 def cmd_api(args: argparse.Namespace) -> None:
     from service.server import serve
 
@@ -66,6 +92,9 @@ def cmd_worker(args: argparse.Namespace) -> None:
             max_batch=args.max_batch,
             hostname=args.hostname,
             loglevel=settings.log_level,
+            metrics_port=(
+                settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
+            ),
         )
     except WorkerStartError as exc:
         sys.exit(f"janus-service worker: {exc}")
@@ -84,6 +113,20 @@ def cmd_tiny_checkpoint(args: argparse.Namespace) -> None:
         args.family, args.out_dir, image_size=args.image_size, seed=args.seed
     )
     print(path)
+
+
+def cmd_batch(args: argparse.Namespace) -> None:
+    from service import batch_client
+
+    command = batch_client.submit_command if args.batch_command == "submit" else (
+        batch_client.results_command)
+    sys.exit(command(args))
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from service.models.convert import convert_checkpoint
+
+    print(convert_checkpoint(args.src, args.dst))
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
@@ -107,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--json", action="store_true", help="print only a JSON object")
     create.set_defaults(func=cmd_keys_create)
+    rotate = keys.add_parser(
+        "rotate-secret", help="new webhook secret; the old one signs too for a grace period"
+    )
+    which = rotate.add_mutually_exclusive_group(required=True)
+    which.add_argument("--key-id")
+    which.add_argument("--name")
+    rotate.add_argument("--json", action="store_true", help="print only a JSON object")
+    rotate.set_defaults(func=cmd_keys_rotate_secret)
 
     api = sub.add_parser("api", help="serve the HTTP API (gunicorn)")
     api.add_argument("--host", default="127.0.0.1")
@@ -127,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch", type=int, default=8, help="most compatible jobs run as one batch"
     )
     worker.add_argument("--hostname", default=None, help="name this worker reports")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (default JANUS_WORKER_METRICS_PORT; 0 = off)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     sub.add_parser("dispatcher", help="webhook delivery and housekeeping").set_defaults(
@@ -143,13 +200,43 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="everything on one machine (what `make run` calls)")
     dev.add_argument("--port", type=int, default=8000)
     dev.set_defaults(func=cmd_dev)
+
+    batch = sub.add_parser("batch", help="bulk jobs from a JSONL or CSV file (an HTTP client)")
+    batch_sub = batch.add_subparsers(dest="batch_command", required=True)
+    for name, help_text in (("submit", "upload a file of jobs"),
+                            ("results", "download a batch's results as JSONL")):
+        cmd = batch_sub.add_parser(name, help=help_text)
+        cmd.add_argument("--api-url", default=os.environ.get("JANUS_API_URL",
+                                                             "http://127.0.0.1:8000"))
+        cmd.add_argument("--api-key", default=os.environ.get("JANUS_API_KEY", ""))
+        cmd.set_defaults(func=cmd_batch)
+    submit = batch_sub.choices["submit"]
+    submit.add_argument("file")
+    submit.add_argument("--model", help="default model for lines that name none")
+    submit.add_argument("--task", choices=["generate", "understand"])
+    submit.add_argument("--defaults", help="JSON object of fields lines leave out")
+    submit.add_argument("--webhook", help="URL that gets batch.completed")
+    submit.add_argument("--wait", action="store_true", help="show progress until it finishes")
+    results = batch_sub.choices["results"]
+    results.add_argument("batch_id")
+    results.add_argument("-o", "--output", default="-", help="file to write (default stdout)")
+
+    convert = sub.add_parser("convert", help="convert an original deepseek-ai Janus checkpoint "
+                             "to the transformers layout")
+    convert.add_argument("src")
+    convert.add_argument("dst")
+    convert.set_defaults(func=cmd_convert)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.command != "keys":
-        _setup_logging(_settings().log_level if args.command != "tiny-checkpoint" else "INFO")
+    if args.command not in ("keys", "batch"):
+        if args.command == "tiny-checkpoint":
+            _setup_logging("INFO")
+        else:
+            settings = _settings()
+            _setup_logging(settings.log_level, settings.log_format)
     args.func(args)
 
 

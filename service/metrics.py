@@ -1,31 +1,62 @@
-"""Prometheus metrics for the API: request counters, latencies, and job gauges read at scrape."""
+"""Prometheus metrics for the API: request counters, latencies, and job gauges read at scrape.
+
+Under gunicorn each worker process counts only the requests it served. With
+PROMETHEUS_MULTIPROC_DIR set (service/server.py sets it) counters and histograms
+are written to per-process files there and every scrape sums them, whichever
+worker answers. The job gauges need no sharing: they are read from the database
+and broker at each scrape.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from service.tables import STATUSES
 
+log = logging.getLogger(__name__)
+
+
+def multiprocess_dir() -> str | None:
+    """The shared metrics directory, when multiprocess mode is on and can work."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return None
+    if values.ValueClass is values.MutexValue:
+        # prometheus_client picks file-backed values when it is first imported; imported
+        # before the variable was set, it keeps values in memory and the files stay empty.
+        log.warning("PROMETHEUS_MULTIPROC_DIR was set too late; /metrics shows one process")
+        return None
+    return path
+
 
 class ApiMetrics:
     def __init__(self) -> None:
+        # What /metrics serves. In multiprocess mode the counters are not registered in
+        # it: their values live in files, and the collector reads every process' files.
         self.registry = CollectorRegistry()
+        shared = multiprocess_dir()
+        if shared:
+            MultiProcessCollector(self.registry, path=shared)
+        own = None if shared else self.registry
         self.requests = Counter(
             "janus_http_requests_total",
             "HTTP requests",
             ["method", "route", "status"],
-            registry=self.registry,
+            registry=own,
         )
         self.latency = Histogram(
             "janus_http_request_seconds",
             "HTTP request latency",
             ["method", "route"],
-            registry=self.registry,
+            registry=own,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
 

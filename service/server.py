@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -26,7 +29,42 @@ class _Gunicorn(BaseApplication):
         return create_app(self.settings)
 
 
+def _metrics_dir() -> tuple[str, bool]:
+    """An empty directory for prometheus_client's multiprocess mode; (path, made here).
+
+    Each gunicorn worker counts the requests it serves, so /metrics answered by one
+    worker would show a fraction of the traffic. In multiprocess mode every worker
+    writes its counters to files here and a scrape sums them. Files left by an
+    earlier run would add its counts to this one, so the directory is emptied first.
+    It must be in the environment before any process imports prometheus_client: the
+    master sets it here, and the workers inherit it when they fork.
+    """
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        path = tempfile.mkdtemp(prefix="janus-prometheus-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        return path, True
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.remove(os.path.join(path, name))
+    return path, False
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # drops a dead worker's live-gauge files
+
+
 def serve(settings: Settings, host: str, port: int, workers: int = 2, threads: int = 16) -> None:
+    metrics_dir, made_here = _metrics_dir()
+    json_logs = {"logger_class": "service.logs.GunicornJsonLogger"}
+
+    def on_exit(_server: Any) -> None:
+        if made_here:  # an operator's own directory is left alone
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
     _Gunicorn(
         settings,
         {
@@ -39,5 +77,8 @@ def serve(settings: Settings, host: str, port: int, workers: int = 2, threads: i
             "accesslog": "-",
             "errorlog": "-",
             "loglevel": settings.log_level.lower(),
+            **(json_logs if settings.log_format == "json" else {}),
+            "child_exit": _child_exit,
+            "on_exit": on_exit,
         },
     ).run()

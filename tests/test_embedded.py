@@ -44,8 +44,8 @@ def test_embedded_end_to_end(tmp_path, tiny_checkpoint, spawn) -> None:
     def ready() -> bool:
         assert api.alive(), api.output()
         try:
-            return requests.get(f"{base}/readyz", timeout=2).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(f"{base}/readyz", timeout=5).status_code == 200
+        except requests.RequestException:
             return False
 
     wait_for(ready, 60, what="embedded API")

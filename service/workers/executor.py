@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import jobs as crud
 from service.db import session_scope
 from service.images import open_rgb
+from service.logs import job_fields, log_context
 from service.models.base import (
     Canceled,
     GenerateRequest,
@@ -33,6 +34,7 @@ from service.models.base import (
 from service.settings import Settings
 from service.storage import Storage, StorageError
 from service.tables import Job, utcnow
+from service.workers import metrics as worker_metrics
 from service.workers.lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,8 @@ class Executor:
             return
         started = time.monotonic()
         try:
-            self._run_batch(batch, started)
+            with log_context(**job_fields([job.id for job in batch])):
+                self._run_batch(batch, started)
         except (StorageError, OperationalError) as exc:
             self._release(batch)
             raise TransientError(str(exc)) from exc
@@ -147,6 +150,7 @@ class Executor:
                 log.exception("runner failed on the whole batch")
                 results = [ModelError(f"{type(exc).__name__}: {exc}") for _ in runnable]
         elapsed = round(time.monotonic() - started, 3)
+        worker_metrics.record_batch(self.model_id, task, results, elapsed)
         for index, (job, result) in enumerate(zip(runnable, results, strict=True)):
             if job.id in keeper.lost:
                 continue  # another worker owns it now
@@ -232,7 +236,7 @@ class Executor:
         }
 
     def _finish(self, job_id: str, status: str, **fields: Any) -> None:
-        def commit() -> None:
+        def commit() -> bool:
             with session_scope(self.sessions) as session:
                 if not crud.finish(
                     session=session,
@@ -242,9 +246,14 @@ class Executor:
                     **fields,
                 ):
                     log.warning("job %s: no longer ours; result dropped", job_id)
+                    return False
+            return True
 
-        _retry(commit, OperationalError)
-        log.info("job %s: %s", job_id, status)
+        # This one job, not the batch it ran in, is what these lines are about.
+        with log_context(job_id=job_id, job_ids=None):
+            owned = _retry(commit, OperationalError)
+            log.info("job %s: %s", job_id, status)
+        worker_metrics.record_finish(self.model_id, status if owned else "dropped")
 
 
 def _deadline_error() -> dict[str, str]:

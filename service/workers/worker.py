@@ -21,10 +21,12 @@ from sqlalchemy import delete, update
 
 from service.db import make_engine, make_sessionmaker, session_scope
 from service.ids import new_id
+from service.logs import adopt_library_logs, set_process_context
 from service.publish import publish
 from service.settings import Settings
 from service.storage import storage_from_settings
 from service.tables import Worker, utcnow
+from service.workers import metrics as worker_metrics
 from service.workers.celery_app import make_celery, queue_name
 from service.workers.executor import Executor
 from service.workers.tasks import register_tasks
@@ -44,6 +46,7 @@ def run_worker(
     max_batch: int = 1,
     hostname: str | None = None,
     loglevel: str = "INFO",
+    metrics_port: int = 0,
 ) -> None:
     from service.models.registry import CheckpointError, load_runner
 
@@ -51,6 +54,9 @@ def run_worker(
         raise WorkerStartError(
             f"model {model_id!r} is not in JANUS_MODELS (known: {sorted(settings.models)})"
         )
+    set_process_context(model=model_id)  # every log line of this process names its model
+    if settings.log_format == "json":
+        adopt_library_logs()
     path = settings.models[model_id]
     started = time.monotonic()
     try:
@@ -58,12 +64,20 @@ def run_worker(
     except CheckpointError as exc:
         raise WorkerStartError(str(exc)) from exc
     runner.warmup()
-    log.info(
-        "model %s loaded from %s on %s in %.1fs", model_id, path, device, time.monotonic() - started
-    )
+    load_seconds = time.monotonic() - started
+    log.info("model %s loaded from %s on %s in %.1fs", model_id, path, device, load_seconds)
+    worker_metrics.record_load(model_id, device, load_seconds)
+    worker_metrics.watch_device(model_id, device)
+    if metrics_port:
+        # Started once the model is in memory: a worker whose endpoint answers has loaded.
+        try:
+            worker_metrics.serve(metrics_port)
+        except (OSError, OverflowError) as exc:
+            raise WorkerStartError(f"cannot serve metrics on port {metrics_port}: {exc}") from exc
 
     host = hostname or socket.gethostname()
     worker_id = f"{model_id}@{host}:{os.getpid()}"
+    set_process_context(worker_id=worker_id)
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
     executor = Executor(
@@ -102,6 +116,7 @@ def run_worker(
             loglevel=loglevel,
             without_gossip=True,
             without_mingle=True,
+            quiet=settings.log_format == "json",  # no ASCII banner among JSON lines
         ).start()
     finally:
         stop.set()
