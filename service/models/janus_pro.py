@@ -1,35 +1,25 @@
-"""Janus-1.3B / Janus-Pro-1B/7B through transformers' own Janus implementation.
+"""Janus-1.3B / Janus-Pro-1B/7B: transformers' Janus modules, our own batched decode loops.
 
-Checkpoints are in transformers' converted layout (e.g. `deepseek-community/Janus-Pro-7B`)
-and load with `JanusForConditionalGeneration` / `JanusProcessor.from_pretrained`.
-
-Jobs in a batch run one after another in this phase: each job is seeded with
-`torch.manual_seed` just before it runs, so the same request and seed give the same output
-whatever else shares the batch. Per-step cancellation and progress ride on hooks that
-`generate` calls once per token (see `_StepHook`).
+The worker hands over up to `--max-batch` compatible jobs at once; they run as one batch
+through `janus_decode` (one forward pass per step for every job, each job with its own
+generator). Requests become jobs in `janus_jobs`; both checkpoint layouts load
+(`janus_loading`). Out-of-memory splits the batch (`oom.run_split_on_oom`), and images are
+VQ-decoded a few at a time.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from PIL import Image
-from transformers import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
 
 from service.models import registry
 from service.models.base import (
     Canceled,
     GenerateRequest,
     GenerateResult,
-    InvalidInput,
     ModelError,
     ModelRunner,
     NullControl,
@@ -38,95 +28,70 @@ from service.models.base import (
     UnderstandRequest,
     UnderstandResult,
 )
+from service.models.janus_decode import JanusDecoder
+from service.models.janus_jobs import DECODE_CHUNK, ImageJob, JobBuilder, TextJob
+from service.models.janus_lm import LeanLM
+from service.models.oom import run_split_on_oom
 
-# The published 16-image example runs out of memory in the VQ decoder, not in the LLM:
-# decoding at most this many images per call bounds that peak.
-DECODE_CHUNK = 4
-
-T = TypeVar("T")
-
-
-class _Stop(Exception):
-    """Raised from inside `generate` to abandon a job the control wants stopped."""
-
-
-class _StepHook:
-    """Counts decoding steps of one job; checks for cancellation and reports progress."""
-
-    def __init__(self, control: RunControl, index: int, total: int) -> None:
-        self.control, self.index, self.total, self.done = control, index, max(total, 1), 0
-
-    def step(self) -> None:
-        if self.control.should_stop(self.index):
-            raise _Stop
-        self.done += 1
-        self.control.report_progress(self.index, min(self.done / self.total, 1.0))
-
-
-class _ImageStepProcessor(LogitsProcessor):
-    # Janus' image `generate` runs its own token loop and calls the logits processors
-    # exactly once per image token, so a pass-through processor is a per-step hook.
-    def __init__(self, hook: _StepHook) -> None:
-        self.hook = hook
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.hook.step()
-        return scores
-
-
-class _CondOnly(LogitsProcessor):
-    # Guidance 1.0 means "no guidance", but transformers' CFG processor refuses scale <= 1
-    # and Janus still feeds it conditional + unconditional rows; keep the conditional half.
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return scores[: input_ids.shape[0]]
-
-
-class _TextStepCriteria(StoppingCriteria):
-    # Janus' text-mode `generate` drops a `logits_processor` argument (it forwards only
-    # `**kwargs` to GenerationMixin.generate), but stopping criteria do travel in kwargs
-    # and are called once per new token, so the text hook lives here. It never stops.
-    def __init__(self, hook: _StepHook) -> None:
-        self.hook = hook
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        self.hook.step()
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+# On a GPU, cancellation (and end-of-text) is checked every this many steps: each check is
+# host work the device would otherwise not wait for.
+CUDA_POLL_EVERY = 8
 
 
 class JanusProRunner(ModelRunner):
     family = registry.JANUS_PRO
     tasks = registry.tasks_of(registry.JANUS_PRO)
 
-    def __init__(self, path: str, device: str = "cpu") -> None:
+    def __init__(self, path: str, device: str = "cpu", compile: bool = False) -> None:
         super().__init__(path, device)
         self.model: Any = None
         self.processor: Any = None
-        self.dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        self.decoder: JanusDecoder | None = None
+        self.cuda = device.startswith("cuda")
+        self.dtype = torch.bfloat16 if self.cuda else torch.float32
+        # torch.compile targets GPU launch overhead. On a CPU the compiled fixed-shape step
+        # (full-length attention) measured 5x slower than the eager step that attends over
+        # filled columns only (tiny 384 px checkpoint, 4 jobs), so the flag is ignored there.
+        self.compile = compile and self.cuda
         self.image_size = 384
         self.num_image_tokens = 576
         self.max_positions = 16384
-        self._special_strings: list[str] = []
+        self.jobs: JobBuilder | None = None
 
     def load(self) -> None:
-        from transformers import JanusForConditionalGeneration, JanusProcessor
+        from service.models.janus_loading import load_model_and_processor
 
-        self.processor = JanusProcessor.from_pretrained(self.path)
-        # device_map loads the shards straight onto the device (no full copy in host RAM).
-        model = JanusForConditionalGeneration.from_pretrained(
-            self.path, dtype=self.dtype, device_map=self.device
-        )
-        self.model = model.eval()
+        model, processor = load_model_and_processor(self.path, self.device, self.dtype)
+        self.attach(model, processor)
+
+    def attach(self, model: Any, processor: Any) -> None:
+        """Serve an already loaded model (`load()` ends here; the benchmark calls it directly)."""
+        self.model, self.processor = model.eval(), processor
         config = model.config
         vq = config.vq_config
         # The VQ decoder upsamples each latent patch by 2 per level after the first.
         self.image_size = vq.num_patches * 2 ** (len(vq.channel_multiplier) - 1)
         self.num_image_tokens = config.vision_config.num_image_tokens
         self.max_positions = config.text_config.max_position_embeddings
-        tokenizer = self.processor.tokenizer
-        specials = set(tokenizer.all_special_tokens)
-        specials.update(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
-        # Longest first, so a token that contains another is removed whole.
-        self._special_strings = sorted(specials, key=len, reverse=True)
+        self.jobs = JobBuilder(model, processor, self.device, self.dtype)
+        self.decoder = JanusDecoder(
+            model,
+            LeanLM(model, compile_step=self.compile),
+            self.num_image_tokens,
+            eos_token_id=processor.tokenizer.eos_token_id,
+            poll_every=CUDA_POLL_EVERY if self.cuda else 1,
+        )
+
+    def warmup(self) -> None:
+        # Two prompts of different lengths: padding, per-job sampling, and (when compiled)
+        # the dynamic-shape graph all get exercised before the first real job.
+        self.understand([UnderstandRequest(Image.new("RGB", (32, 32)), "hi", max_new_tokens=2)])
+        self.generate(
+            [
+                GenerateRequest("warm-up", seed=1),
+                GenerateRequest("a longer warm-up prompt", seed=2, temperature=0.0),
+            ]
+        )
 
     def defaults(self) -> dict[str, dict[str, Any]]:
         values = registry.defaults_of(self.family)
@@ -135,30 +100,22 @@ class JanusProRunner(ModelRunner):
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _clean(self, text: str) -> str:
-        # User text must not smuggle in control tokens (e.g. an image placeholder with no
-        # image, which the processor rejects, or a fake end-of-turn).
-        for token in self._special_strings:
-            text = text.replace(token, "")
-        return text.strip()
-
-    def _run_job(self, index: int, control: RunControl, job: Callable[[], T]) -> T | ModelError:
-        """Run one job, turning its failure into that job's result instead of the batch's."""
-        try:
-            if control.should_stop(index):
-                return Canceled("canceled before start")
-            with torch.inference_mode():
-                return job()
-        except _Stop:
-            return Canceled("canceled")
-        except ModelError as e:
-            return e
-        except torch.OutOfMemoryError as e:
-            if self.device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            return OutOfMemory(str(e) or "out of memory")
-        except Exception as e:
-            return ModelError(str(e) or type(e).__name__)
+    def _prepare(self, batch: list[Any], control: RunControl, prepare: Any) -> tuple[list, list]:
+        """Per-request validation; failures become that request's result, not the batch's."""
+        results: list[Any] = [None] * len(batch)
+        jobs = []
+        for i, req in enumerate(batch):
+            try:
+                if control.should_stop(i):
+                    raise Canceled("canceled before start")
+                jobs.append(prepare(i, req))
+            except ModelError as e:
+                results[i] = e
+            except torch.OutOfMemoryError as e:  # the image tower of an understanding job
+                results[i] = OutOfMemory(str(e).splitlines()[0] if str(e) else "out of memory")
+            except Exception as e:
+                results[i] = ModelError(str(e) or type(e).__name__)
+        return results, jobs
 
     def _to_pil(self, pixels: torch.Tensor) -> list[Image.Image]:
         """(N, H, W, C) decoder output, normalised like the processor's inputs -> RGB images."""
@@ -174,71 +131,72 @@ class JanusProRunner(ModelRunner):
         self, batch: list[GenerateRequest], control: RunControl | None = None
     ) -> list[GenerateResult | ModelError]:
         control = control or NullControl()
-        return [
-            self._run_job(i, control, lambda i=i, r=r: self._generate_one(i, r, control))
-            for i, r in enumerate(batch)
-        ]
+        results, jobs = self._prepare(batch, control, self._image_job)
+        if jobs:
+            outcome = run_split_on_oom(lambda js: self._generate_jobs(js, control, len(jobs)), jobs)
+            for job, result in zip(jobs, outcome, strict=True):
+                results[job.index] = result
+        return results
 
-    def _generate_one(
-        self, index: int, req: GenerateRequest, control: RunControl
-    ) -> GenerateResult:
+    def _image_job(self, index: int, req: GenerateRequest) -> ImageJob:
+        return self.jobs.image_job(index, req, self.defaults()["generate"])
+
+    def _generate_jobs(
+        self, jobs: list[ImageJob], control: RunControl, offered: int
+    ) -> list[GenerateResult | ModelError]:
         started = time.monotonic()
-        d = self.defaults()["generate"]
-        guidance = d["guidance"] if req.guidance is None else float(req.guidance)
-        temperature = d["temperature"] if req.temperature is None else float(req.temperature)
-        if req.num_images < 1:
-            raise InvalidInput("num_images must be at least 1")
-        if guidance < 1.0:
-            raise InvalidInput("guidance must be at least 1.0")
-        if temperature < 0:
-            raise InvalidInput("temperature must not be negative")
-
-        messages = [
-            {"role": "user", "content": [{"type": "text", "text": self._clean(req.prompt)}]}
-        ]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        # generation_mode="image" appends the begin-of-image token to the prompt.
-        inputs = self.processor(text=text, generation_mode="image", return_tensors="pt")
-        prompt_tokens = inputs["input_ids"].shape[1]
-        if prompt_tokens + self.num_image_tokens > self.max_positions:
-            raise InvalidInput(
-                f"prompt too long: {prompt_tokens} tokens; at most "
-                f"{self.max_positions - self.num_image_tokens} fit with the image"
+        with torch.inference_mode():
+            tokens = self.decoder.image_tokens(jobs, control)
+        seconds = time.monotonic() - started
+        results: list[GenerateResult | ModelError] = []
+        for job, out in zip(jobs, tokens, strict=True):
+            if isinstance(out, ModelError):
+                results.append(out)
+                continue
+            results.append(
+                self._decode_images(
+                    job,
+                    out,
+                    control,
+                    {
+                        "prompt_tokens": len(job.cond_ids),
+                        "image_tokens": self.num_image_tokens * job.num_images,
+                        "batch_jobs": len(jobs),
+                        "batch_offered": offered,
+                        "decode_seconds": round(seconds, 3),
+                    },
+                    started,
+                )
             )
-        inputs = inputs.to(self.device)
+        return results
 
-        chunks = -(-req.num_images // DECODE_CHUNK)
-        hook = _StepHook(control, index, self.num_image_tokens + chunks)
-        processors: list[LogitsProcessor] = [_ImageStepProcessor(hook)]
-        if guidance == 1.0:
-            processors.append(_CondOnly())
-        kwargs: dict[str, Any] = {"do_sample": temperature > 0}
-        if temperature > 0:
-            kwargs["temperature"] = temperature
-
-        torch.manual_seed(req.seed)
-        tokens = self.model.generate(
-            **inputs,
-            generation_mode="image",
-            guidance_scale=guidance,
-            num_return_sequences=req.num_images,
-            logits_processor=LogitsProcessorList(processors),
-            **kwargs,
-        )
+    def _decode_images(
+        self,
+        job: ImageJob,
+        tokens: torch.Tensor,
+        control: RunControl,
+        stats: dict[str, Any],
+        started: float,
+    ) -> GenerateResult | ModelError:
         images: list[Image.Image] = []
-        for start in range(0, tokens.shape[0], DECODE_CHUNK):
-            pixels = self.model.decode_image_tokens(tokens[start : start + DECODE_CHUNK])
-            images.extend(self._to_pil(pixels))
-            del pixels
-            hook.step()
-        return GenerateResult(
-            images=images,
-            stats={
-                "prompt_tokens": prompt_tokens,
-                "image_tokens": self.num_image_tokens * req.num_images,
-                "seconds": round(time.monotonic() - started, 3),
-            },
-        )
+        for n, start in enumerate(range(0, len(tokens), DECODE_CHUNK)):
+            if control.should_stop(job.index):
+                return Canceled("canceled")
+            rows = list(tokens[start : start + DECODE_CHUNK])
+            # A chunk that does not fit is split further; one image that cannot fit fails the job.
+            decoded = run_split_on_oom(self._decode_rows, rows)
+            for item in decoded:
+                if isinstance(item, ModelError):
+                    return item
+                images.append(item)
+            control.report_progress(job.index, (self.num_image_tokens + n + 1) / job.units)
+        stats["seconds"] = round(time.monotonic() - started, 3)
+        return GenerateResult(images=images, stats=stats)
+
+    def _decode_rows(self, rows: list[torch.Tensor]) -> list[Image.Image]:
+        with torch.inference_mode():
+            pixels = self.model.decode_image_tokens(torch.stack(rows))
+            return self._to_pil(pixels)
 
     # -- understand --------------------------------------------------------------------
 
@@ -246,65 +204,46 @@ class JanusProRunner(ModelRunner):
         self, batch: list[UnderstandRequest], control: RunControl | None = None
     ) -> list[UnderstandResult | ModelError]:
         control = control or NullControl()
-        return [
-            self._run_job(i, control, lambda i=i, r=r: self._understand_one(i, r, control))
-            for i, r in enumerate(batch)
-        ]
+        results, jobs = self._prepare(batch, control, self._text_job)
+        if jobs:
+            outcome = run_split_on_oom(lambda js: self._understand_jobs(js, control), jobs)
+            for job, result in zip(jobs, outcome, strict=True):
+                results[job.index] = result
+        return results
 
-    def _understand_one(
-        self, index: int, req: UnderstandRequest, control: RunControl
-    ) -> UnderstandResult:
+    def _text_job(self, index: int, req: UnderstandRequest) -> TextJob:
+        return self.jobs.text_job(index, req, self.defaults()["understand"])
+
+    def _understand_jobs(
+        self, jobs: list[TextJob], control: RunControl
+    ) -> list[UnderstandResult | ModelError]:
         started = time.monotonic()
-        d = self.defaults()["understand"]
-        max_new = d["max_new_tokens"] if req.max_new_tokens is None else int(req.max_new_tokens)
-        temperature = d["temperature"] if req.temperature is None else float(req.temperature)
-        top_p = d["top_p"] if req.top_p is None else float(req.top_p)
-        if max_new < 1:
-            raise InvalidInput("max_new_tokens must be at least 1")
-
-        messages = [
-            {
-                "role": "user",
-                "content": [{"type": "image"}, {"type": "text", "text": self._clean(req.question)}],
-            }
-        ]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        # The processor expands the placeholder to begin/576 image/end tokens and, for
-        # published checkpoints, prepends the default system prompt.
-        inputs = self.processor(text=text, images=req.image.convert("RGB"), return_tensors="pt")
-        prompt_tokens = inputs["input_ids"].shape[1]
-        room = self.max_positions - prompt_tokens
-        if room < 1:
-            raise InvalidInput(
-                f"question too long: {prompt_tokens} tokens with the image; "
-                f"the model's context is {self.max_positions}"
+        with torch.inference_mode():
+            outputs = self.decoder.text_tokens(jobs, control)
+        seconds = round(time.monotonic() - started, 3)
+        results: list[UnderstandResult | ModelError] = []
+        for job, out in zip(jobs, outputs, strict=True):
+            if isinstance(out, ModelError):
+                results.append(out)
+                continue
+            answer = self.processor.tokenizer.decode(out, skip_special_tokens=True).strip()
+            control.report_progress(job.index, 1.0)  # an early end-of-sentence finishes too
+            results.append(
+                UnderstandResult(
+                    text=answer,
+                    stats={
+                        "prompt_tokens": int(job.embeds.shape[0]),
+                        "new_tokens": len(out),
+                        "batch_jobs": len(jobs),
+                        "seconds": seconds,
+                    },
+                )
             )
-        # Cut the answer budget, not the question, when only the answer does not fit.
-        max_new = min(max_new, room)
-        inputs = inputs.to(self.device, dtype=self.dtype)
+        return results
 
-        hook = _StepHook(control, index, max_new)
-        kwargs: dict[str, Any] = {"do_sample": temperature > 0}
-        if temperature > 0:
-            kwargs.update(temperature=temperature, top_p=top_p)
 
-        torch.manual_seed(req.seed)
-        out = self.model.generate(
-            **inputs,
-            # max_length rather than max_new_tokens: the checkpoint's generation config
-            # already carries a max_length, and setting both warns on every call.
-            max_length=prompt_tokens + max_new,
-            stopping_criteria=StoppingCriteriaList([_TextStepCriteria(hook)]),
-            **kwargs,
-        )
-        new_tokens = out[0, prompt_tokens:]
-        answer = self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
-        control.report_progress(index, 1.0)  # an early end-of-sentence finishes the job too
-        return UnderstandResult(
-            text=answer,
-            stats={
-                "prompt_tokens": prompt_tokens,
-                "new_tokens": int(new_tokens.shape[0]),
-                "seconds": round(time.monotonic() - started, 3),
-            },
-        )
+class JanusProOriginalRunner(JanusProRunner):
+    """DeepSeek's original-layout checkpoints, converted to transformers' layout at load."""
+
+    family = registry.JANUS_PRO_ORIGINAL
+    tasks = registry.tasks_of(registry.JANUS_PRO_ORIGINAL)

@@ -131,10 +131,10 @@ def _runner_class(family: str) -> type[ModelRunner]:
             raise CheckpointError(f"the janusflow runner is not available: {e}") from e
         return JanusFlowRunner
     if family == JANUS_PRO_ORIGINAL:
-        raise CheckpointError(
-            "original-layout (deepseek-ai/…) Janus checkpoints need converting to the "
-            "transformers layout; that conversion is not implemented yet"
-        )
+        # Converted to transformers' layout in memory at load (service.models.convert).
+        from service.models.janus_pro import JanusProOriginalRunner
+
+        return JanusProOriginalRunner
     raise CheckpointError(f"unknown model family {family!r}")
 
 

@@ -1,0 +1,126 @@
+"""Requests -> decode-loop jobs for Janus: prompt building, validation, defaults.
+
+Each job is prepared on its own, so a bad request fails alone (its error becomes its
+result) and a job's prompt never depends on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from service.models.base import GenerateRequest, InvalidInput, UnderstandRequest
+
+# Images are VQ-decoded this many at a time: the published 16-image example runs out of
+# memory in the VQ decoder, not in the LLM.
+DECODE_CHUNK = 4
+
+
+@dataclass
+class ImageJob:
+    index: int  # position in the caller's batch: the RunControl index
+    cond_ids: torch.Tensor  # (p,) prompt ending in <begin_of_image>
+    uncond_ids: torch.Tensor  # (p,) the same with everything but BOS/BOI replaced by pad
+    num_images: int
+    seed: int
+    guidance: float
+    temperature: float  # 0: greedy
+    units: int  # progress units: image tokens plus VQ decode chunks
+
+
+@dataclass
+class TextJob:
+    index: int
+    embeds: torch.Tensor  # (p, hidden) prompt embeddings with image features in place
+    max_new_tokens: int
+    seed: int
+    temperature: float  # 0: greedy
+    top_p: float
+
+
+class JobBuilder:
+    """Turns requests into jobs for one loaded model and processor."""
+
+    def __init__(self, model: Any, processor: Any, device: str, dtype: torch.dtype) -> None:
+        self.model, self.processor = model, processor
+        self.device, self.dtype = device, dtype
+        config = model.config
+        self.num_image_tokens = config.vision_config.num_image_tokens
+        self.max_positions = config.text_config.max_position_embeddings
+        tokenizer = processor.tokenizer
+        specials = set(tokenizer.all_special_tokens)
+        specials.update(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
+        # Longest first, so a token that contains another is removed whole.
+        self.special_strings = sorted(specials, key=len, reverse=True)
+        self.bos, self.pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+        self.boi = tokenizer.convert_tokens_to_ids(processor.image_start_token)
+        self.image_token = config.image_token_id
+
+    def clean(self, text: str) -> str:
+        # User text must not smuggle in control tokens (e.g. an image placeholder with no
+        # image, which the processor rejects, or a fake end-of-turn).
+        for token in self.special_strings:
+            text = text.replace(token, "")
+        return text.strip()
+
+    def image_job(self, index: int, req: GenerateRequest, defaults: dict[str, Any]) -> ImageJob:
+        guidance = defaults["guidance"] if req.guidance is None else float(req.guidance)
+        temperature = float(defaults["temperature"] if req.temperature is None else req.temperature)
+        if req.num_images < 1:
+            raise InvalidInput("num_images must be at least 1")
+        if guidance < 1.0:
+            raise InvalidInput("guidance must be at least 1.0")
+        if temperature < 0:
+            raise InvalidInput("temperature must not be negative")
+        content = [{"type": "text", "text": self.clean(req.prompt)}]
+        text = self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True
+        )
+        # generation_mode="image" appends the begin-of-image token to the prompt.
+        inputs = self.processor(text=text, generation_mode="image", return_tensors="pt")
+        ids = inputs["input_ids"][0]
+        if len(ids) + self.num_image_tokens > self.max_positions:
+            raise InvalidInput(
+                f"prompt too long: {len(ids)} tokens; at most "
+                f"{self.max_positions - self.num_image_tokens} fit with the image"
+            )
+        # The unconditional prompt keeps only BOS and BOI, as in DeepSeek's code.
+        uncond = ids.masked_fill((ids != self.bos) & (ids != self.boi), self.pad)
+        chunks = -(-req.num_images // DECODE_CHUNK)
+        units = self.num_image_tokens + chunks
+        return ImageJob(index, ids, uncond, req.num_images, req.seed, guidance, temperature, units)
+
+    def text_job(self, index: int, req: UnderstandRequest, defaults: dict[str, Any]) -> TextJob:
+        d = defaults
+        max_new = d["max_new_tokens"] if req.max_new_tokens is None else int(req.max_new_tokens)
+        temperature = d["temperature"] if req.temperature is None else float(req.temperature)
+        top_p = d["top_p"] if req.top_p is None else float(req.top_p)
+        if max_new < 1:
+            raise InvalidInput("max_new_tokens must be at least 1")
+        if temperature < 0:
+            raise InvalidInput("temperature must not be negative")
+        content = [{"type": "image"}, {"type": "text", "text": self.clean(req.question)}]
+        text = self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True
+        )
+        # The processor expands the placeholder to begin/576 image/end tokens and, for
+        # published checkpoints, prepends the default system prompt.
+        inputs = self.processor(text=text, images=req.image.convert("RGB"), return_tensors="pt")
+        ids = inputs["input_ids"][0]
+        room = self.max_positions - len(ids)
+        if room < 1:
+            raise InvalidInput(
+                f"question too long: {len(ids)} tokens with the image; "
+                f"the model's context is {self.max_positions}"
+            )
+        # The image tower runs here, per job: its output is part of the job's prompt.
+        with torch.inference_mode():
+            ids = ids.to(self.device)
+            pixels = inputs["pixel_values"].to(self.device, self.dtype)
+            embeds = self.model.get_input_embeddings()(ids)
+            features = self.model.model.get_image_features(pixels).pooler_output
+            embeds[ids == self.image_token] = features.reshape(-1, embeds.shape[-1])
+        # Cut the answer budget, not the question, when only the answer does not fit.
+        return TextJob(index, embeds, min(max_new, room), req.seed, temperature, top_p)
