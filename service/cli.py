@@ -91,6 +91,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
             device=args.device,
             max_batch=args.max_batch,
             hostname=args.hostname,
+            compile=args.compile,
+            upsample_1024=args.upsample_1024,
             loglevel=settings.log_level,
             metrics_port=(
                 settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
@@ -178,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch", type=int, default=8, help="most compatible jobs run as one batch"
     )
     worker.add_argument("--hostname", default=None, help="name this worker reports")
+    worker.add_argument("--compile", action="store_true",
+                        help="Janus-Pro on CUDA: torch.compile the decode step")
+    worker.add_argument("--upsample-1024", action="store_true",
+                        help="JanusFlow: upsample outputs to 1024 px as the published demo does")
     worker.add_argument(
         "--metrics-port",
         type=int,

@@ -138,8 +138,14 @@ def _runner_class(family: str) -> type[ModelRunner]:
     raise CheckpointError(f"unknown model family {family!r}")
 
 
-def load_runner(path: str, device: str = "cpu", model_id: str = "") -> ModelRunner:
-    """Build the runner for the checkpoint at `path` and load its weights onto `device`."""
+def load_runner(
+    path: str, device: str = "cpu", model_id: str = "", **options: Any
+) -> ModelRunner:
+    """Build the runner for the checkpoint at `path` and load its weights onto `device`.
+
+    `options` go to the runner's constructor (e.g. `compile` for Janus-Pro,
+    `upsample_1024` for JanusFlow); `runner_options` says which a family takes.
+    """
     label = f"model {model_id!r}" if model_id else "checkpoint"
 
     def wrap(e: Exception, what: str = "") -> CheckpointError:
@@ -149,7 +155,7 @@ def load_runner(path: str, device: str = "cpu", model_id: str = "") -> ModelRunn
         return CheckpointError(f"{label}: {where}{message}")
 
     try:
-        runner = _runner_class(family_of(path))(path, device)
+        runner = _runner_class(family_of(path))(path, device, **options)
     except CheckpointError as e:
         raise wrap(e) from e
     try:
@@ -161,3 +167,10 @@ def load_runner(path: str, device: str = "cpu", model_id: str = "") -> ModelRunn
         # out of memory: to the caller every one of these means "this model cannot serve".
         raise wrap(e, f"failed to load: {type(e).__name__}: ") from e
     return runner
+
+
+def runner_options(family: str, *, compile: bool = False, upsample_1024: bool = False) -> dict:
+    """The worker's flags that apply to a family's runner."""
+    if family == "janusflow":
+        return {"upsample_1024": upsample_1024}
+    return {"compile": compile}

@@ -47,8 +47,10 @@ def run_worker(
     hostname: str | None = None,
     loglevel: str = "INFO",
     metrics_port: int = 0,
+    compile: bool = False,
+    upsample_1024: bool = False,
 ) -> None:
-    from service.models.registry import CheckpointError, load_runner
+    from service.models.registry import CheckpointError, family_of, load_runner, runner_options
 
     if model_id not in settings.models:
         raise WorkerStartError(
@@ -60,7 +62,8 @@ def run_worker(
     path = settings.models[model_id]
     started = time.monotonic()
     try:
-        runner = load_runner(path, device=device, model_id=model_id)
+        options = runner_options(family_of(path), compile=compile, upsample_1024=upsample_1024)
+        runner = load_runner(path, device=device, model_id=model_id, **options)
     except CheckpointError as exc:
         raise WorkerStartError(str(exc)) from exc
     runner.warmup()
