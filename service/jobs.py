@@ -192,33 +192,43 @@ def finish(
     """Set the one terminal state, only if this worker still owns the running job."""
     assert status in TERMINAL
     now = utcnow()
-    job = session.scalar(
-        update(Job)
-        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
-        .values(
-            status=status,
-            output=output,
-            error=error,
-            completed_at=now,
-            lease_expires_at=None,
-            progress=1.0 if status == "succeeded" else Job.progress,
-            run_seconds=run_seconds,
-        )
-        .returning(Job)
-        .execution_options(synchronize_session=False)
+    return _leave_running(
+        session,
+        job_id,
+        worker_id,
+        {
+            "status": status,
+            "output": output,
+            "error": error,
+            "completed_at": now,
+            "lease_expires_at": None,
+            "progress": 1.0 if status == "succeeded" else Job.progress,
+            "run_seconds": run_seconds,
+        },
     )
-    if job is None:
-        return False
-    job_changed(session=session, job=job, previous="running")
-    return True
 
 
 def release(*, session: Session, job_id: str, worker_id: str) -> bool:
     """Hand a running job back to the queue after a transient fault."""
+    return _leave_running(
+        session,
+        job_id,
+        worker_id,
+        {
+            "status": "queued",
+            "worker_id": None,
+            "lease_expires_at": None,
+            "enqueued_at": None,
+        },
+    )
+
+
+def _leave_running(session: Session, job_id: str, owner: str, values: dict[str, Any]) -> bool:
+    """Move a running job that `owner` still holds to another status, through the hook."""
     job = session.scalar(
         update(Job)
-        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
-        .values(status="queued", worker_id=None, lease_expires_at=None, enqueued_at=None)
+        .where(Job.id == job_id, Job.worker_id == owner, Job.status == "running")
+        .values(**values)
         .returning(Job)
         .execution_options(synchronize_session=False)
     )

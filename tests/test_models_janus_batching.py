@@ -24,6 +24,7 @@ from service.models.base import (
     UnderstandResult,
 )
 from service.models.oom import run_split_on_oom
+from tests.controls import Control
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -71,21 +72,6 @@ QUESTIONS = [
     ),
 ]
 
-
-class Control:
-    """Stops `stop_index` at its `after`-th poll; records every progress report."""
-
-    def __init__(self, stop_index: int | None = None, after: int = 0) -> None:
-        self.stop_index, self.after = stop_index, after
-        self.asked: dict[int, int] = {}
-        self.progress: dict[int, list[float]] = {}
-
-    def should_stop(self, index: int) -> bool:
-        self.asked[index] = self.asked.get(index, 0) + 1
-        return index == self.stop_index and self.asked[index] > self.after
-
-    def report_progress(self, index: int, fraction: float) -> None:
-        self.progress.setdefault(index, []).append(fraction)
 
 
 @pytest.fixture(scope="module")

@@ -20,27 +20,13 @@ from service.models.base import (
     UnderstandResult,
 )
 from service.models.registry import CheckpointError
+from tests.controls import Control
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-class Control:
-    """Records progress; stops index `stop_index` once it has been asked `after` times."""
-
-    def __init__(self, stop_index: int | None = None, after: int = 0) -> None:
-        self.stop_index, self.after = stop_index, after
-        self.asked: dict[int, int] = {}
-        self.progress: dict[int, list[float]] = {}
-
-    def should_stop(self, index: int) -> bool:
-        self.asked[index] = self.asked.get(index, 0) + 1
-        return index == self.stop_index and self.asked[index] > self.after
-
-    def report_progress(self, index: int, fraction: float) -> None:
-        self.progress.setdefault(index, []).append(fraction)
 
 
 @pytest.fixture(scope="module")

@@ -27,25 +27,11 @@ from service.models.base import (  # noqa: E402
     UnderstandResult,
 )
 from service.models.registry import CheckpointError  # noqa: E402
+from tests.controls import Control
 
 DATA = Path(__file__).resolve().parent / "data"
 SIZE = 64
 
-
-class Control:
-    """Records progress; stops index `stop_index` once it has been asked `after` times."""
-
-    def __init__(self, stop_index: int | None = None, after: int = 0) -> None:
-        self.stop_index, self.after = stop_index, after
-        self.asked: dict[int, int] = {}
-        self.progress: dict[int, list[float]] = {}
-
-    def should_stop(self, index: int) -> bool:
-        self.asked[index] = self.asked.get(index, 0) + 1
-        return index == self.stop_index and self.asked[index] > self.after
-
-    def report_progress(self, index: int, fraction: float) -> None:
-        self.progress.setdefault(index, []).append(fraction)
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,7 @@ import os
 from typing import Any
 
 from service.models.janusflow_config import BOS, EOS, PAD, SPECIAL_TOKENS
-
-_CORPUS = [
-    "You are a helpful language and vision assistant.",
-    "You are able to understand the visual content that the user provides,",
-    "and assist the user with a variety of tasks using natural language.",
-    "A photo of a cat sitting on a red chair in the sun.",
-    "A watercolor painting of mountains at sunset, with a lake and pine trees.",
-    "Describe this image in detail. What is in the picture? How many people are there?",
-    "The quick brown fox jumps over the lazy dog. 0123456789",
-    "a dog running under the rain, cinematic lighting, high detail, 4k",
-]
+from service.models.tiny import TOKENIZER_CORPUS as _CORPUS  # one corpus for both families
 
 
 def _tokenizer(vocab_size: int):  # -> tokenizers.Tokenizer

@@ -43,7 +43,7 @@ CHAT_TEMPLATE = (
 )
 
 # A small built-in corpus so the byte-level BPE learns some merges; content barely matters.
-_CORPUS = [
+TOKENIZER_CORPUS = [
     "You are a helpful language and vision assistant.",
     "You are able to understand the visual content that the user provides,",
     "and assist the user with a variety of tasks using natural language.",
@@ -67,7 +67,7 @@ def _build_tokenizer(vocab_size: int, max_length: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer)
+    tok.train_from_iterator(TOKENIZER_CORPUS * 4, trainer)
     # Like the DeepSeek vocabulary, the special tokens come after the learned pieces.
     tok.add_special_tokens(SPECIAL_TOKENS)
     bos_id = tok.token_to_id(BOS)
