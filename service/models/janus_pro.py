@@ -164,6 +164,8 @@ class JanusProRunner(ModelRunner):
                         "batch_jobs": len(jobs),
                         "batch_offered": offered,
                         "decode_seconds": round(seconds, 3),
+                        # mean time of one step of the shared loop (the batch's, not the job's)
+                        "step_seconds": seconds / self.num_image_tokens,
                     },
                     started,
                 )

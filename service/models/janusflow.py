@@ -222,6 +222,7 @@ class JanusFlowRunner(ModelRunner):
                     "prompt_tokens": len(job.prompt_ids), "steps": job.steps,
                     "guidance": job.guidance, "batch_jobs": len(jobs),
                     "ode_seconds": ode_seconds,
+                    "step_seconds": ode_seconds / max(1, job.steps),
                     "vae_seconds": round(time.monotonic() - decode_started, 3),
                     "seconds": round(time.monotonic() - started, 3),
                 })

@@ -81,17 +81,20 @@ def record_batch(model: str, task: str, results: Sequence[Any], elapsed: float) 
     """
     try:
         BATCH_SIZE.labels(model, task).observe(len(results))
+        step_seen = False
         for result in results:
             JOB_RUN_SECONDS.labels(model, task).observe(elapsed)
             stats = getattr(result, "stats", None)
             if isinstance(stats, dict):
-                _record_stats(model, task, stats)
+                # The jobs of a batch share one loop: its step time is recorded once.
+                _record_stats(model, task, stats, with_steps=not step_seen)
+                step_seen = step_seen or "step_seconds" in stats
     except Exception:
         log.exception("recording batch metrics failed")
 
 
-def _record_stats(model: str, task: str, stats: dict[str, Any]) -> None:
-    steps = stats.get("step_seconds")
+def _record_stats(model: str, task: str, stats: dict[str, Any], with_steps: bool = True) -> None:
+    steps = stats.get("step_seconds") if with_steps else None
     # A runner may report one mean step time or every step's.
     for value in steps if isinstance(steps, list | tuple) else [steps]:
         if isinstance(value, int | float) and value >= 0:
