@@ -121,3 +121,62 @@ def _pings(port: int) -> bool:
         return bool(redis.Redis(port=port, socket_connect_timeout=0.5).ping())
     except redis.RedisError:
         return False
+
+
+def test_storage_outage_is_retried_not_failed(settings, auth, spawn, tmp_path) -> None:
+    """S3 away while a job finishes: the job goes back to the queue, runs again, and
+    succeeds once storage returns; it is never failed for a transient fault."""
+    import sys
+
+    import boto3
+
+    from service.api import create_app
+    from tests.conftest import TINY, settings_env
+
+    port = free_port()
+
+    def start_s3() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                                 str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        endpoint = f"http://127.0.0.1:{port}"
+
+        def bucket_made() -> bool:
+            try:
+                boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="outage")
+                return True
+            except Exception:
+                return False
+
+        wait_for(bucket_made, 30, what="second S3 server")
+        return proc
+
+    s3 = start_s3()
+    own = settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{port}",
+                                      "storage_url": "s3://outage/o"})
+    api = create_app(own).test_client()
+    start_worker(spawn, own, env=settings_env(own), name="s3-worker")
+    s3.terminate()
+    s3.wait(10)
+    job = api.post("/v1/jobs", json={"model": TINY, "task": "generate",
+                                     "input": {"prompt": "outage", "seed": 4}},
+                   headers=auth).json
+    engine = create_engine(settings.database_url)
+
+    def attempts() -> int:
+        with engine.connect() as conn:
+            row = conn.execute(select(Job.status, Job.attempts).where(Job.id == job["id"])).one()
+        assert row.status in ("queued", "running"), row  # never failed for a storage fault
+        return row.attempts
+
+    wait_for(lambda: attempts() >= 2, 120, interval=0.5, what="a retry after the fault")
+    s3 = start_s3()
+    try:
+        done = wait_terminal(api, auth, job["id"], timeout=180)
+        assert done["status"] == "succeeded", done
+        keys = boto3.client("s3", endpoint_url=own.s3_endpoint_url).list_objects_v2(
+            Bucket="outage", Prefix=f"o/jobs/{job['id']}/")["Contents"]
+        assert [k["Key"] for k in keys] == [f"o/jobs/{job['id']}/0.png"]
+    finally:
+        s3.terminate()
+        s3.wait(10)
+        engine.dispose()
