@@ -10,6 +10,11 @@ original config only implies by name (vision tower, VQ model) are read from the 
 `janus_loading.load_original` converts in memory at load; `convert_checkpoint` writes a
 transformers-layout copy once; `to_original` (the inverse, used by `convert_export`) lets
 tests build original-layout checkpoints.
+
+The name rules below were checked against transformers' own conversion script
+(`models/janus/convert_janus_weights_to_hf.py` in the transformers repository, which is
+not shipped in the wheel): same renames, decoder `conv_blocks.N` -> `up.N` in the same
+order, `attn_pool` and `codebook_used` dropped, qkv split in q, k, v order.
 """
 
 from __future__ import annotations
@@ -208,10 +213,9 @@ def janus_config(original: dict[str, Any], state: dict[str, torch.Tensor], token
         shape(f"gen_vision_model.encoder.conv_blocks.{i}.res.0.conv2.weight")[0] // base
         for i in range(levels)
     ]
-    projection = int(ghead.get("image_token_embed", text.hidden_size))
-    if int(galign.get("n_embed", projection)) != projection:
-        # transformers' Janus has one projection width for the gen aligner and gen head.
-        raise CheckpointError("gen_aligner n_embed differs from gen_head image_token_embed")
+    # As transformers' own conversion script (convert_janus_weights_to_hf.py) reads them.
+    projection = int(galign.get("n_embed", text.hidden_size))
+    token_embed = int(ghead.get("image_token_embed", projection))
     vq = JanusVQVAEConfig(
         embed_dim=embed_dim,
         num_embeddings=codes,
@@ -220,7 +224,7 @@ def janus_config(original: dict[str, Any], state: dict[str, torch.Tensor], token
         channel_multiplier=multipliers,
         num_res_blocks=_count(state, "gen_vision_model.encoder.conv_blocks.0.res."),
         projection_dim=projection,
-        image_token_embed_dim=int(ghead.get("n_embed", text.hidden_size)),
+        image_token_embed_dim=token_embed,
         num_hidden_layers=int(galign.get("depth", 2)),
     )
     if int(gvq.get("image_token_size", codes)) != codes:
