@@ -139,7 +139,8 @@ def claim_next(
         .where(Job.id.in_(ids), Job.status == "queued")
         .values(**_claim_values(worker_id, lease_seconds))
         .returning(Job)
-        .execution_options(synchronize_session=False)
+        # Fresh values even if the row is already in this session.
+        .execution_options(synchronize_session=False, populate_existing=True)
     ).all()
     for job in rows:
         job_changed(session=session, job=job, previous="queued", first_start=job.attempts == 1)
@@ -230,7 +231,8 @@ def _leave_running(session: Session, job_id: str, owner: str, values: dict[str, 
         .where(Job.id == job_id, Job.worker_id == owner, Job.status == "running")
         .values(**values)
         .returning(Job)
-        .execution_options(synchronize_session=False)
+        # Fresh values even if the row is already in this session.
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
     if job is None:
         return False

@@ -95,3 +95,26 @@ class _JobCollector(Collector):
             if value is not None:
                 depth.add_metric([model], value)
         yield depth
+
+
+class _WebhookCollector(Collector):
+    """Webhook outcomes from the outbox, read at scrape time like the job gauges."""
+
+    def __init__(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        events = GaugeMetricFamily(
+            "janus_webhook_events",
+            "Webhook events by type and delivery status (pending, delivering, succeeded, failed)",
+            labels=["type", "status"],
+        )
+        for (event_type, status), n in sorted(self.counts().items()):
+            events.add_metric([event_type, status], n)
+        yield events
+
+
+def add_webhook_collector(
+    metrics: ApiMetrics, counts: Callable[[], dict[tuple[str, str], int]]
+) -> None:
+    metrics.registry.register(_WebhookCollector(counts))

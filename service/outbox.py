@@ -8,6 +8,7 @@ fresh presigned URLs, so a retry hours later still carries working links.
 
 from __future__ import annotations
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.ids import new_id
@@ -72,3 +73,11 @@ def batch_event(*, session: Session, batch: Batch) -> WebhookEvent | None:
     )
     session.add(event)
     return event
+
+
+def event_counts(*, session: Session) -> dict[tuple[str, str], int]:
+    rows = session.execute(
+        select(WebhookEvent.type, WebhookEvent.status, func.count())
+        .group_by(WebhookEvent.type, WebhookEvent.status)
+    )
+    return {(event_type, status): n for event_type, status, n in rows}

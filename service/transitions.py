@@ -67,7 +67,8 @@ def finish_batch_if_done(*, session: Session, batch_id: str) -> None:
         .where(Batch.id == batch_id, Batch.status == row.status)
         .values(status=final, completed_at=now)
         .returning(Batch)
-        .execution_options(synchronize_session=False)
+        # Fresh values even if the row is already in this session.
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
     if batch is not None:
         batch_event(session=session, batch=batch)

@@ -281,3 +281,28 @@ def test_cli_submit_and_results(tmp_path, settings, spawn, api_key) -> None:
     refused = subprocess.run([*cli, "submit", str(bad)], env=client_env, capture_output=True,
                              text=True, timeout=60)
     assert refused.returncode == 2 and "line 1" in refused.stderr
+
+
+def test_batch_webhook_gets_one_completed_event_and_metrics_show_it(settings, auth) -> None:
+    from service.api import create_app
+
+    app = create_app(settings.model_copy(update={"webhook_allowlist": ["127.0.0.1"]}))
+    api = app.test_client()
+    lines = [{"model": IDLE, "task": "generate", "input": {"prompt": f"p{i}"}} for i in range(3)]
+    batch = upload(api, auth, jsonl(lines), webhook="http://127.0.0.1:9/hooks").json
+    assert batch["webhook"] == "http://127.0.0.1:9/hooks"
+    api.post(f"/v1/batches/{batch['id']}/cancel", headers=auth)
+    api.post(f"/v1/batches/{batch['id']}/cancel", headers=auth)  # twice: still one event
+    engine = create_engine(settings.database_url)
+    from service.tables import WebhookEvent
+
+    with engine.connect() as conn:
+        events = conn.execute(select(WebhookEvent.type, WebhookEvent.payload).where(
+            WebhookEvent.batch_id == batch["id"])).all()
+    engine.dispose()
+    assert [e.type for e in events] == ["batch.completed"]
+    data = events[0].payload["data"]
+    assert data["id"] == batch["id"] and data["status"] == "canceled"
+    assert data["counts"]["canceled"] == 3
+    text = api.get("/metrics").get_data(as_text=True)
+    assert 'janus_webhook_events{status="pending",type="batch.completed"}' in text

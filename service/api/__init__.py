@@ -12,7 +12,8 @@ from service.api.context import ModelInfo, Runtime, close_db
 from service.api.errors import register_error_handlers
 from service.db import make_engine, make_sessionmaker
 from service.jobs import counts_by_model
-from service.metrics import ApiMetrics
+from service.metrics import ApiMetrics, add_webhook_collector
+from service.outbox import event_counts
 from service.publish import queue_depth
 from service.settings import Settings, load_settings
 from service.storage import storage_from_settings
@@ -66,6 +67,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         lambda: {m: queue_depth(rt.celery, m) for m in rt.models},
         lambda: list(rt.models),
     )
+
+    def _webhook_counts() -> dict[tuple[str, str], int]:
+        with rt.sessions() as session:
+            return event_counts(session=session)
+
+    add_webhook_collector(metrics, _webhook_counts)
 
     @app.before_request
     def _start_timer() -> None:
