@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
     max_wait_seconds: int = Field(60, ge=0, le=60)
+    # Submissions (POST /v1/jobs, POST /v1/batches) per API key per minute; 0 = no limit.
+    rate_limit_per_minute: int = Field(600, ge=0)
 
     # Worker leases: a running job whose lease is not renewed for this long is
     # considered orphaned and handed back to the queue by the sweeper.

@@ -199,3 +199,32 @@ def test_unexpected_error_is_a_json_500(settings) -> None:
     response = app.test_client().get("/boom")
     error = assert_error_shape(response, 500, "internal_error")
     assert "secret" not in error["message"]
+
+
+def test_rate_limit_is_a_429_with_retry_after(settings, side_effects) -> None:
+    from service.api import create_app
+    from tests.conftest import make_key
+
+    limited = create_app(settings.model_copy(update={"rate_limit_per_minute": 3})).test_client()
+    auth = {"Authorization": f"Bearer {make_key(settings, 'limited')}"}
+    import time
+
+    if 60 - time.time() % 60 < 3:  # stay inside one one-minute window
+        time.sleep(60 - time.time() % 60 + 0.1)
+    codes = []
+    for _ in range(3):
+        r = limited.post("/v1/jobs", json=gen(), headers=auth)
+        codes.append(r.status_code)
+        assert int(r.headers["X-RateLimit-Limit"]) == 3
+        limited.post(f"/v1/jobs/{r.json['id']}/cancel", headers=auth)
+    assert codes == [202, 202, 202]
+    before = side_effects()
+    refused = limited.post("/v1/jobs", json=gen(), headers=auth)
+    error = assert_error_shape(refused, 429, "rate_limited")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60 and "3" in error["message"]
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+    assert side_effects() == before
+    other = {"Authorization": f"Bearer {make_key(settings, 'unlimited')}"}
+    ok = limited.post("/v1/jobs", json=gen(), headers=other)  # limits are per key
+    assert ok.status_code == 202
+    limited.post(f"/v1/jobs/{ok.json['id']}/cancel", headers=other)

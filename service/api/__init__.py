@@ -10,6 +10,8 @@ from flask import Flask, g, request
 from service.api import batches, catalog, deliveries, files, jobs, ops
 from service.api.context import ModelInfo, Runtime, close_db
 from service.api.errors import register_error_handlers
+from service.api.ratelimit import RateLimiter
+from service.api.ratelimit import headers as rate_headers
 from service.db import make_engine, make_sessionmaker
 from service.jobs import counts_by_model
 from service.metrics import ApiMetrics, add_webhook_collector
@@ -53,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         storage=storage_from_settings(settings),
         celery=make_celery(settings),
         models=model_catalog(settings),
+        limiter=RateLimiter(settings),
     )
     app.extensions["janus"] = rt
     metrics = ApiMetrics()
@@ -81,6 +84,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.after_request
     def _observe(response):  # type: ignore[no-untyped-def]
         route = request.url_rule.rule if request.url_rule else "unmatched"
+        for name, value in rate_headers(g.get("rate")).items():
+            response.headers.setdefault(name, value)
         metrics.observe(
             request.method, route, response.status_code, g.get("started", time.perf_counter())
         )

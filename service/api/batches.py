@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
 from service import batches as crud
 from service.api.auth import require_api_key
@@ -63,6 +63,7 @@ def _job_columns(line: Any) -> dict[str, Any]:
 def create_batch() -> tuple[Response, int]:
     rt = runtime()
     settings = rt.settings
+    g.rate = rt.limiter.check(current_key().id)
     # Uploads may be far larger than a single job request.
     request.max_content_length = settings.batch_max_bytes
     if request.mimetype != "multipart/form-data":

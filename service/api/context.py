@@ -33,6 +33,7 @@ class Runtime:
     storage: Storage
     celery: Celery
     models: dict[str, ModelInfo] = field(default_factory=dict)
+    limiter: Any = None  # service.api.ratelimit.RateLimiter
 
 
 def runtime() -> Runtime:

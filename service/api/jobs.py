@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy.exc import IntegrityError
 
 from service import jobs as crud
@@ -54,6 +54,7 @@ def _replay(existing: Job, sub: Submission) -> tuple[Response, int]:
 @bp.post("/v1/jobs")
 def create_job() -> tuple[Response, int]:
     rt = runtime()
+    g.rate = rt.limiter.check(current_key().id)
     sub = parse_submission(request, rt.models, rt.settings)
     session = db()
     key = current_key()
