@@ -157,7 +157,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "202": {"description": "accepted", **_json(_ref("Job"))},
                         "200": {"description": "idempotent replay", **_json(_ref("Job"))},
-                        **_errors(400, 401, 409, 413, 415, 422),
+                        **_errors(400, 401, 409, 413, 415, 422, 429),
                     },
                 },
                 "get": {
@@ -229,7 +229,7 @@ def openapi_document() -> dict[str, Any]:
                             "metadata": {"type": "string", "description": "JSON object"},
                         }}}}},
                     "responses": {"202": {"description": "accepted", **_json(_ref("Batch"))},
-                                  **_errors(401, 413, 415, 422)},
+                                  **_errors(401, 413, 415, 422, 429)},
                 },
                 "get": {"summary": "List batches, newest first",
                         "parameters": [{"name": n, "in": "query", "schema": {"type": t}}
