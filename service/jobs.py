@@ -265,3 +265,21 @@ def live_workers(*, session: Session, stale_after: float) -> dict[str, int]:
         .group_by(Worker.model)
     )
     return {model: n for model, n in rows}
+
+
+RUN_SECONDS_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+def run_seconds_histogram(*, session: Session) -> dict[tuple[str, str], list[float]]:
+    """Per (model, task) of succeeded jobs: cumulative bucket counts, then sum, then count.
+
+    One grouped scan at scrape time keeps every API process in agreement without shared
+    state; it grows with the jobs table (fine to millions of rows at a 15 s scrape).
+    """
+    columns = [func.count().filter(Job.run_seconds <= b) for b in RUN_SECONDS_BUCKETS]
+    rows = session.execute(
+        select(Job.model, Job.task, *columns, func.sum(Job.run_seconds), func.count())
+        .where(Job.status == "succeeded", Job.run_seconds.is_not(None))
+        .group_by(Job.model, Job.task)
+    )
+    return {(row[0], row[1]): [float(v or 0) for v in row[2:]] for row in rows}

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, values
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -118,3 +118,30 @@ def add_webhook_collector(
     metrics: ApiMetrics, counts: Callable[[], dict[tuple[str, str], int]]
 ) -> None:
     metrics.registry.register(_WebhookCollector(counts))
+
+
+class _RunTimeCollector(Collector):
+    """Succeeded jobs' run time per model and task, from the jobs table at scrape time."""
+
+    def __init__(
+        self, read: Callable[[], dict[tuple[str, str], list[float]]], buckets: tuple[float, ...]
+    ) -> None:
+        self.read, self.buckets = read, buckets
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(
+            "janus_job_run_seconds", "Run time of succeeded jobs", labels=["model", "task"]
+        )
+        for (model, task), row in sorted(self.read().items()):
+            counts, total, count = row[: len(self.buckets)], row[-2], row[-1]
+            buckets = [(str(b), c) for b, c in zip(self.buckets, counts, strict=True)]
+            family.add_metric([model, task], buckets + [("+Inf", count)], total)
+        yield family
+
+
+def add_run_time_collector(
+    metrics: ApiMetrics,
+    read: Callable[[], dict[tuple[str, str], list[float]]],
+    buckets: tuple[float, ...],
+) -> None:
+    metrics.registry.register(_RunTimeCollector(read, buckets))

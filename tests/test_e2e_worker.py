@@ -79,6 +79,12 @@ def test_generate_understand_and_seeds(client, auth, settings, spawn) -> None:
         texts.append(result["output"]["text"])
     assert texts[0] == texts[1]  # same seed, same answer
 
+    metrics = client.get("/metrics").get_data(as_text=True)
+    count = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(
+        f'janus_job_run_seconds_count{{model="{TINY}",task="generate"}}'))
+    assert count >= 3
+    assert f'janus_job_run_seconds_bucket{{le="+Inf",model="{TINY}",task="generate"}}' in metrics
+
 
 def test_cancel_queued_never_runs_and_duplicate_delivery_is_harmless(
     client, auth, settings, spawn

@@ -13,8 +13,8 @@ from service.api.errors import register_error_handlers
 from service.api.ratelimit import RateLimiter
 from service.api.ratelimit import headers as rate_headers
 from service.db import make_engine, make_sessionmaker
-from service.jobs import counts_by_model
-from service.metrics import ApiMetrics, add_webhook_collector
+from service.jobs import RUN_SECONDS_BUCKETS, counts_by_model, run_seconds_histogram
+from service.metrics import ApiMetrics, add_run_time_collector, add_webhook_collector
 from service.outbox import event_counts
 from service.publish import queue_depth
 from service.settings import Settings, load_settings
@@ -76,6 +76,12 @@ def create_app(settings: Settings | None = None) -> Flask:
             return event_counts(session=session)
 
     add_webhook_collector(metrics, _webhook_counts)
+
+    def _run_times() -> dict[tuple[str, str], list[float]]:
+        with rt.sessions() as session:
+            return run_seconds_histogram(session=session)
+
+    add_run_time_collector(metrics, _run_times, RUN_SECONDS_BUCKETS)
 
     @app.before_request
     def _start_timer() -> None:
