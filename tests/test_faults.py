@@ -180,3 +180,45 @@ def test_storage_outage_is_retried_not_failed(settings, auth, spawn, tmp_path) -
         s3.terminate()
         s3.wait(10)
         engine.dispose()
+
+
+def test_redis_restarted_under_a_running_worker_loses_nothing(client, settings, auth, spawn,
+                                                             tmp_path) -> None:
+    """Redis goes away (and comes back empty, as with no persistence) while a worker and
+    a dispatcher run: jobs submitted meanwhile are accepted, and all of them finish."""
+    from service.api import create_app
+    from tests.conftest import TINY, settings_env
+
+    port = free_port()
+
+    def start_redis() -> subprocess.Popen:
+        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                                stdout=subprocess.DEVNULL)
+        wait_for(lambda: _pings(port), 20, what="private redis")
+        return proc
+
+    server = start_redis()
+    own = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{port}/0"})
+    env = settings_env(own)
+    api = create_app(own).test_client()
+    spawn(["dispatcher"], env=env, name="dispatcher")
+    start_worker(spawn, own, env=env, name="redis-worker")
+    body = {"model": TINY, "task": "generate", "input": {"prompt": "before", "seed": 1}}
+    before = api.post("/v1/jobs", json=body, headers=auth).json
+    assert wait_terminal(api, auth, before["id"])["status"] == "succeeded"
+
+    server.terminate()
+    server.wait(10)
+    during = [api.post("/v1/jobs", json={**body, "input": {"prompt": f"down {i}", "seed": i}},
+                       headers=auth) for i in range(3)]
+    assert [r.status_code for r in during] == [202, 202, 202]
+    time.sleep(3)
+    server = start_redis()
+    try:
+        for r in during:
+            done = wait_terminal(api, auth, r.json["id"], timeout=180)
+            assert done["status"] == "succeeded", done
+    finally:
+        server.terminate()
+        server.wait(10)
