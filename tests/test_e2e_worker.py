@@ -120,3 +120,20 @@ def test_cancel_queued_never_runs_and_duplicate_delivery_is_harmless(
     assert row.completed_at.isoformat(timespec="milliseconds").startswith(
         finished["completed_at"][:23])
     engine.dispose()
+
+
+def test_worker_with_a_bad_checkpoint_path_fails_at_start_naming_it(settings, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import settings_env
+
+    missing = str(tmp_path / "no-such-checkpoint")
+    env = settings_env(settings.model_copy(update={"models": {"broken": missing}}))
+    out = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--model", "broken"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert missing in out.stderr and "broken" in out.stderr
+    unknown = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--model", "nope"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert unknown.returncode != 0 and "nope" in unknown.stderr

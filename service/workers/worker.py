@@ -65,7 +65,10 @@ def run_worker(
         options = runner_options(family_of(path), compile=compile, upsample_1024=upsample_1024)
         runner = load_runner(path, device=device, model_id=model_id, **options)
     except CheckpointError as exc:
-        raise WorkerStartError(str(exc)) from exc
+        message = str(exc)
+        if model_id not in message:
+            message = f"model {model_id!r}: {message}"
+        raise WorkerStartError(message) from exc
     runner.warmup()
     load_seconds = time.monotonic() - started
     log.info("model %s loaded from %s on %s in %.1fs", model_id, path, device, load_seconds)
