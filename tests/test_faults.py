@@ -73,11 +73,7 @@ def test_redis_down_at_submit_then_sweeper_publishes(client, settings, auth, tmp
     port = free_port()
 
     def start_redis() -> subprocess.Popen:
-        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                 "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                                stdout=subprocess.DEVNULL)
-        wait_for(lambda: _pings(port), 20, what="private redis")
-        return proc
+        return private_redis(port, tmp_path)
 
     server = start_redis()
     broken = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{port}/0"})
@@ -114,6 +110,15 @@ def test_redis_down_at_submit_then_sweeper_publishes(client, settings, auth, tmp
         server.wait(10)
     api.post(f"/v1/jobs/{job_id}/cancel", headers=auth)
     engine.dispose()
+
+
+def private_redis(port: int, directory) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+    """A Redis of the test's own (no persistence), to stop and restart at will."""
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(directory)],
+                            stdout=subprocess.DEVNULL)
+    wait_for(lambda: _pings(port), 20, what="private redis")
+    return proc
 
 
 def _pings(port: int) -> bool:
@@ -192,11 +197,7 @@ def test_redis_restarted_under_a_running_worker_loses_nothing(client, settings, 
     port = free_port()
 
     def start_redis() -> subprocess.Popen:
-        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                 "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                                stdout=subprocess.DEVNULL)
-        wait_for(lambda: _pings(port), 20, what="private redis")
-        return proc
+        return private_redis(port, tmp_path)
 
     server = start_redis()
     own = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{port}/0"})

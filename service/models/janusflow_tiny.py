@@ -16,26 +16,11 @@ import os
 from typing import Any
 
 from service.models.janusflow_config import BOS, EOS, PAD, SPECIAL_TOKENS
-from service.models.tiny import TOKENIZER_CORPUS as _CORPUS  # one corpus for both families
+from service.models.tiny import train_byte_bpe
 
 
 def _tokenizer(vocab_size: int):  # -> tokenizers.Tokenizer
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer)
-    tok.add_special_tokens(SPECIAL_TOKENS)  # after the learned pieces, as in DeepSeek's
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
-    )
-    return tok
+    return train_byte_bpe(vocab_size, SPECIAL_TOKENS, BOS)
 
 
 def tiny_config(image_size: int, vocab_size: int) -> dict[str, Any]:
@@ -64,25 +49,40 @@ def tiny_config(image_size: int, vocab_size: int) -> dict[str, Any]:
                 "select_feature": "same",
                 "select_layer": -1,
                 # Not in the published file: the tiny SigLIP's own shape.
-                "width": 32, "layers": 2, "heads": 2, "mlp_ratio": 2,
+                "width": 32,
+                "layers": 2,
+                "heads": 2,
+                "mlp_ratio": 2,
             },
         },
         "vision_gen_enc_config": {
             "cls": "ShallowUViTEncoder",
             "model_type": "vision_gen_enc",
             "params": {
-                "input_channels": 4, "block_out_channels": [32], "kernel_size": 2,
-                "stride": 2, "padding": 0, "layers_in_middle": 2, "hidden_size": hidden,
-                "use_mid_block": True, "elementwise_affine": True,
+                "input_channels": 4,
+                "block_out_channels": [32],
+                "kernel_size": 2,
+                "stride": 2,
+                "padding": 0,
+                "layers_in_middle": 2,
+                "hidden_size": hidden,
+                "use_mid_block": True,
+                "elementwise_affine": True,
             },
         },
         "vision_gen_dec_config": {
             "cls": "ShallowUViTDecoder",
             "model_type": "vision_gen_dec",
             "params": {
-                "in_channels": 32, "out_channels": 4, "block_out_channels": [32],
-                "upsamples": 1, "layers_in_middle": 2, "hidden_size": hidden,
-                "use_mid_block": True, "elementwise_affine": True, "norm_type": "RMSNorm",
+                "in_channels": 32,
+                "out_channels": 4,
+                "block_out_channels": [32],
+                "upsamples": 1,
+                "layers_in_middle": 2,
+                "hidden_size": hidden,
+                "use_mid_block": True,
+                "elementwise_affine": True,
+                "norm_type": "RMSNorm",
             },
         },
     }
@@ -141,24 +141,53 @@ def write_tiny_janusflow(out_dir: str, *, image_size: int = 384, seed: int = 0) 
     vae.save_pretrained(os.path.join(out_dir, "vae"))
 
     tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
-    _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
-        "tokenizer_class": "LlamaTokenizerFast", "bos_token": BOS, "eos_token": EOS,
-        "pad_token": None, "add_bos_token": True, "add_eos_token": False,
-        "model_max_length": 16384, "legacy": True, "clean_up_tokenization_spaces": False,
-    })
-    _write_json(os.path.join(out_dir, "special_tokens_map.json"), {
-        "bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
-        "additional_special_tokens": [t for t in SPECIAL_TOKENS if t not in (BOS, EOS, PAD)],
-    })
-    _write_json(os.path.join(out_dir, "preprocessor_config.json"), {
-        "image_processor_type": "VLMImageProcessor", "processor_class": "VLChatProcessor",
-        "image_size": image_size, "min_size": 14, "do_normalize": True,
-        "rescale_factor": 1 / 255, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-        "background_color": [127, 127, 127],
-    })
-    _write_json(os.path.join(out_dir, "processor_config.json"), {
-        "processor_class": "VLChatProcessor", "image_tag": "<image_placeholder>",
-        "num_image_tokens": (image_size // 16) ** 2, "add_special_token": False,
-        "sft_format": "deepseek", "mask_prompt": True, "ignore_id": -100,
-    })
+    _write_json(
+        os.path.join(out_dir, "tokenizer_config.json"),
+        {
+            "tokenizer_class": "LlamaTokenizerFast",
+            "bos_token": BOS,
+            "eos_token": EOS,
+            "pad_token": None,
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "model_max_length": 16384,
+            "legacy": True,
+            "clean_up_tokenization_spaces": False,
+        },
+    )
+    _write_json(
+        os.path.join(out_dir, "special_tokens_map.json"),
+        {
+            "bos_token": BOS,
+            "eos_token": EOS,
+            "pad_token": PAD,
+            "additional_special_tokens": [t for t in SPECIAL_TOKENS if t not in (BOS, EOS, PAD)],
+        },
+    )
+    _write_json(
+        os.path.join(out_dir, "preprocessor_config.json"),
+        {
+            "image_processor_type": "VLMImageProcessor",
+            "processor_class": "VLChatProcessor",
+            "image_size": image_size,
+            "min_size": 14,
+            "do_normalize": True,
+            "rescale_factor": 1 / 255,
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_std": [0.5, 0.5, 0.5],
+            "background_color": [127, 127, 127],
+        },
+    )
+    _write_json(
+        os.path.join(out_dir, "processor_config.json"),
+        {
+            "processor_class": "VLChatProcessor",
+            "image_tag": "<image_placeholder>",
+            "num_image_tokens": (image_size // 16) ** 2,
+            "add_special_token": False,
+            "sft_format": "deepseek",
+            "mask_prompt": True,
+            "ignore_id": -100,
+        },
+    )
     return out_dir

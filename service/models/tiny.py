@@ -55,9 +55,9 @@ TOKENIZER_CORPUS = [
 ]
 
 
-def _build_tokenizer(vocab_size: int, max_length: int):
+def train_byte_bpe(vocab_size: int, special_tokens: list[str], bos: str):  # -> Tokenizer
+    """A small byte-level BPE with the family's special tokens, BOS prepended like DeepSeek's."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -69,12 +69,17 @@ def _build_tokenizer(vocab_size: int, max_length: int):
     )
     tok.train_from_iterator(TOKENIZER_CORPUS * 4, trainer)
     # Like the DeepSeek vocabulary, the special tokens come after the learned pieces.
-    tok.add_special_tokens(SPECIAL_TOKENS)
-    bos_id = tok.token_to_id(BOS)
-    # The real tokenizer prepends BOS to every encoded text.
+    tok.add_special_tokens(special_tokens)
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
     )
+    return tok
+
+
+def _build_tokenizer(vocab_size: int, max_length: int):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = train_byte_bpe(vocab_size, SPECIAL_TOKENS, BOS)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
