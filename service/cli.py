@@ -47,6 +47,44 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
         print("(shown once; only a hash of the key is stored)", file=sys.stderr)
 
 
+def cmd_keys_revoke(args: argparse.Namespace) -> None:
+    from service.db import make_engine, make_sessionmaker, session_scope
+    from service.keys import KeyLookupError, revoke_key
+
+    sessions = make_sessionmaker(make_engine(_settings().database_url))
+    try:
+        with session_scope(sessions) as session:
+            row = revoke_key(session=session, key_id=args.key_id, name=args.name)
+            print(f"revoked {row.id} ({row.name})")
+    except KeyLookupError as exc:
+        sys.exit(f"janus-service keys revoke: {exc}")
+
+
+def cmd_keys_list(args: argparse.Namespace) -> None:
+    from service.db import make_engine, make_sessionmaker, session_scope
+    from service.jobview import iso
+    from service.keys import list_keys
+
+    sessions = make_sessionmaker(make_engine(_settings().database_url))
+    with session_scope(sessions) as session:
+        rows = [
+            {
+                "id": k.id,
+                "name": k.name,
+                "prefix": k.key_prefix,
+                "created_at": iso(k.created_at),
+                "revoked_at": iso(k.revoked_at),
+            }
+            for k in list_keys(session=session)
+        ]
+    if args.json:
+        print(json.dumps(rows))
+        return
+    for row in rows:
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        print(f"{row['id']}  {row['prefix']}…  {row['name']:<20}  {row['created_at']}  {state}")
+
+
 def cmd_keys_rotate_secret(args: argparse.Namespace) -> None:
     from service.db import make_engine, make_sessionmaker, session_scope
     from service.keys import KeyLookupError, rotate_secret
@@ -120,8 +158,11 @@ def cmd_tiny_checkpoint(args: argparse.Namespace) -> None:
 def cmd_batch(args: argparse.Namespace) -> None:
     from service import batch_client
 
-    command = batch_client.submit_command if args.batch_command == "submit" else (
-        batch_client.results_command)
+    command = (
+        batch_client.submit_command
+        if args.batch_command == "submit"
+        else (batch_client.results_command)
+    )
     sys.exit(command(args))
 
 
@@ -152,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--json", action="store_true", help="print only a JSON object")
     create.set_defaults(func=cmd_keys_create)
+    revoke = keys.add_parser("revoke", help="refuse a key from now on")
+    which_revoke = revoke.add_mutually_exclusive_group(required=True)
+    which_revoke.add_argument("--key-id")
+    which_revoke.add_argument("--name")
+    revoke.set_defaults(func=cmd_keys_revoke)
+    listing = keys.add_parser("list", help="keys with their ids, prefixes and state")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_keys_list)
+
     rotate = keys.add_parser(
         "rotate-secret", help="new webhook secret; the old one signs too for a grace period"
     )
@@ -180,10 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch", type=int, default=8, help="most compatible jobs run as one batch"
     )
     worker.add_argument("--hostname", default=None, help="name this worker reports")
-    worker.add_argument("--compile", action="store_true",
-                        help="Janus-Pro on CUDA: torch.compile the decode step")
-    worker.add_argument("--upsample-1024", action="store_true",
-                        help="JanusFlow: upsample outputs to 1024 px as the published demo does")
+    worker.add_argument(
+        "--compile", action="store_true", help="Janus-Pro on CUDA: torch.compile the decode step"
+    )
+    worker.add_argument(
+        "--upsample-1024",
+        action="store_true",
+        help="JanusFlow: upsample outputs to 1024 px as the published demo does",
+    )
     worker.add_argument(
         "--metrics-port",
         type=int,
@@ -209,11 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch = sub.add_parser("batch", help="bulk jobs from a JSONL or CSV file (an HTTP client)")
     batch_sub = batch.add_subparsers(dest="batch_command", required=True)
-    for name, help_text in (("submit", "upload a file of jobs"),
-                            ("results", "download a batch's results as JSONL")):
+    for name, help_text in (
+        ("submit", "upload a file of jobs"),
+        ("results", "download a batch's results as JSONL"),
+    ):
         cmd = batch_sub.add_parser(name, help=help_text)
-        cmd.add_argument("--api-url", default=os.environ.get("JANUS_API_URL",
-                                                             "http://127.0.0.1:8000"))
+        cmd.add_argument(
+            "--api-url", default=os.environ.get("JANUS_API_URL", "http://127.0.0.1:8000")
+        )
         cmd.add_argument("--api-key", default=os.environ.get("JANUS_API_KEY", ""))
         cmd.set_defaults(func=cmd_batch)
     submit = batch_sub.choices["submit"]
@@ -227,8 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("batch_id")
     results.add_argument("-o", "--output", default="-", help="file to write (default stdout)")
 
-    convert = sub.add_parser("convert", help="convert an original deepseek-ai Janus checkpoint "
-                             "to the transformers layout")
+    convert = sub.add_parser(
+        "convert",
+        help="convert an original deepseek-ai Janus checkpoint to the transformers layout",
+    )
     convert.add_argument("src")
     convert.add_argument("dst")
     convert.set_defaults(func=cmd_convert)

@@ -65,6 +65,15 @@ def rotate_secret(
     receivers can switch without dropping a delivery. Rotating again inside
     the grace period retires the oldest secret at once (one previous is kept).
     """
+    row = _one_active(session, key_id, name)
+    row.previous_webhook_secret = row.webhook_secret
+    row.previous_secret_expires_at = utcnow() + timedelta(seconds=grace_seconds)
+    row.webhook_secret = new_webhook_secret()
+    session.flush()
+    return row.webhook_secret
+
+
+def _one_active(session: Session, key_id: str | None, name: str | None) -> ApiKey:
     query = select(ApiKey).where(ApiKey.revoked_at.is_(None))
     if key_id is not None:
         query = query.where(ApiKey.id == key_id)
@@ -77,9 +86,16 @@ def rotate_secret(
         raise KeyLookupError(f"no active key {key_id or name!r}")
     if len(rows) > 1:
         raise KeyLookupError(f"several keys are named {name!r}; use --key-id")
-    row = rows[0]
-    row.previous_webhook_secret = row.webhook_secret
-    row.previous_secret_expires_at = utcnow() + timedelta(seconds=grace_seconds)
-    row.webhook_secret = new_webhook_secret()
+    return rows[0]
+
+
+def revoke_key(*, session: Session, key_id: str | None = None, name: str | None = None) -> ApiKey:
+    """Refuse the key from now on (API processes may honour it up to their key cache TTL)."""
+    row = _one_active(session, key_id, name)
+    row.revoked_at = utcnow()
     session.flush()
-    return row.webhook_secret
+    return row
+
+
+def list_keys(*, session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))

@@ -160,3 +160,29 @@ def test_openapi_is_valid_and_covers_every_route(client, app) -> None:
             continue
         path = rule.rule.replace("<", "{").replace(">", "}")
         assert path in documented, f"{path} is served but not in /openapi.json"
+
+
+def test_keys_cli_create_list_revoke(client, settings) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import settings_env
+
+    env = settings_env(settings)
+    cli = [sys.executable, "-m", "service.cli", "keys"]
+    created = json.loads(subprocess.run([*cli, "create", "--name", "to-revoke", "--json"],
+                                        env=env, capture_output=True, text=True,
+                                        check=True).stdout)
+    listed = json.loads(subprocess.run([*cli, "list", "--json"], env=env, capture_output=True,
+                                       text=True, check=True).stdout)
+    mine = [k for k in listed if k["name"] == "to-revoke"]
+    assert len(mine) == 1 and mine[0]["revoked_at"] is None
+    assert created["key"].startswith(mine[0]["prefix"])
+    revoked = subprocess.run([*cli, "revoke", "--key-id", mine[0]["id"]], env=env,
+                             capture_output=True, text=True)
+    assert revoked.returncode == 0, revoked.stderr
+    r = client.get("/v1/jobs", headers={"Authorization": f"Bearer {created['key']}"})
+    assert r.status_code == 401
+    again = subprocess.run([*cli, "revoke", "--key-id", mine[0]["id"]], env=env,
+                           capture_output=True, text=True)
+    assert again.returncode != 0 and "no active key" in again.stderr
