@@ -8,6 +8,8 @@ fresh presigned URLs, so a retry hours later still carries working links.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -31,45 +33,43 @@ def job_event(*, session: Session, job: Job) -> WebhookEvent | None:
     event_type, filter_name = _JOB_EVENTS[job.status]
     if filter_name not in (job.webhook_events or ["completed"]):
         return None
-    now = utcnow()
-    event = WebhookEvent(
-        id=new_id("msg"),
-        api_key_id=job.api_key_id,
-        job_id=job.id,
-        type=event_type,
-        url=job.webhook,
-        payload={
-            "type": event_type,
-            "timestamp": now.isoformat().replace("+00:00", "Z"),
-            "data": job_object(job, None, 0),
-        },
-        status="pending",
-        next_attempt_at=now,
-        created_at=now,
+    return _record(
+        session, job.api_key_id, event_type, job.webhook, job_object(job, None, 0), job_id=job.id
     )
-    session.add(event)
-    return event
 
 
 def batch_event(*, session: Session, batch: Batch) -> WebhookEvent | None:
     """`batch.completed`, once: the caller's conditional status update guarantees it."""
     if not batch.webhook:
         return None
+    return _record(
+        session,
+        batch.api_key_id,
+        "batch.completed",
+        batch.webhook,
+        batch_object(batch),
+        batch_id=batch.id,
+    )
+
+
+def _record(
+    session: Session, api_key_id: str, event_type: str, url: str, data: dict[str, Any], **owner: str
+) -> WebhookEvent:
     now = utcnow()
     event = WebhookEvent(
         id=new_id("msg"),
-        api_key_id=batch.api_key_id,
-        batch_id=batch.id,
-        type="batch.completed",
-        url=batch.webhook,
+        api_key_id=api_key_id,
+        type=event_type,
+        url=url,
         payload={
-            "type": "batch.completed",
+            "type": event_type,
             "timestamp": now.isoformat().replace("+00:00", "Z"),
-            "data": batch_object(batch),
+            "data": data,
         },
         status="pending",
         next_attempt_at=now,
         created_at=now,
+        **owner,
     )
     session.add(event)
     return event
@@ -77,7 +77,8 @@ def batch_event(*, session: Session, batch: Batch) -> WebhookEvent | None:
 
 def event_counts(*, session: Session) -> dict[tuple[str, str], int]:
     rows = session.execute(
-        select(WebhookEvent.type, WebhookEvent.status, func.count())
-        .group_by(WebhookEvent.type, WebhookEvent.status)
+        select(WebhookEvent.type, WebhookEvent.status, func.count()).group_by(
+            WebhookEvent.type, WebhookEvent.status
+        )
     )
     return {(event_type, status): n for event_type, status, n in rows}

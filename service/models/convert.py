@@ -27,13 +27,8 @@ import torch
 
 from service.models import registry
 from service.models.registry import CheckpointError
+from service.models.tokens import IMAGE
 
-IMAGE_TAG, BOI, EOI, PAD = (
-    "<image_placeholder>",
-    "<begin_of_image>",
-    "<end_of_image>",
-    "<｜▁pad▁｜>",
-)
 VISION_TOWER = "vision_model.vision_tower."
 # Heads per published SigLIP name (not derivable from weight shapes). "heads" in the vision
 # params overrides it: our extension, used only by small test checkpoints.
@@ -233,7 +228,7 @@ def janus_config(original: dict[str, Any], state: dict[str, torch.Tensor], token
         text_config=text,
         vision_config=vision,
         vq_config=vq,
-        image_token_id=ids(IMAGE_TAG),
+        image_token_id=ids(IMAGE),
         # DeepSeek's LLM has its own output matrix; tie only if the checkpoint has none.
         tie_word_embeddings="language_model.lm_head.weight" not in state,
     )

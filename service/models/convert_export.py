@@ -11,7 +11,8 @@ import json
 import os
 from typing import Any
 
-from service.models.convert import BOI, EOI, IMAGE_TAG, to_original
+from service.models.convert import to_original
+from service.models.tokens import ASSISTANT, BOI, EOI, IMAGE, USER
 
 
 def export_original(janus_dir: str, out_dir: str) -> str:
@@ -120,7 +121,7 @@ def _export_tokenizer(janus_dir: str, out_dir: str, image_size: int, image_token
             "clean_up_tokenization_spaces": False,
         },
     )
-    extra = [IMAGE_TAG, BOI, EOI, "<|User|>", "<|Assistant|>"]
+    extra = [IMAGE, BOI, EOI, USER, ASSISTANT]
     _write_json(out_dir, "special_tokens_map.json", {**names, "additional_special_tokens": extra})
     _write_json(
         out_dir,
@@ -128,7 +129,7 @@ def _export_tokenizer(janus_dir: str, out_dir: str, image_size: int, image_token
         {
             "add_special_token": False,
             "ignore_id": -100,
-            "image_tag": IMAGE_TAG,
+            "image_tag": IMAGE,
             "mask_prompt": True,
             "num_image_tokens": image_tokens,
             "processor_class": "VLChatProcessor",

@@ -17,6 +17,7 @@ import torch
 
 from service.models import convert, registry
 from service.models.registry import CheckpointError
+from service.models.tokens import BOI, EOI, IMAGE, PAD
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +86,17 @@ def original_processor(directory: str) -> Any:
 
     chat = _json(directory, "processor_config.json")
     image = _json(directory, "preprocessor_config.json")
-    image_tag = chat.get("image_tag", convert.IMAGE_TAG)
+    image_tag = chat.get("image_tag", IMAGE)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(
         directory,
         image_token=image_tag,
-        boi_token=convert.BOI,
-        eoi_token=convert.EOI,
+        boi_token=BOI,
+        eoi_token=EOI,
         padding_side="left",
     )
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = convert.PAD
-    for token in (image_tag, convert.BOI, convert.EOI, tokenizer.pad_token, tokenizer.bos_token):
+        tokenizer.pad_token = PAD
+    for token in (image_tag, BOI, EOI, tokenizer.pad_token, tokenizer.bos_token):
         if token is None or tokenizer.convert_tokens_to_ids(token) in (
             None,
             tokenizer.unk_token_id,
@@ -131,7 +132,7 @@ def generation_config(tokenizer: Any) -> Any:
         pad_token_id=tokenizer.pad_token_id,
         guidance_scale=5.0,
         temperature=1.0,
-        generation_kwargs={"boi_token_id": tokenizer.convert_tokens_to_ids(convert.BOI)},
+        generation_kwargs={"boi_token_id": tokenizer.convert_tokens_to_ids(BOI)},
     )
 
 

@@ -23,28 +23,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from service.models.tokens import ASSISTANT, BOG, BOI, BOS, EOI, EOS, IMAGE, PAD, USER
+
 # SigLIP shapes by the names the reference's `create_siglip_vit` accepts.
 SIGLIP_MODELS: dict[str, dict[str, Any]] = {
     "siglip_large_patch16_384": {
-        "image_size": 384, "patch_size": 16, "width": 1024, "layers": 24, "heads": 16,
+        "image_size": 384,
+        "patch_size": 16,
+        "width": 1024,
+        "layers": 24,
+        "heads": 16,
         "mlp_ratio": 4.0,
     },
     "siglip_large_patch16_256": {
-        "image_size": 256, "patch_size": 16, "width": 1024, "layers": 24, "heads": 16,
+        "image_size": 256,
+        "patch_size": 16,
+        "width": 1024,
+        "layers": 24,
+        "heads": 16,
         "mlp_ratio": 4.0,
     },
 }
 
 # DeepSeek's tokenizer and prompt format, as the JanusFlow processor uses them.
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
-PAD = "<｜▁pad▁｜>"
-IMAGE = "<image_placeholder>"
-BOI = "<begin_of_image>"
-EOI = "<end_of_image>"
-BOG = "<｜begin▁of▁generation｜>"
-USER = "<|User|>"
-ASSISTANT = "<|Assistant|>"
 SPECIAL_TOKENS = [BOS, EOS, PAD, IMAGE, BOI, EOI, BOG, USER, ASSISTANT]
 SYSTEM_PROMPT = (
     "You are a helpful language and vision assistant. "

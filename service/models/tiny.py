@@ -10,16 +10,9 @@ from __future__ import annotations
 
 import os
 
-# The DeepSeek LLM tokenizer's special tokens, as the converted Janus checkpoints carry them
-# (the `▁`/`｜` characters are part of the real token strings).
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
-PAD = "<｜▁pad▁｜>"
-IMAGE = "<image_placeholder>"
-BOI = "<begin_of_image>"
-EOI = "<end_of_image>"
-USER = "<|User|>"
-ASSISTANT = "<|Assistant|>"
+from service.models.tokens import ASSISTANT, BOI, BOS, EOI, EOS, IMAGE, PAD, USER
+
+# The special tokens the converted Janus checkpoints carry.
 SPECIAL_TOKENS = [BOS, EOS, PAD, IMAGE, BOI, EOI, USER, ASSISTANT]
 
 # Our own Jinja template that renders the same DeepSeek "SFT" format the converted
