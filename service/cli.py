@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     tiny = sub.add_parser("tiny-checkpoint", help="write a tiny random checkpoint")
-    tiny.add_argument("--family", required=True, choices=["janus-pro", "janusflow"])
+    tiny.add_argument("--family", required=True, choices=["janus", "janus-pro", "janusflow"])
     tiny.add_argument("--image-size", type=int, default=384)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("out_dir")

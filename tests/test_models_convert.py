@@ -97,9 +97,9 @@ def test_original_layout_loads_and_matches(original: str, reference) -> None:
     assert (
         json.loads((Path(original) / "config.json").read_text())["model_type"] == "multi_modality"
     )
-    assert registry.family_of(original) == "janus-pro-original"
+    assert registry.family_of(original) == "janus-pro"
     runner = registry.load_runner(original, model_id="tiny-original")
-    assert runner.family == "janus-pro-original"
+    assert runner.family == "janus-pro"
     assert runner.defaults() == reference.defaults()
     # Same weights, same tokenizer and image processing: same images and text per seed.
     assert _outputs(runner) == _outputs(reference)

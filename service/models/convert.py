@@ -242,8 +242,11 @@ def convert_checkpoint(src_dir: str, dst_dir: str) -> str:
     from service.models.janus_loading import load_original
 
     family = registry.family_of(src_dir)
-    if family != registry.JANUS_PRO_ORIGINAL:
-        raise CheckpointError(f"{src_dir}: not an original-layout Janus checkpoint ({family})")
+    if family == registry.JANUSFLOW or not registry.is_original_layout(
+        registry.read_config(src_dir)
+    ):
+        layout = "janusflow" if family == registry.JANUSFLOW else "transformers layout"
+        raise CheckpointError(f"{src_dir}: not an original-layout Janus checkpoint ({layout})")
     if os.path.abspath(src_dir) == os.path.abspath(dst_dir):
         raise CheckpointError(f"{dst_dir}: the converted copy needs its own directory")
     model, processor = load_original(src_dir, "cpu", None)  # keeps the checkpoint's dtype

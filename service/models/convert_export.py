@@ -15,7 +15,7 @@ from service.models.convert import to_original
 from service.models.tokens import ASSISTANT, BOI, EOI, IMAGE, USER
 
 
-def export_original(janus_dir: str, out_dir: str) -> str:
+def export_original(janus_dir: str, out_dir: str, family: str = "janus-pro") -> str:
     """Write a transformers-layout checkpoint in DeepSeek's original layout (for tests)."""
     from safetensors.torch import save_file
     from transformers import JanusConfig
@@ -88,7 +88,7 @@ def export_original(janus_dir: str, out_dir: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     save_file(original, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     _write_json(out_dir, "config.json", layout)
-    _export_tokenizer(janus_dir, out_dir, vision.image_size, vision.num_image_tokens)
+    _export_tokenizer(janus_dir, out_dir, vision.image_size, vision.num_image_tokens, family)
     return out_dir
 
 
@@ -97,7 +97,9 @@ def _write_json(directory: str, name: str, value: dict[str, Any]) -> None:
         json.dump(value, f, indent=2, ensure_ascii=False)
 
 
-def _export_tokenizer(janus_dir: str, out_dir: str, image_size: int, image_tokens: int) -> None:
+def _export_tokenizer(
+    janus_dir: str, out_dir: str, image_size: int, image_tokens: int, family: str
+) -> None:
     # The files DeepSeek's repositories ship next to the weights, in their shapes.
     from transformers import JanusProcessor
 
@@ -121,8 +123,16 @@ def _export_tokenizer(janus_dir: str, out_dir: str, image_size: int, image_token
             "clean_up_tokenization_spaces": False,
         },
     )
-    extra = [IMAGE, BOI, EOI, USER, ASSISTANT]
-    _write_json(out_dir, "special_tokens_map.json", {**names, "additional_special_tokens": extra})
+    if family == "janus":
+        # Janus-1.3B's map names bos/eos/pad only; its processor the plain-role template.
+        _write_json(out_dir, "special_tokens_map.json", names)
+        sft_format = "deepseek_old"
+    else:
+        extra = [IMAGE, BOI, EOI, USER, ASSISTANT]
+        _write_json(
+            out_dir, "special_tokens_map.json", {**names, "additional_special_tokens": extra}
+        )
+        sft_format = "deepseek"
     _write_json(
         out_dir,
         "processor_config.json",
@@ -133,7 +143,7 @@ def _export_tokenizer(janus_dir: str, out_dir: str, image_size: int, image_token
             "mask_prompt": True,
             "num_image_tokens": image_tokens,
             "processor_class": "VLChatProcessor",
-            "sft_format": "deepseek",
+            "sft_format": sft_format,
         },
     )
     _write_json(

@@ -21,7 +21,7 @@ import torch
 from service.models.base import Canceled, RunControl
 from service.models.janus_jobs import ImageJob, TextJob
 from service.models.janus_lm import KVCache, LeanLM
-from service.models.janus_sampling import Rows, greedy_rows, sample, top_p_filter
+from service.models.janus_sampling import Rows, greedy_rows, sample, top_k_filter, top_p_filter
 
 
 class JanusDecoder:
@@ -191,8 +191,12 @@ class JanusDecoder:
 
         temperature = per_row([j.temperature if j.temperature > 0 else 1.0 for j in jobs])
         top_p = per_row([j.top_p if j.temperature > 0 else 1.0 for j in jobs])
+        top_k = torch.tensor(
+            [j.top_k if j.temperature > 0 else 0 for j in jobs], dtype=torch.long, device=device
+        )[:, None]
         units = [j.max_new_tokens for j in jobs]
         use_top_p = any(j.temperature > 0 and j.top_p < 1.0 for j in jobs)
+        use_top_k = any(j.temperature > 0 and j.top_k > 0 for j in jobs)
         generators = [self._generator(j.seed) if j.temperature > 0 else None for j in jobs]
         lm_head = self.model.lm_head
         uniform = torch.zeros(n, 1, dtype=torch.float32, device=device)
@@ -204,7 +208,10 @@ class JanusDecoder:
         checked = 0
 
         for step in range(longest):
+            # transformers' order, which the reference samples under: temperature, top-k, top-p.
             scores = lm_head(hidden).float() / temperature
+            if use_top_k:
+                scores = top_k_filter(scores, top_k)
             if use_top_p:
                 scores = top_p_filter(scores, top_p)
             tokens[:, step] = sample(scores, rows.spans(), generators, uniform, greedy)
@@ -235,6 +242,7 @@ class JanusDecoder:
                     token, uniform = token[index], uniform[index]
                     greedy = greedy_rows(jobs, rows, device)
                     temperature, top_p = temperature[index], top_p[index]
+                    top_k = top_k[index]
             col = width + step
             cache.mask[..., col] = True
             x = lm.embed_tokens(token[:, None])

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from service.models.base import GenerateRequest, InvalidInput, UnderstandRequest
+from service.models.prompts import PromptFormat
 
 # Images are VQ-decoded this many at a time: the published 16-image example runs out of
 # memory in the VQ decoder, not in the LLM.
@@ -38,14 +39,19 @@ class TextJob:
     seed: int
     temperature: float  # 0: greedy
     top_p: float
+    top_k: int  # 0: no top-k filter
+    ids: list[int]  # the prompt's token ids, image tokens expanded
 
 
 class JobBuilder:
     """Turns requests into jobs for one loaded model and processor."""
 
-    def __init__(self, model: Any, processor: Any, device: str, dtype: torch.dtype) -> None:
+    def __init__(
+        self, model: Any, processor: Any, device: str, dtype: torch.dtype, prompts: PromptFormat
+    ) -> None:
         self.model, self.processor = model, processor
         self.device, self.dtype = device, dtype
+        self.prompts = prompts
         config = model.config
         self.num_image_tokens = config.vision_config.num_image_tokens
         self.max_positions = config.text_config.max_position_embeddings
@@ -54,9 +60,32 @@ class JobBuilder:
         specials.update(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
         # Longest first, so a token that contains another is removed whole.
         self.special_strings = sorted(specials, key=len, reverse=True)
+        self.tokenizer = tokenizer
         self.bos, self.pad = tokenizer.bos_token_id, tokenizer.pad_token_id
         self.boi = tokenizer.convert_tokens_to_ids(processor.image_start_token)
+        self.eoi = tokenizer.convert_tokens_to_ids(processor.image_end_token)
         self.image_token = config.image_token_id
+
+    def encode(self, text: str) -> list[int]:
+        """BOS + the text's ids, as the reference's `tokenizer.encode(prompt)` gives them.
+
+        The prompt text is ours (`prompts`), not the checkpoint's chat template, and BOS is
+        added by hand: converted checkpoints carry transformers' template, which renders
+        Janus-Pro's roles for Janus-1.3B too, and a processor may add a system prompt.
+        """
+        return [self.bos] + self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def understanding_ids(self, question: str) -> list[int]:
+        """The prompt of an understanding job, its one image placeholder expanded to
+        <begin_of_image>, one image token per patch, <end_of_image> (`add_image_token`)."""
+        ids = self.encode(self.prompts.understanding(self.clean(question)))
+        at = ids.index(self.image_token)
+        image = [self.boi] + [self.image_token] * self.num_image_tokens + [self.eoi]
+        return ids[:at] + image + ids[at + 1 :]
+
+    def generation_ids(self, prompt: str) -> list[int]:
+        """The prompt of a generation job, ending in <begin_of_image>."""
+        return self.encode(self.prompts.generation(self.clean(prompt)))
 
     def clean(self, text: str) -> str:
         # User text must not smuggle in control tokens (e.g. an image placeholder with no
@@ -74,13 +103,7 @@ class JobBuilder:
             raise InvalidInput("guidance must be at least 1.0")
         if temperature < 0:
             raise InvalidInput("temperature must not be negative")
-        content = [{"type": "text", "text": self.clean(req.prompt)}]
-        text = self.processor.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True
-        )
-        # generation_mode="image" appends the begin-of-image token to the prompt.
-        inputs = self.processor(text=text, generation_mode="image", return_tensors="pt")
-        ids = inputs["input_ids"][0]
+        ids = torch.tensor(self.generation_ids(req.prompt), dtype=torch.long)
         if len(ids) + self.num_image_tokens > self.max_positions:
             raise InvalidInput(
                 f"prompt too long: {len(ids)} tokens; at most "
@@ -97,18 +120,14 @@ class JobBuilder:
         max_new = d["max_new_tokens"] if req.max_new_tokens is None else int(req.max_new_tokens)
         temperature = d["temperature"] if req.temperature is None else float(req.temperature)
         top_p = d["top_p"] if req.top_p is None else float(req.top_p)
+        top_k = int(d.get("top_k", 0))
         if max_new < 1:
             raise InvalidInput("max_new_tokens must be at least 1")
         if temperature < 0:
             raise InvalidInput("temperature must not be negative")
-        content = [{"type": "image"}, {"type": "text", "text": self.clean(req.question)}]
-        text = self.processor.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True
-        )
-        # The processor expands the placeholder to begin/576 image/end tokens and, for
-        # published checkpoints, prepends the default system prompt.
-        inputs = self.processor(text=text, images=req.image.convert("RGB"), return_tensors="pt")
-        ids = inputs["input_ids"][0]
+        prompt_ids = self.understanding_ids(req.question)
+        ids = torch.tensor(prompt_ids, dtype=torch.long)
+        image = self.processor.image_processor(images=req.image.convert("RGB"), return_tensors="pt")
         room = self.max_positions - len(ids)
         if room < 1:
             raise InvalidInput(
@@ -118,9 +137,11 @@ class JobBuilder:
         # The image tower runs here, per job: its output is part of the job's prompt.
         with torch.inference_mode():
             ids = ids.to(self.device)
-            pixels = inputs["pixel_values"].to(self.device, self.dtype)
+            pixels = image["pixel_values"].to(self.device, self.dtype)
             embeds = self.model.get_input_embeddings()(ids)
             features = self.model.model.get_image_features(pixels).pooler_output
             embeds[ids == self.image_token] = features.reshape(-1, embeds.shape[-1])
         # Cut the answer budget, not the question, when only the answer does not fit.
-        return TextJob(index, embeds, min(max_new, room), req.seed, temperature, top_p)
+        return TextJob(
+            index, embeds, min(max_new, room), req.seed, temperature, top_p, top_k, prompt_ids
+        )

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from service.models import convert, registry
+from service.models.prompts import format_of
 from service.models.registry import CheckpointError
 from service.models.tokens import BOI, EOI, IMAGE, PAD
 
@@ -82,8 +83,6 @@ def original_processor(directory: str) -> Any:
     """A JanusProcessor from DeepSeek's tokenizer.json / processor / preprocessor configs."""
     from transformers import JanusImageProcessorPil, JanusProcessor, PreTrainedTokenizerFast
 
-    from service.models.tiny import CHAT_TEMPLATE
-
     chat = _json(directory, "processor_config.json")
     image = _json(directory, "preprocessor_config.json")
     image_tag = chat.get("image_tag", IMAGE)
@@ -116,7 +115,7 @@ def original_processor(directory: str) -> Any:
     return JanusProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=format_of(registry.family_of(directory)).chat_template(),
         use_default_system_prompt=True,  # DeepSeek's understanding prompt has it
         num_image_tokens=int(chat.get("num_image_tokens", (size // 16) ** 2)),
     )

@@ -32,6 +32,7 @@ from service.models.janus_decode import JanusDecoder
 from service.models.janus_jobs import DECODE_CHUNK, ImageJob, JobBuilder, TextJob
 from service.models.janus_lm import LeanLM
 from service.models.oom import run_split_on_oom
+from service.models.prompts import format_of
 
 # On a GPU, cancellation (and end-of-text) is checked every this many steps: each check is
 # host work the device would otherwise not wait for.
@@ -39,11 +40,22 @@ CUDA_POLL_EVERY = 8
 
 
 class JanusProRunner(ModelRunner):
+    """Janus-1.3B and Janus-Pro: one architecture, each served in its own prompt format."""
+
     family = registry.JANUS_PRO
     tasks = registry.tasks_of(registry.JANUS_PRO)
 
-    def __init__(self, path: str, device: str = "cpu", compile: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        device: str = "cpu",
+        compile: bool = False,
+        family: str = registry.JANUS_PRO,
+    ) -> None:
         super().__init__(path, device)
+        if family not in (registry.JANUS, registry.JANUS_PRO):
+            raise registry.CheckpointError(f"not a Janus family: {family!r}")
+        self.family = family
         self.model: Any = None
         self.processor: Any = None
         self.decoder: JanusDecoder | None = None
@@ -73,7 +85,8 @@ class JanusProRunner(ModelRunner):
         self.image_size = vq.num_patches * 2 ** (len(vq.channel_multiplier) - 1)
         self.num_image_tokens = config.vision_config.num_image_tokens
         self.max_positions = config.text_config.max_position_embeddings
-        self.jobs = JobBuilder(model, processor, self.device, self.dtype)
+        prompts = format_of(self.family)
+        self.jobs = JobBuilder(model, processor, self.device, self.dtype, prompts)
         self.decoder = JanusDecoder(
             model,
             LeanLM(model, compile_step=self.compile),
@@ -117,12 +130,11 @@ class JanusProRunner(ModelRunner):
                 results[i] = ModelError(str(e) or type(e).__name__)
         return results, jobs
 
-    def _to_pil(self, pixels: torch.Tensor) -> list[Image.Image]:
-        """(N, H, W, C) decoder output, normalised like the processor's inputs -> RGB images."""
-        ip = self.processor.image_processor
-        mean = torch.tensor(ip.image_mean, dtype=torch.float32, device=pixels.device)
-        std = torch.tensor(ip.image_std, dtype=torch.float32, device=pixels.device)
-        rgb = (pixels.float() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+    @staticmethod
+    def _to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+        """(N, H, W, C) VQ decoder output in [-1, 1] -> RGB images, as DeepSeek's `unpack`:
+        `np.clip((dec + 1) / 2 * 255, 0, 255)` stored into a uint8 array, which truncates."""
+        rgb = ((pixels.float() + 1) / 2 * 255).clamp(0, 255).to(torch.uint8)
         return [Image.fromarray(a).convert("RGB") for a in rgb.cpu().numpy()]
 
     # -- generate ----------------------------------------------------------------------
@@ -243,9 +255,3 @@ class JanusProRunner(ModelRunner):
             )
         return results
 
-
-class JanusProOriginalRunner(JanusProRunner):
-    """DeepSeek's original-layout checkpoints, converted to transformers' layout at load."""
-
-    family = registry.JANUS_PRO_ORIGINAL
-    tasks = registry.tasks_of(registry.JANUS_PRO_ORIGINAL)

@@ -66,3 +66,15 @@ def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     remove = cumulative <= (1 - top_p)
     remove[:, -1] = False
     return scores.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+
+
+def top_k_filter(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """Keep each row's `top_k` highest scores (ties with the k-th included), as transformers'
+    TopKLogitsWarper does; a row whose k is 0 keeps everything. `top_k`: (rows, 1) long."""
+    k = top_k.clamp(max=scores.shape[-1])
+    largest = int(k.max())
+    if largest == 0:
+        return scores
+    kth = torch.topk(scores, largest, dim=-1).values.gather(1, (k - 1).clamp(min=0))
+    kth = torch.where(k > 0, kth, torch.full_like(kth, float("-inf")))
+    return scores.masked_fill(scores < kth, float("-inf"))

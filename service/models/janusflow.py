@@ -42,7 +42,6 @@ from service.models.janusflow_config import (
     IMAGE,
     PAD,
     SPECIAL_TOKENS,
-    sft_prompt,
 )
 from service.models.janusflow_load import (
     DEFAULT_VAE,
@@ -57,6 +56,7 @@ from service.models.janusflow_load import (
 )
 from service.models.janusflow_sampler import FlowJob, FlowSampler, decode_latents
 from service.models.janusflow_understand import Stop, understand_one
+from service.models.prompts import JANUSFLOW_FORMAT
 
 DECODE_CHUNK = 4  # images per VAE call: bounds the decoder's activation peak
 UPSAMPLED_SIZE = 1024  # what the published demo resizes its 384 px images to
@@ -143,6 +143,16 @@ class JanusFlowRunner(ModelRunner):
         # BOS by hand: the result must not depend on the tokenizer file's post-processor.
         return [self.ids[BOS]] + self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    def generation_ids(self, prompt: str) -> list[int]:
+        """BOS + the prompt up to, not including, <｜begin▁of▁generation｜>: the reference
+        tokenizes the prompt with that tag (a token of its own, added by the processor if
+        the tokenizer lacks it) and replaces the tag's embedding by the time step's."""
+        return self.encode(JANUSFLOW_FORMAT.conversation(self.clean(prompt)))
+
+    def understanding_ids(self, question: str) -> list[int]:
+        """BOS + system prompt + the question, its image placeholder still unexpanded."""
+        return self.encode(JANUSFLOW_FORMAT.understanding(self.clean(question)))
+
     def _failure(self, e: Exception) -> ModelError:
         if isinstance(e, ModelError):
             return e
@@ -164,7 +174,7 @@ class JanusFlowRunner(ModelRunner):
             raise InvalidInput("steps must be at least 1")
         if guidance < 0:
             raise InvalidInput("guidance must not be negative")
-        ids = self.encode(sft_prompt(self.clean(req.prompt)))
+        ids = self.generation_ids(req.prompt)
         room = self.max_positions - 1 - self.sampler.image_tokens  # type: ignore[union-attr]
         if len(ids) > room:
             raise InvalidInput(f"prompt too long: {len(ids)} tokens; at most {room} fit")

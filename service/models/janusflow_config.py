@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from service.models.tokens import ASSISTANT, BOG, BOI, BOS, EOI, EOS, IMAGE, PAD, USER
+from service.models.tokens import BOG, BOI, BOS, EOI, EOS, IMAGE, PAD
 
 # SigLIP shapes by the names the reference's `create_siglip_vit` accepts.
 SIGLIP_MODELS: dict[str, dict[str, Any]] = {
@@ -45,19 +45,9 @@ SIGLIP_MODELS: dict[str, dict[str, Any]] = {
     },
 }
 
-# DeepSeek's tokenizer and prompt format, as the JanusFlow processor uses them.
-SPECIAL_TOKENS = [BOS, EOS, PAD, IMAGE, BOI, EOI, BOG, USER, ASSISTANT]
-SYSTEM_PROMPT = (
-    "You are a helpful language and vision assistant. "
-    "You are able to understand the visual content that the user provides, "
-    "and assist the user with a variety of tasks using natural language."
-)
-
-
-def sft_prompt(user_text: str, system: str = "") -> str:
-    """DeepSeek's SFT format for one user turn and an open assistant turn."""
-    head = f"{system}\n\n" if system else ""
-    return f"{head}{USER}: {user_text.strip()}\n\n{ASSISTANT}:".strip()
+# DeepSeek's tokenizer special tokens as JanusFlow's processor uses them. Its prompts use
+# plain `User`/`Assistant` roles (`prompts.JANUSFLOW_FORMAT`), so no role tokens here.
+SPECIAL_TOKENS = [BOS, EOS, PAD, IMAGE, BOI, EOI, BOG]
 
 
 class ConfigError(ValueError):

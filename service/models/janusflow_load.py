@@ -120,13 +120,22 @@ def load_model(
 @dataclass(frozen=True)
 class ImageSettings:
     """What the reference's VLMImageProcessor does: fit the longest side to `image_size`
-    (bicubic), pad to a square with `background`, then scale to [0, 1] and normalise."""
+    (bicubic), pad to a square with `background`, rescale, and (if `normalize`) normalise."""
 
     image_size: int
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mean: tuple[float, float, float] | None = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     min_size: int = 14
-    background: tuple[int, int, int] = (127, 127, 127)
+    rescale_factor: float = 1 / 255
+    normalize: bool = True
+
+    @property
+    def background(self) -> tuple[int, ...]:
+        # As VLMImageProcessor.__init__: the mean in 8 bits, truncated (0.5 -> 127), or 127
+        # grey without a mean. Its `background_color` config key is never read.
+        if self.mean is None:
+            return (127, 127, 127)
+        return tuple(int(m * 255) for m in self.mean)
 
 
 def read_image_settings(directory: str, image_size: int) -> ImageSettings:
@@ -136,15 +145,14 @@ def read_image_settings(directory: str, image_size: int) -> ImageSettings:
     with open(path, encoding="utf-8") as f:
         raw: dict[str, Any] = json.load(f)
     default = ImageSettings(image_size)
-    mean = tuple(raw.get("image_mean", default.mean))
+    mean = raw.get("image_mean", default.mean)
     return ImageSettings(
         image_size=int(raw.get("image_size", image_size)),
-        mean=mean,  # type: ignore[arg-type]
+        mean=None if mean is None else tuple(mean),  # type: ignore[arg-type]
         std=tuple(raw.get("image_std", default.std)),  # type: ignore[arg-type]
         min_size=int(raw.get("min_size", default.min_size)),
-        background=tuple(  # type: ignore[arg-type]
-            raw.get("background_color", [int(m * 255) for m in mean])
-        ),
+        rescale_factor=float(raw.get("rescale_factor", default.rescale_factor)),
+        normalize=bool(raw.get("do_normalize", default.normalize)),
     )
 
 

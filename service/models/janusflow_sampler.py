@@ -201,9 +201,11 @@ class FlowSampler:
 
 @torch.inference_mode()
 def decode_latents(vae, z: torch.Tensor, upsample_to: int | None = None) -> list[Image.Image]:
-    """SDXL-VAE decode of (n, 4, l, l) latents to RGB images, as the published demo does."""
+    """SDXL-VAE decode of (n, 4, l, l) latents to RGB images, as the published demo
+    (`demo/app_janusflow.py`) does: clip to [-1, 1], `((x + 1) / 2 * 255).astype(uint8)`,
+    which truncates, then (optionally) a Lanczos resize."""
     pixels = vae.decode((z / vae.config.scaling_factor).to(vae.dtype)).sample
-    rgb = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    rgb = ((pixels.float().clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8)
     images = [Image.fromarray(a) for a in rgb.permute(0, 2, 3, 1).cpu().numpy()]
     if upsample_to:
         images = [im.resize((upsample_to, upsample_to), Image.LANCZOS) for im in images]

@@ -19,7 +19,7 @@ from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from service.models.base import InvalidInput, RunControl, UnderstandRequest, UnderstandResult
-from service.models.janusflow_config import BOI, BOS, EOI, EOS, IMAGE, SYSTEM_PROMPT, sft_prompt
+from service.models.janusflow_config import BOI, BOS, EOI, EOS, IMAGE
 from service.models.janusflow_load import ImageSettings
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class StepHook(StoppingCriteria):
 
 def image_tensor(s: ImageSettings, image: Image.Image) -> torch.Tensor:
     """(1, 3, S, S) float32: longest side to S (bicubic), centred on a square of the
-    background colour, scaled to [0, 1] and normalised."""
+    background colour, rescaled (to [0, 1]) and normalised."""
     image = image.convert("RGB")
     w, h = image.size
     side = max(w, h)
@@ -58,9 +58,11 @@ def image_tensor(s: ImageSettings, image: Image.Image) -> torch.Tensor:
     canvas.paste(image, ((square - size[0]) // 2, (square - size[1]) // 2))
     if square != s.image_size:
         canvas = canvas.resize((s.image_size, s.image_size), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255.0
-    mean, std = torch.tensor(s.mean).view(3, 1, 1), torch.tensor(s.std).view(3, 1, 1)
-    return ((x - mean) / std)[None]
+    x = torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() * s.rescale_factor
+    if s.normalize and s.mean is not None:
+        mean, std = torch.tensor(s.mean).view(3, 1, 1), torch.tensor(s.std).view(3, 1, 1)
+        x = (x - mean) / std
+    return x[None]
 
 
 def understand_one(
@@ -75,7 +77,7 @@ def understand_one(
         raise InvalidInput("max_new_tokens must be at least 1")
 
     ids_of = runner.ids
-    ids = runner.encode(sft_prompt(f"{IMAGE}\n{runner.clean(req.question)}", SYSTEM_PROMPT))
+    ids = runner.understanding_ids(req.question)
     at = ids.index(ids_of[IMAGE])
     patches = runner.model.config.und.num_patches
     image_ids = [ids_of[BOI]] + [ids_of[IMAGE]] * patches + [ids_of[EOI]]
@@ -96,7 +98,7 @@ def understand_one(
     sampling: dict[str, Any] = {"do_sample": temperature > 0}
     if temperature > 0:
         # top_k 50 was transformers 4.x's default, under which the published demo sampled.
-        sampling.update(temperature=temperature, top_p=top_p, top_k=50)
+        sampling.update(temperature=temperature, top_p=top_p, top_k=int(d.get("top_k", 0)))
     torch.manual_seed(req.seed)
     out = lm.generate(
         inputs_embeds=embeds,

@@ -11,32 +11,40 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
+from service.models.tokens import USER
+
 if TYPE_CHECKING:  # only for type checkers; importing base at runtime is cheap but needless
     from service.models.base import ModelRunner
 
-JANUS_PRO = "janus-pro"
+JANUS = "janus"  # the original Janus-1.3B
+JANUS_PRO = "janus-pro"  # Janus-Pro-1B / 7B
 JANUSFLOW = "janusflow"
-JANUS_PRO_ORIGINAL = "janus-pro-original"
+FAMILIES = (JANUS, JANUS_PRO, JANUSFLOW)
 
-_UNDERSTAND_DEFAULTS: dict[str, Any] = {"max_new_tokens": 512, "temperature": 0.1, "top_p": 0.95}
+# DeepSeek's demos (`demo/app.py`, `app_januspro.py`, `app_janusflow.py`, `fastapi_app.py`):
+# understanding samples with the sliders' temperature 0.1 and top_p 0.95, 512 new tokens,
+# through `language_model.generate`, whose generation config (transformers 4.38, the
+# reference's pin) also applies top_k 50. Generation: guidance 5 and temperature 1 for the
+# VQ models, guidance 2 and 30 steps for JanusFlow, 384 px everywhere.
+_UNDERSTAND_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": 512,
+    "temperature": 0.1,
+    "top_p": 0.95,
+    "top_k": 50,
+}
+_VQ_GENERATE: dict[str, Any] = {
+    "num_images": 1, "guidance": 5.0, "temperature": 1.0, "image_size": 384
+}
 _DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    JANUS_PRO: {
-        "generate": {"num_images": 1, "guidance": 5.0, "temperature": 1.0, "image_size": 384},
-        "understand": _UNDERSTAND_DEFAULTS,
-    },
+    JANUS: {"generate": _VQ_GENERATE, "understand": _UNDERSTAND_DEFAULTS},
+    JANUS_PRO: {"generate": _VQ_GENERATE, "understand": _UNDERSTAND_DEFAULTS},
     JANUSFLOW: {
         "generate": {"num_images": 1, "guidance": 2.0, "steps": 30, "image_size": 384},
         "understand": _UNDERSTAND_DEFAULTS,
     },
 }
-# The original-layout checkpoints are the same models as janus-pro once converted.
-_DEFAULTS[JANUS_PRO_ORIGINAL] = _DEFAULTS[JANUS_PRO]
 
-_TASKS: dict[str, tuple[str, ...]] = {
-    JANUS_PRO: ("understand", "generate"),
-    JANUSFLOW: ("understand", "generate"),
-    JANUS_PRO_ORIGINAL: ("understand", "generate"),
-}
+_TASKS: dict[str, tuple[str, ...]] = {family: ("understand", "generate") for family in FAMILIES}
 
 
 class CheckpointError(Exception):
@@ -52,38 +60,58 @@ def _looks_like_hub_id(path: str) -> bool:
     return len(parts) == 2 and all(parts)
 
 
+def _checkpoint_file(path: str, name: str) -> str | None:
+    """The local path of file `name` of a checkpoint dir or hub id, or None if it has none."""
+    if os.path.isdir(path):
+        file = os.path.join(path, name)
+        return file if os.path.isfile(file) else None
+    if not _looks_like_hub_id(path):
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        # The cached copy first: an offline machine should not sit through the hub
+        # client's retries for a file it already has.
+        return hf_hub_download(path, name, local_files_only=True)
+    except Exception:
+        pass
+    try:
+        return hf_hub_download(path, name)
+    except Exception as e:  # offline, unknown repo, gated, no such file, invalid id, ...
+        if name == "config.json":
+            raise CheckpointError(f"{path}: cannot fetch config.json from the hub: {e}") from e
+        return None
+
+
+def _read_json(path: str, name: str) -> Any:
+    file = _checkpoint_file(path, name)
+    if file is None:
+        return None
+    try:
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read {name}: {e}") from e
+
+
 def read_config(path: str) -> dict[str, Any]:
     """Read `config.json` from a local checkpoint dir, or from the hub cache for a hub id."""
-    if os.path.isdir(path):
-        config_path = os.path.join(path, "config.json")
-        if not os.path.isfile(config_path):
-            raise CheckpointError(f"{path}: no config.json in this directory")
-    elif _looks_like_hub_id(path):
-        try:
-            from huggingface_hub import hf_hub_download
-
-            try:
-                # The cached copy first: only model_type matters here, and an offline
-                # machine should not sit through the hub client's retries.
-                config_path = hf_hub_download(path, "config.json", local_files_only=True)
-            except Exception:
-                config_path = hf_hub_download(path, "config.json")
-        except Exception as e:  # offline, unknown repo, gated, invalid id, ...
-            raise CheckpointError(f"{path}: cannot fetch config.json from the hub: {e}") from e
-    else:
-        raise CheckpointError(f"{path}: no such checkpoint directory")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read config.json: {e}") from e
+    config = _read_json(path, "config.json")
+    if config is None:
+        raise CheckpointError(f"{path}: no config.json in this directory")
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: config.json is not a JSON object")
     return config
 
 
+def is_original_layout(config: dict[str, Any]) -> bool:
+    """DeepSeek's own layout (`multi_modality`), as opposed to transformers' (`janus`)."""
+    return config.get("model_type") == "multi_modality"
+
+
 def family_from_config(config: dict[str, Any], path: str = "<config>") -> str:
-    """The model family a parsed `config.json` belongs to."""
+    """The architecture a parsed `config.json` describes: `janusflow`, or `janus-pro` for
+    the VQ models (Janus-1.3B and Janus-Pro share it; `family_of` tells them apart)."""
     model_type = config.get("model_type")
     if model_type == "janus":
         # transformers' converted layout: Janus-1.3B, Janus-Pro-1B/7B.
@@ -94,13 +122,59 @@ def family_from_config(config: dict[str, Any], path: str = "<config>") -> str:
         if "vision_gen_enc_config" in config or "vision_gen_dec_config" in config:
             return JANUSFLOW
         if "gen_vision_config" in config:
-            return JANUS_PRO_ORIGINAL
+            return JANUS_PRO
     raise CheckpointError(f"{path}: unrecognised checkpoint (model_type={model_type!r})")
 
 
+def _names(tokens: Any) -> set[str]:
+    """Token strings from a list of strings or of `{"content": ...}` objects."""
+    if isinstance(tokens, dict):
+        tokens = list(tokens.values())
+    if not isinstance(tokens, list):
+        return set()
+    return {t if isinstance(t, str) else str(t.get("content")) for t in tokens
+            if isinstance(t, str | dict)}
+
+
+def _has_pro_roles(path: str) -> bool | None:
+    """Whether the checkpoint's tokenizer knows Janus-Pro's `<|User|>` token; None if it
+    ships no tokenizer files to tell."""
+    processor = _read_json(path, "processor_config.json")
+    if isinstance(processor, dict) and processor.get("sft_format") == "deepseek_old":
+        return False  # Janus-1.3B's processor names the plain-role template outright
+    seen = False
+    specials = _read_json(path, "special_tokens_map.json")
+    if isinstance(specials, dict):
+        seen = True
+        if USER in _names(specials.get("additional_special_tokens")):
+            return True
+    tokenizer_config = _read_json(path, "tokenizer_config.json")
+    if isinstance(tokenizer_config, dict):
+        seen = True
+        for key in ("added_tokens_decoder", "additional_special_tokens", "extra_special_tokens"):
+            if USER in _names(tokenizer_config.get(key)):
+                return True
+    tokenizer = _read_json(path, "tokenizer.json")
+    if isinstance(tokenizer, dict):
+        seen = True
+        if USER in _names(tokenizer.get("added_tokens")):
+            return True
+    return False if seen else None
+
+
 def family_of(path: str) -> str:
-    """The model family of the checkpoint at `path` (a directory or a hub id)."""
-    return family_from_config(read_config(path), path)
+    """The model family of the checkpoint at `path` (a directory or a hub id).
+
+    Janus-1.3B and Janus-Pro have one architecture and one config layout; what differs is
+    the prompt format they were trained on. Janus-Pro's tokenizer carries `<|User|>` and
+    `<|Assistant|>` as tokens of their own (its `special_tokens_map.json`), Janus-1.3B's
+    does not (and its `processor_config.json` names the `deepseek_old` template), so the
+    tokenizer files decide. A checkpoint without tokenizer files is taken as Janus-Pro.
+    """
+    family = family_from_config(read_config(path), path)
+    if family == JANUS_PRO and _has_pro_roles(path) is False:
+        return JANUS
+    return family
 
 
 def tasks_of(family: str) -> tuple[str, ...]:
@@ -120,7 +194,8 @@ def defaults_of(family: str) -> dict[str, dict[str, Any]]:
 
 def _runner_class(family: str) -> type[ModelRunner]:
     # Lazy: importing a runner module imports torch and transformers.
-    if family == JANUS_PRO:
+    if family in (JANUS, JANUS_PRO):
+        # Both layouts: the original one is converted in memory at load (janus_loading).
         from service.models.janus_pro import JanusProRunner
 
         return JanusProRunner
@@ -130,11 +205,6 @@ def _runner_class(family: str) -> type[ModelRunner]:
         except ImportError as e:
             raise CheckpointError(f"the janusflow runner is not available: {e}") from e
         return JanusFlowRunner
-    if family == JANUS_PRO_ORIGINAL:
-        # Converted to transformers' layout in memory at load (service.models.convert).
-        from service.models.janus_pro import JanusProOriginalRunner
-
-        return JanusProOriginalRunner
     raise CheckpointError(f"unknown model family {family!r}")
 
 
@@ -155,7 +225,10 @@ def load_runner(
         return CheckpointError(f"{label}: {where}{message}")
 
     try:
-        runner = _runner_class(family_of(path))(path, device, **options)
+        family = family_of(path)
+        if family in (JANUS, JANUS_PRO):
+            options = {**options, "family": family}
+        runner = _runner_class(family)(path, device, **options)
     except CheckpointError as e:
         raise wrap(e) from e
     try:
@@ -171,6 +244,6 @@ def load_runner(
 
 def runner_options(family: str, *, compile: bool = False, upsample_1024: bool = False) -> dict:
     """The worker's flags that apply to a family's runner."""
-    if family == "janusflow":
+    if family == JANUSFLOW:
         return {"upsample_1024": upsample_1024}
     return {"compile": compile}

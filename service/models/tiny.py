@@ -10,30 +10,13 @@ from __future__ import annotations
 
 import os
 
+from service.models.prompts import JANUS_FORMAT, JANUS_PRO_FORMAT
 from service.models.tokens import ASSISTANT, BOI, BOS, EOI, EOS, IMAGE, PAD, USER
 
-# The special tokens the converted Janus checkpoints carry.
+# The special tokens the converted Janus-Pro checkpoints carry; Janus-1.3B's tokenizer has
+# no role tokens (its prompts spell `User:` / `Assistant:` out).
 SPECIAL_TOKENS = [BOS, EOS, PAD, IMAGE, BOI, EOI, USER, ASSISTANT]
-
-# Our own Jinja template that renders the same DeepSeek "SFT" format the converted
-# checkpoints' template produces:
-#   "<|User|>: <image_placeholder>\n{text}\n\n<|Assistant|>:"
-# (user turns end with a blank line, assistant turns with EOS).
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- set role = message['role'] | lower -%}"
-    "{%- if role == 'user' -%}<|User|>:{{ ' ' }}"
-    "{%- elif role == 'assistant' -%}<|Assistant|>:{{ ' ' }}"
-    "{%- else -%}{{ message['role'] | capitalize }}:{{ ' ' }}{%- endif -%}"
-    "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
-    "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}<image_placeholder>{{ '\\n' }}"
-    "{%- elif part['type'] == 'text' -%}{{ part['text'] | trim }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- if role == 'user' -%}{{ '\\n\\n' }}{%- else -%}" + EOS + "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|Assistant|>:{%- endif -%}"
-)
+JANUS_SPECIAL_TOKENS = [BOS, EOS, PAD, IMAGE, BOI, EOI]
 
 # A small built-in corpus so the byte-level BPE learns some merges; content barely matters.
 TOKENIZER_CORPUS = [
@@ -69,10 +52,10 @@ def train_byte_bpe(vocab_size: int, special_tokens: list[str], bos: str):  # -> 
     return tok
 
 
-def _build_tokenizer(vocab_size: int, max_length: int):
+def _build_tokenizer(vocab_size: int, max_length: int, special_tokens: list[str]):
     from transformers import PreTrainedTokenizerFast
 
-    tok = train_byte_bpe(vocab_size, SPECIAL_TOKENS, BOS)
+    tok = train_byte_bpe(vocab_size, special_tokens, BOS)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
@@ -93,15 +76,22 @@ def write_tiny_checkpoint(
         from service.models.janusflow_tiny import write_tiny_janusflow
 
         return write_tiny_janusflow(out_dir, image_size=image_size, seed=seed)
-    if family != "janus-pro":
+    if family not in ("janus-pro", "janus"):
         raise ValueError(f"unknown model family {family!r}")
     if image_size % 16:
         # The VQ model downsamples 16x and the vision patches are 16 px.
         raise ValueError(f"image_size must be a multiple of 16, got {image_size}")
-    return _write_janus_pro(out_dir, image_size=image_size, seed=seed)
+    if family == "janus":
+        # Janus-1.3B is published in DeepSeek's original layout only.
+        return write_tiny_original_checkpoint(
+            out_dir, image_size=image_size, seed=seed, family="janus"
+        )
+    return _write_janus_vq(out_dir, image_size=image_size, seed=seed)
 
 
-def _write_janus_pro(out_dir: str, *, image_size: int, seed: int) -> str:
+def _write_janus_vq(
+    out_dir: str, *, image_size: int, seed: int, family: str = "janus-pro"
+) -> str:
     import torch
     from transformers import (
         JanusConfig,
@@ -117,7 +107,8 @@ def _write_janus_pro(out_dir: str, *, image_size: int, seed: int) -> str:
     num_image_tokens = (image_size // 16) ** 2
     # Room for a 384 px understanding prompt (576 image tokens + text) plus an answer.
     max_positions = 2048
-    tokenizer = _build_tokenizer(vocab_size=400, max_length=max_positions)
+    specials = JANUS_SPECIAL_TOKENS if family == "janus" else SPECIAL_TOKENS
+    tokenizer = _build_tokenizer(vocab_size=400, max_length=max_positions, special_tokens=specials)
     ids = tokenizer.convert_tokens_to_ids
     text_vocab = -(-len(tokenizer) // 64) * 64  # cover every id, rounded up like real vocabs
 
@@ -182,7 +173,7 @@ def _write_janus_pro(out_dir: str, *, image_size: int, seed: int) -> str:
     processor = JanusProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=(JANUS_FORMAT if family == "janus" else JANUS_PRO_FORMAT).chat_template(),
         use_default_system_prompt=True,
         num_image_tokens=num_image_tokens,
     )
@@ -193,16 +184,20 @@ def _write_janus_pro(out_dir: str, *, image_size: int, seed: int) -> str:
     return out_dir
 
 
-def write_tiny_original_checkpoint(out_dir: str, *, image_size: int = 384, seed: int = 0) -> str:
-    """The tiny janus-pro checkpoint (same weights) in DeepSeek's original layout.
+def write_tiny_original_checkpoint(
+    out_dir: str, *, image_size: int = 384, seed: int = 0, family: str = "janus-pro"
+) -> str:
+    """The tiny janus-pro (or janus) checkpoint in DeepSeek's original layout.
 
     Exercises the original-layout loader: config.json with `model_type: multi_modality`,
-    DeepSeek's weight names, and their tokenizer/processor files.
+    DeepSeek's weight names, and their tokenizer/processor files. For `janus` (Janus-1.3B)
+    the tokenizer has no role tokens and the processor names the `deepseek_old` template,
+    as the published Janus-1.3B files do.
     """
     import tempfile
 
     from service.models.convert_export import export_original
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_tiny_checkpoint("janus-pro", tmp, image_size=image_size, seed=seed)
-        return export_original(tmp, out_dir)
+        _write_janus_vq(tmp, image_size=image_size, seed=seed, family=family)
+        return export_original(tmp, out_dir, family=family)
