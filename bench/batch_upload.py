@@ -66,7 +66,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="janus-bench-"))
     procs: list[subprocess.Popen] = []
     try:
-        from service.models.tiny import write_tiny_checkpoint
+        from service.models.checkpoints.tiny import write_tiny_checkpoint
 
         ckpt = write_tiny_checkpoint("janus-pro", str(work / "tiny"), image_size=64)
         env = {**os.environ, "JANUS_DATABASE_URL": db_url, "JANUS_BROKER_URL": REDIS,

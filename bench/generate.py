@@ -57,7 +57,7 @@ def build(shape: str, device: str, dtype: Any) -> tuple[Any, Any]:
         LlamaConfig,
     )
 
-    from service.models import tiny
+    from service.models.checkpoints import tiny
 
     with tempfile.TemporaryDirectory() as tmp:  # only for its tokenizer and image processor
         tiny.write_tiny_checkpoint("janus-pro", tmp, image_size=384)
@@ -162,7 +162,7 @@ def run_janus_pro(args: argparse.Namespace) -> None:
     import torch
 
     from service.models.base import GenerateRequest, NullControl
-    from service.models.janus_pro import JanusProRunner
+    from service.models.janus_pro.runner import JanusProRunner
 
     device = args.device
     cuda = device.startswith("cuda")

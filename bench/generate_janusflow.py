@@ -32,10 +32,10 @@ if __package__ in (None, ""):  # run as a script: make `service` importable
 import torch  # noqa: E402
 
 from service.models.base import NullControl  # noqa: E402
-from service.models.janusflow_attention import ATTN_IMPLEMENTATION  # noqa: E402
-from service.models.janusflow_config import parse_config  # noqa: E402
-from service.models.janusflow_load import build_model  # noqa: E402
-from service.models.janusflow_sampler import FlowJob, FlowSampler, decode_latents  # noqa: E402
+from service.models.janusflow.attention import ATTN_IMPLEMENTATION  # noqa: E402
+from service.models.janusflow.config import parse_config  # noqa: E402
+from service.models.janusflow.load import build_model  # noqa: E402
+from service.models.janusflow.sampler import FlowJob, FlowSampler, decode_latents  # noqa: E402
 
 IMAGE_SIZE = 384
 PUBLISHED_CONFIG = Path(__file__).resolve().parents[1] / "tests/data/janusflow-1.3b-config.json"

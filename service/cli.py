@@ -147,7 +147,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> None:
 
 
 def cmd_tiny_checkpoint(args: argparse.Namespace) -> None:
-    from service.models.tiny import write_tiny_checkpoint
+    from service.models.checkpoints.tiny import write_tiny_checkpoint
 
     path = write_tiny_checkpoint(
         args.family, args.out_dir, image_size=args.image_size, seed=args.seed
@@ -167,7 +167,7 @@ def cmd_batch(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from service.models.convert import convert_checkpoint
+    from service.models.checkpoints.convert import convert_checkpoint
 
     print(convert_checkpoint(args.src, args.dst))
 

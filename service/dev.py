@@ -23,7 +23,7 @@ TINY_ID = "janus-pro-tiny"
 def _tiny_models(settings: Settings) -> dict[str, str]:
     path = (settings.data_dir / "checkpoints" / TINY_ID).resolve()
     if not (path / "config.json").exists():
-        from service.models.tiny import write_tiny_checkpoint
+        from service.models.checkpoints.tiny import write_tiny_checkpoint
 
         write_tiny_checkpoint("janus-pro", str(path), image_size=384)
     banner = "=" * 78

@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     # Port of a worker's Prometheus endpoint (`worker --metrics-port` overrides); 0 = off.
     worker_metrics_port: int = Field(0, ge=0, le=65535)
+    # The SDXL VAE JanusFlow decodes with (a dir or hub id); a checkpoint's own vae/ wins.
+    vae_path: str = Field("stabilityai/sdxl-vae", min_length=1)
 
     @field_validator("models", mode="before")
     @classmethod

@@ -108,7 +108,7 @@ def bucket(s3_server: str) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from service.models.tiny import write_tiny_checkpoint
+    from service.models.checkpoints.tiny import write_tiny_checkpoint
 
     out = tmp_path_factory.mktemp("ckpt") / "janus-pro-tiny"
     return write_tiny_checkpoint("janus-pro", str(out), image_size=TEST_IMAGE_SIZE)
@@ -116,7 +116,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def flow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from service.models.tiny import write_tiny_checkpoint
+    from service.models.checkpoints.tiny import write_tiny_checkpoint
 
     out = tmp_path_factory.mktemp("ckpt") / "janusflow-tiny"
     return write_tiny_checkpoint("janusflow", str(out), image_size=TEST_IMAGE_SIZE)

@@ -24,7 +24,7 @@ SLOW = "janus-pro-slow"
 
 @pytest.fixture(scope="module")
 def slow_checkpoint(tmp_path_factory) -> str:
-    from service.models.tiny import write_tiny_checkpoint
+    from service.models.checkpoints.tiny import write_tiny_checkpoint
 
     # The real 576-token path: long enough per job to kill a worker mid-run.
     return write_tiny_checkpoint("janus-pro", str(tmp_path_factory.mktemp("slow") / "ckpt"),

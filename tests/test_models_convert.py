@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service.models import convert, registry, tiny
+from service.models import catalog, runners
 from service.models.base import GenerateRequest, UnderstandRequest
-from service.models.registry import CheckpointError
+from service.models.catalog import CheckpointError
+from service.models.checkpoints import convert, tiny
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -37,7 +38,7 @@ def original(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint: str):
-    return registry.load_runner(tiny_checkpoint, model_id="tiny-janus-pro")
+    return runners.load_runner(tiny_checkpoint, model_id="tiny-janus-pro")
 
 
 def _outputs(runner) -> tuple[list[list[bytes]], str]:  # type: ignore[no-untyped-def]
@@ -85,7 +86,7 @@ def test_known_names() -> None:
 
 
 def test_mapping_round_trips_every_weight(tiny_checkpoint: str) -> None:
-    from service.models.janus_loading import read_weights
+    from service.models.janus_pro.loading import read_weights
 
     state = read_weights(tiny_checkpoint)
     back, unused = convert.convert_state_dict(convert.to_original(state))
@@ -97,8 +98,8 @@ def test_original_layout_loads_and_matches(original: str, reference) -> None:
     assert (
         json.loads((Path(original) / "config.json").read_text())["model_type"] == "multi_modality"
     )
-    assert registry.family_of(original) == "janus-pro"
-    runner = registry.load_runner(original, model_id="tiny-original")
+    assert catalog.family_of(original) == "janus-pro"
+    runner = runners.load_runner(original, model_id="tiny-original")
     assert runner.family == "janus-pro"
     assert runner.defaults() == reference.defaults()
     # Same weights, same tokenizer and image processing: same images and text per seed.
@@ -107,8 +108,8 @@ def test_original_layout_loads_and_matches(original: str, reference) -> None:
 
 def test_convert_checkpoint(original: str, reference, tmp_path: Path) -> None:
     out = convert.convert_checkpoint(original, str(tmp_path / "converted"))
-    assert registry.family_of(out) == "janus-pro"
-    runner = registry.load_runner(out, model_id="converted")
+    assert catalog.family_of(out) == "janus-pro"
+    runner = runners.load_runner(out, model_id="converted")
     assert _outputs(runner) == _outputs(reference)
     with pytest.raises(CheckpointError, match="not an original-layout"):
         convert.convert_checkpoint(out, str(tmp_path / "again"))
@@ -119,7 +120,7 @@ def test_original_without_weights_names_path_and_model(original: str, tmp_path: 
     broken.mkdir()
     (broken / "config.json").write_text((Path(original) / "config.json").read_text())
     with pytest.raises(CheckpointError) as err:
-        registry.load_runner(str(broken), model_id="janus-pro-7b-original")
+        runners.load_runner(str(broken), model_id="janus-pro-7b-original")
     message = str(err.value)
     assert str(broken) in message and "janus-pro-7b-original" in message
     assert "no model.safetensors or pytorch_model.bin" in message
@@ -137,4 +138,4 @@ def test_original_with_a_missing_weight_fails_loudly(original: str, tmp_path: Pa
     save_file(state, str(broken / "model.safetensors"))
     # Not silently re-initialised at random: the load fails and names the weight.
     with pytest.raises(CheckpointError, match="model.generation_head.vision_head.weight"):
-        registry.load_runner(str(broken), model_id="broken")
+        runners.load_runner(str(broken), model_id="broken")

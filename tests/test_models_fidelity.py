@@ -22,9 +22,10 @@ pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 
-from service.models import registry, tiny  # noqa: E402
+from service.models import catalog, runners  # noqa: E402
 from service.models.base import UnderstandRequest  # noqa: E402
-from service.models.janus_sampling import top_k_filter  # noqa: E402
+from service.models.checkpoints import tiny  # noqa: E402
+from service.models.janus_pro.sampling import top_k_filter  # noqa: E402
 
 PUBLISHED = Path(__file__).resolve().parent / "data" / "published"
 SIZE = 64
@@ -44,17 +45,17 @@ def janus_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def janus(janus_checkpoint: str):
-    return registry.load_runner(janus_checkpoint, model_id="tiny-janus-1.3b")
+    return runners.load_runner(janus_checkpoint, model_id="tiny-janus-1.3b")
 
 
 @pytest.fixture(scope="module")
 def pro(tiny_checkpoint: str):
-    return registry.load_runner(tiny_checkpoint, model_id="tiny-janus-pro")
+    return runners.load_runner(tiny_checkpoint, model_id="tiny-janus-pro")
 
 
 @pytest.fixture(scope="module")
 def flow(flow_checkpoint: str):
-    return registry.load_runner(flow_checkpoint, model_id="tiny-janusflow")
+    return runners.load_runner(flow_checkpoint, model_id="tiny-janusflow")
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -104,7 +105,7 @@ def test_family_from_the_published_tokenizer_files(
     shutil.copy(Path(janus_checkpoint) / "config.json", directory / "config.json")
     for file in (PUBLISHED / published).iterdir():
         shutil.copy(file, directory / file.name)
-    assert registry.family_of(str(directory)) == family
+    assert catalog.family_of(str(directory)) == family
 
 
 def test_published_special_tokens_are_read_as_published() -> None:
@@ -167,15 +168,15 @@ def test_janusflow_prompts_are_deepseeks(flow) -> None:
 
 @pytest.mark.parametrize("family", ["janus", "janus-pro", "janusflow"])
 def test_understanding_defaults_are_the_demos(family: str) -> None:
-    understand = registry.defaults_of(family)["understand"]
+    understand = catalog.defaults_of(family)["understand"]
     assert understand == {"max_new_tokens": 512, "temperature": 0.1, "top_p": 0.95, "top_k": 50}
 
 
 def test_generation_defaults_are_the_demos() -> None:
     for family in ("janus", "janus-pro"):
-        generate = registry.defaults_of(family)["generate"]
+        generate = catalog.defaults_of(family)["generate"]
         assert (generate["guidance"], generate["temperature"]) == (5.0, 1.0)
-    flow = registry.defaults_of("janusflow")["generate"]
+    flow = catalog.defaults_of("janusflow")["generate"]
     assert (flow["guidance"], flow["steps"]) == (2.0, 30)
 
 
@@ -220,7 +221,7 @@ def test_janus_pixels_truncate_like_the_reference(pro) -> None:
 
 
 def test_janusflow_pixels_truncate_like_the_demo() -> None:
-    from service.models.janusflow_sampler import decode_latents
+    from service.models.janusflow.sampler import decode_latents
 
     pixels = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(4)) * 2.4 - 1.2
 
@@ -241,7 +242,7 @@ def test_janusflow_pixels_truncate_like_the_demo() -> None:
 
 
 def test_janusflow_background_is_the_mean_in_8_bits(tmp_path: Path) -> None:
-    from service.models.janusflow_load import read_image_settings
+    from service.models.janusflow.load import read_image_settings
 
     def settings(**values):
         (tmp_path / "preprocessor_config.json").write_text(json.dumps(values))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from service.models import registry
+from service.models import runners
 from service.models.base import (
     Canceled,
     GenerateRequest,
@@ -76,7 +76,7 @@ QUESTIONS = [
 
 @pytest.fixture(scope="module")
 def runner(tiny_checkpoint: str):
-    return registry.load_runner(tiny_checkpoint, device="cpu", model_id="tiny-janus-pro")
+    return runners.load_runner(tiny_checkpoint, device="cpu", model_id="tiny-janus-pro")
 
 
 def _tokens(runner: Any, batch: list[GenerateRequest]) -> list[Any]:
@@ -212,8 +212,8 @@ def test_runner_splits_batch_on_oom(runner, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_static_step_matches_eager(runner) -> None:
     # The fixed-shape step that torch.compile captures on a GPU, run eagerly here.
-    from service.models.janus_decode import JanusDecoder
-    from service.models.janus_lm import LeanLM
+    from service.models.janus_pro.decode import JanusDecoder
+    from service.models.janus_pro.lm import LeanLM
 
     lm = LeanLM(runner.model, static=True)
     eager = runner.decoder
@@ -247,7 +247,7 @@ def test_warmup_runs_the_batched_loops(runner, monkeypatch: pytest.MonkeyPatch) 
 def test_sparse_polling_gives_the_same_outputs(runner) -> None:
     # On a GPU the loops poll every few steps (no host sync in between); rows that met EOS
     # run on until the next poll, which must not change any job's output.
-    from service.models.janus_decode import JanusDecoder
+    from service.models.janus_pro.decode import JanusDecoder
 
     eager = runner.decoder
     sparse = JanusDecoder(

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from service.models import registry, tiny
+from service.models import catalog, runners
 from service.models.base import (
     Canceled,
     GenerateRequest,
@@ -19,7 +17,8 @@ from service.models.base import (
     UnderstandRequest,
     UnderstandResult,
 )
-from service.models.registry import CheckpointError
+from service.models.catalog import CheckpointError
+from service.models.checkpoints import tiny
 from tests.controls import Control
 
 pytest.importorskip("torch")
@@ -38,7 +37,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def runner(checkpoint: str):
-    return registry.load_runner(checkpoint, device="cpu", model_id="tiny-janus-pro")
+    return runners.load_runner(checkpoint, device="cpu", model_id="tiny-janus-pro")
 
 
 def _pixels(result: GenerateResult) -> list[bytes]:
@@ -52,7 +51,7 @@ def _image() -> Image.Image:
 def test_checkpoint_layout(checkpoint: str) -> None:
     from transformers import GenerationConfig, JanusConfig, JanusProcessor
 
-    assert registry.family_of(checkpoint) == "janus-pro"
+    assert catalog.family_of(checkpoint) == "janus-pro"
     config = JanusConfig.from_pretrained(checkpoint)
     tok = JanusProcessor.from_pretrained(checkpoint).tokenizer
     assert tok.convert_tokens_to_ids(tiny.IMAGE) == config.image_token_id
@@ -68,7 +67,7 @@ def test_loaded_runner(runner) -> None:
     assert runner.num_image_tokens == 16
     defaults = runner.defaults()
     assert defaults["generate"]["image_size"] == 64
-    assert defaults["understand"] == registry.defaults_of("janus-pro")["understand"]
+    assert defaults["understand"] == catalog.defaults_of("janus-pro")["understand"]
 
 
 def test_generate_images(runner) -> None:
@@ -155,7 +154,7 @@ def test_understand_cancel_mid_run(runner) -> None:
 def test_missing_checkpoint(tmp_path: Path) -> None:
     missing = str(tmp_path / "no-such-model")
     with pytest.raises(CheckpointError) as err:
-        registry.load_runner(missing, model_id="janus-pro-7b")
+        runners.load_runner(missing, model_id="janus-pro-7b")
     assert missing in str(err.value) and "janus-pro-7b" in str(err.value)
 
 
@@ -176,34 +175,26 @@ def test_family_of_other_layouts(tmp_path: Path) -> None:
             "vision_gen_dec_config": {"cls": "ShallowUViTDecoder"},
         },
     )
-    assert registry.family_of(flow) == "janusflow"
+    assert catalog.family_of(flow) == "janusflow"
     original = _config_dir(
         tmp_path, "orig", {"model_type": "multi_modality", "gen_vision_config": {"cls": "VQ-16"}}
     )
     # No tokenizer files to tell Janus-1.3B from Janus-Pro by: taken as Janus-Pro.
-    assert registry.family_of(original) == "janus-pro"
-    assert registry.is_original_layout(registry.read_config(original))
+    assert catalog.family_of(original) == "janus-pro"
+    assert catalog.is_original_layout(catalog.read_config(original))
     # Original-layout checkpoints load through the converter; this one has no weights.
     with pytest.raises(CheckpointError, match="no model.safetensors") as err:
-        registry.load_runner(original, model_id="janus-orig")
+        runners.load_runner(original, model_id="janus-orig")
     assert original in str(err.value) and "janus-orig" in str(err.value)
     unknown = _config_dir(tmp_path, "llama", {"model_type": "llama"})
     with pytest.raises(CheckpointError, match="llama"):
-        registry.family_of(unknown)
+        catalog.family_of(unknown)
 
 
 def test_static_family_facts() -> None:
-    assert registry.tasks_of("janus-pro") == ("understand", "generate")
-    assert registry.defaults_of("janusflow")["generate"]["steps"] == 30
+    assert catalog.tasks_of("janus-pro") == ("understand", "generate")
+    assert catalog.defaults_of("janusflow")["generate"]["steps"] == 30
     with pytest.raises(CheckpointError):
-        registry.defaults_of("nope")
+        catalog.defaults_of("nope")
     with pytest.raises(ValueError, match="unknown model family"):
         tiny.write_tiny_checkpoint("nope", "/nonexistent")
-
-
-def test_registry_import_is_torch_free() -> None:
-    code = (
-        "import sys, service.models.registry as r; r.defaults_of('janus-pro'); "
-        "sys.exit(1 if 'torch' in sys.modules or 'transformers' in sys.modules else 0)"
-    )
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)

@@ -17,7 +17,7 @@ pytest.importorskip("diffusers")
 
 import torch  # noqa: E402
 
-from service.models import registry, tiny  # noqa: E402
+from service.models import catalog, runners  # noqa: E402
 from service.models.base import (  # noqa: E402
     Canceled,
     GenerateRequest,
@@ -26,7 +26,8 @@ from service.models.base import (  # noqa: E402
     UnderstandRequest,
     UnderstandResult,
 )
-from service.models.registry import CheckpointError  # noqa: E402
+from service.models.catalog import CheckpointError  # noqa: E402
+from service.models.checkpoints import tiny  # noqa: E402
 from tests.controls import Control
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -42,7 +43,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def runner(checkpoint: str):
-    return registry.load_runner(checkpoint, device="cpu", model_id="tiny-janusflow")
+    return runners.load_runner(checkpoint, device="cpu", model_id="tiny-janusflow")
 
 
 def _pixels(result) -> list[bytes]:
@@ -54,11 +55,11 @@ def _pixels(result) -> list[bytes]:
 
 
 def test_published_config_builds_every_published_parameter() -> None:
-    from service.models.janusflow_config import parse_config
-    from service.models.janusflow_load import build_model
+    from service.models.janusflow.config import parse_config
+    from service.models.janusflow.load import build_model
 
     config = parse_config(json.loads((DATA / "janusflow-1.3b-config.json").read_text()))
-    assert registry.family_from_config(config.raw) == "janusflow"
+    assert catalog.family_from_config(config.raw) == "janusflow"
     assert config.latent_grid(8) == (48, 24)  # SDXL VAE: 384 px -> 48x48 -> 576 tokens
     assert config.und.num_patches == 576 and config.und.depth == 24
     model = build_model(config, "meta")
@@ -79,10 +80,10 @@ def test_published_shape_runs_the_ode_on_meta() -> None:
     # Shapes only (meta tensors hold no data): 384 px -> 48x48 latents -> 24x24 tokens,
     # through the encoder, the Llama with and without the prefix cache, and the decoder.
     from service.models.base import NullControl
-    from service.models.janusflow_attention import ATTN_IMPLEMENTATION
-    from service.models.janusflow_config import parse_config
-    from service.models.janusflow_load import build_model
-    from service.models.janusflow_sampler import FlowJob, FlowSampler
+    from service.models.janusflow.attention import ATTN_IMPLEMENTATION
+    from service.models.janusflow.config import parse_config
+    from service.models.janusflow.load import build_model
+    from service.models.janusflow.sampler import FlowJob, FlowSampler
 
     config = parse_config(json.loads((DATA / "janusflow-1.3b-config.json").read_text()))
     model = build_model(config, "meta", ATTN_IMPLEMENTATION)
@@ -100,9 +101,9 @@ def test_published_shape_runs_the_ode_on_meta() -> None:
 
 
 def test_tiny_checkpoint_loads_through_the_registry(checkpoint: str, runner) -> None:
-    from service.models.janusflow import JanusFlowRunner
+    from service.models.janusflow.runner import JanusFlowRunner
 
-    assert registry.family_of(checkpoint) == "janusflow"
+    assert catalog.family_of(checkpoint) == "janusflow"
     assert isinstance(runner, JanusFlowRunner)
     assert os.path.isdir(os.path.join(checkpoint, "vae"))
     assert runner.defaults()["generate"] == {
@@ -111,14 +112,17 @@ def test_tiny_checkpoint_loads_through_the_registry(checkpoint: str, runner) -> 
     assert (runner.sampler.latent, runner.sampler.grid) == (SIZE // 8, SIZE // 16)
 
 
-def test_vae_path_comes_from_the_environment(checkpoint: str, monkeypatch) -> None:
-    from service.models.janusflow import JanusFlowRunner
-    from service.models.janusflow_load import vae_source
+def test_vae_path_comes_from_the_settings(checkpoint: str, monkeypatch) -> None:
+    from service.models.janusflow.load import vae_source
+    from service.models.janusflow.runner import JanusFlowRunner
+    from service.settings import Settings
 
     monkeypatch.setenv("JANUS_VAE_PATH", "/models/sdxl-vae")
-    assert JanusFlowRunner(checkpoint).vae_path == "/models/sdxl-vae"
-    assert JanusFlowRunner(checkpoint, vae_path="/elsewhere").vae_path == "/elsewhere"
-    monkeypatch.delenv("JANUS_VAE_PATH")
+    settings = Settings()
+    assert settings.vae_path == "/models/sdxl-vae"
+    # The worker hands the setting over; the runner itself reads no environment.
+    options = runners.runner_options("janusflow", vae_path=settings.vae_path)
+    assert JanusFlowRunner(checkpoint, **options).vae_path == "/models/sdxl-vae"
     assert JanusFlowRunner(checkpoint).vae_path == "stabilityai/sdxl-vae"
     # A checkpoint's own vae/ wins.
     assert vae_source(checkpoint, "/models/sdxl-vae") == os.path.join(checkpoint, "vae")
@@ -138,7 +142,7 @@ def test_weights_load_strictly_by_key_and_from_shards(checkpoint: str, tmp_path:
         save_file({k: state[k] for k in keys}, str(sharded / file), metadata={"format": "pt"})
     index = {"weight_map": {k: f for f, keys in halves.items() for k in keys}}
     (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
-    registry.load_runner(str(sharded))
+    runners.load_runner(str(sharded))
 
     broken = tmp_path / "broken"
     shutil.copytree(checkpoint, broken)
@@ -146,7 +150,7 @@ def test_weights_load_strictly_by_key_and_from_shards(checkpoint: str, tmp_path:
     state["vision_gen_dec_aligner.extra"] = torch.zeros(1)
     save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(CheckpointError) as e:
-        registry.load_runner(str(broken))
+        runners.load_runner(str(broken))
     assert "1 missing key(s): vision_gen_dec_aligner.bias" in str(e.value)
     assert "1 unexpected key(s): vision_gen_dec_aligner.extra" in str(e.value)
 

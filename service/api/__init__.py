@@ -26,18 +26,18 @@ log = logging.getLogger(__name__)
 
 def model_catalog(settings: Settings) -> dict[str, ModelInfo]:
     """Model ids to family, tasks and defaults, read from config.json only (no torch here)."""
-    from service.models import registry
+    from service.models import catalog
 
     out = {}
     for model_id, path in settings.models.items():
         try:
-            family = registry.family_of(path)
-        except registry.CheckpointError as exc:
+            family = catalog.family_of(path)
+        except catalog.CheckpointError as exc:
             # The API may not see the workers' disks; the id is the best remaining clue.
             family = "janusflow" if "flow" in model_id else "janus-pro"
             log.warning("model %s: %s; assuming family %s", model_id, exc, family)
         out[model_id] = ModelInfo(
-            model_id, family, registry.tasks_of(family), registry.defaults_of(family)
+            model_id, family, catalog.tasks_of(family), catalog.defaults_of(family)
         )
     return out
 

@@ -50,7 +50,8 @@ def run_worker(
     compile: bool = False,
     upsample_1024: bool = False,
 ) -> None:
-    from service.models.registry import CheckpointError, family_of, load_runner, runner_options
+    from service.models.catalog import CheckpointError, family_of
+    from service.models.runners import load_runner, runner_options
 
     if model_id not in settings.models:
         raise WorkerStartError(
@@ -62,7 +63,12 @@ def run_worker(
     path = settings.models[model_id]
     started = time.monotonic()
     try:
-        options = runner_options(family_of(path), compile=compile, upsample_1024=upsample_1024)
+        options = runner_options(
+            family_of(path),
+            compile=compile,
+            upsample_1024=upsample_1024,
+            vae_path=settings.vae_path,
+        )
         runner = load_runner(path, device=device, model_id=model_id, **options)
     except CheckpointError as exc:
         message = str(exc)

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from service.models.janusflow_config import JanusFlowConfig, parse_config
-from service.models.janusflow_modules import JanusFlowModel
+from service.models.janusflow.config import JanusFlowConfig, parse_config
+from service.models.janusflow.modules import JanusFlowModel
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"

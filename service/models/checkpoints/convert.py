@@ -7,8 +7,8 @@ same weights fit transformers' `JanusForConditionalGeneration` under other names
 tower's fused qkv is split and its position table loses its batch axis. Sizes that the
 original config only implies by name (vision tower, VQ model) are read from the weights.
 
-`janus_loading.load_original` converts in memory at load; `convert_checkpoint` writes a
-transformers-layout copy once; `to_original` (the inverse, used by `convert_export`) lets
+`janus_pro.loading.load_original` converts in memory at load; `convert_checkpoint` writes a
+transformers-layout copy once; `to_original` (the inverse, used by `export`) lets
 tests build original-layout checkpoints.
 
 The name rules below were checked against transformers' own conversion script
@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from service.models import registry
-from service.models.registry import CheckpointError
+from service.models import catalog
+from service.models.catalog import CheckpointError
 from service.models.tokens import IMAGE
 
 VISION_TOWER = "vision_model.vision_tower."
@@ -239,13 +239,13 @@ def janus_config(original: dict[str, Any], state: dict[str, torch.Tensor], token
 
 def convert_checkpoint(src_dir: str, dst_dir: str) -> str:
     """Write a transformers-layout copy of the original-layout checkpoint at `src_dir`."""
-    from service.models.janus_loading import load_original
+    from service.models.janus_pro.loading import load_original
 
-    family = registry.family_of(src_dir)
-    if family == registry.JANUSFLOW or not registry.is_original_layout(
-        registry.read_config(src_dir)
+    family = catalog.family_of(src_dir)
+    if family == catalog.JANUSFLOW or not catalog.is_original_layout(
+        catalog.read_config(src_dir)
     ):
-        layout = "janusflow" if family == registry.JANUSFLOW else "transformers layout"
+        layout = "janusflow" if family == catalog.JANUSFLOW else "transformers layout"
         raise CheckpointError(f"{src_dir}: not an original-layout Janus checkpoint ({layout})")
     if os.path.abspath(src_dir) == os.path.abspath(dst_dir):
         raise CheckpointError(f"{dst_dir}: the converted copy needs its own directory")

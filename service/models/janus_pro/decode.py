@@ -5,10 +5,10 @@ unconditional rows; all conditional rows come first, in job order, then the unco
 rows in the same order, so classifier-free guidance is one tensor op for the batch. Text
 (understanding) has one row per job. Each job keeps its own `torch.Generator`: sampling draws
 that job's random numbers from its generator into its own rows, so a job's tokens depend on
-its own inputs and seed, never on its neighbours (see `janus_sampling.sample`).
+its own inputs and seed, never on its neighbours (see `sampling.sample`).
 
 Prompts are prefilled one job at a time, unpadded, and their keys/values copied into the
-left-padded batch cache (`janus_lm` describes the layout): a prefill is a small part of a
+left-padded batch cache (`lm` describes the layout): a prefill is a small part of a
 576-step run, and doing it per job keeps padding out of the prompt arithmetic entirely.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from service.models.base import Canceled, RunControl
-from service.models.janus_jobs import ImageJob, TextJob
-from service.models.janus_lm import KVCache, LeanLM
-from service.models.janus_sampling import Rows, greedy_rows, sample, top_k_filter, top_p_filter
+from service.models.janus_pro.jobs import ImageJob, TextJob
+from service.models.janus_pro.lm import KVCache, LeanLM
+from service.models.janus_pro.sampling import Rows, greedy_rows, sample, top_k_filter, top_p_filter
 
 
 class JanusDecoder:

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from service.models.convert import to_original
+from service.models.checkpoints.convert import to_original
 from service.models.tokens import ASSISTANT, BOI, EOI, IMAGE, USER
 
 
@@ -20,7 +20,7 @@ def export_original(janus_dir: str, out_dir: str, family: str = "janus-pro") -> 
     from safetensors.torch import save_file
     from transformers import JanusConfig
 
-    from service.models.janus_loading import read_weights
+    from service.models.janus_pro.loading import read_weights
 
     config = JanusConfig.from_pretrained(janus_dir)
     state = read_weights(janus_dir)

@@ -15,8 +15,8 @@ import json
 import os
 from typing import Any
 
-from service.models.janusflow_config import BOS, EOS, PAD, SPECIAL_TOKENS
-from service.models.tiny import train_byte_bpe
+from service.models.checkpoints.tiny import train_byte_bpe
+from service.models.janusflow.config import BOS, EOS, PAD, SPECIAL_TOKENS
 
 
 def _tokenizer(vocab_size: int):  # -> tokenizers.Tokenizer
@@ -119,8 +119,8 @@ def write_tiny_janusflow(out_dir: str, *, image_size: int = 384, seed: int = 0) 
     import torch
     from safetensors.torch import save_file
 
-    from service.models.janusflow_config import parse_config
-    from service.models.janusflow_load import WEIGHTS, build_model
+    from service.models.janusflow.config import parse_config
+    from service.models.janusflow.load import WEIGHTS, build_model
 
     tokenizer = _tokenizer(vocab_size=400)
     vocab = -(-tokenizer.get_vocab_size() // 64) * 64  # every id, rounded up like real vocabs

@@ -19,11 +19,11 @@ from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from service.models.base import InvalidInput, RunControl, UnderstandRequest, UnderstandResult
-from service.models.janusflow_config import BOI, BOS, EOI, EOS, IMAGE
-from service.models.janusflow_load import ImageSettings
+from service.models.janusflow.config import BOI, BOS, EOI, EOS, IMAGE
+from service.models.janusflow.load import ImageSettings
 
 if TYPE_CHECKING:
-    from service.models.janusflow import JanusFlowRunner
+    from service.models.janusflow.runner import JanusFlowRunner
 
 
 class Stop(Exception):

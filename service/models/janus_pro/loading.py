@@ -15,16 +15,17 @@ from typing import Any
 
 import torch
 
-from service.models import convert, registry
+from service.models import catalog
+from service.models.catalog import CheckpointError
+from service.models.checkpoints import convert
 from service.models.prompts import format_of
-from service.models.registry import CheckpointError
 from service.models.tokens import BOI, EOI, IMAGE, PAD
 
 log = logging.getLogger(__name__)
 
 
 def load_model_and_processor(path: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    config = registry.read_config(path)
+    config = catalog.read_config(path)
     if config.get("model_type") == "multi_modality":
         return load_original(_local_dir(path), device, dtype)
     from transformers import JanusForConditionalGeneration, JanusProcessor
@@ -115,7 +116,7 @@ def original_processor(directory: str) -> Any:
     return JanusProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        chat_template=format_of(registry.family_of(directory)).chat_template(),
+        chat_template=format_of(catalog.family_of(directory)).chat_template(),
         use_default_system_prompt=True,  # DeepSeek's understanding prompt has it
         num_image_tokens=int(chat.get("num_image_tokens", (size // 16) ** 2)),
     )

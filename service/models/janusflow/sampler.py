@@ -17,7 +17,7 @@ job's conditional rows, then the unconditional rows of jobs with guidance != 1 (
 Prefix KV cache: a job's prompt (everything before the time token) never changes across
 steps, so its keys/values are computed once, before the first step, and every step feeds
 the LLM only the 1 + grid^2 new tokens, attending over the cached prefix (see
-`janusflow_attention`). Unconditional rows see only BOS: the demo masks the rest of their
+`attention`). Unconditional rows see only BOS: the demo masks the rest of their
 prompt, so their prefix is the single BOS token, shared by all of them. The published
 demo meant to keep such a cache but its copy loop runs over an empty list, so it re-runs
 the whole prompt every step; `reuse_prefix_kv=False` does that here (for measurement).
@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 
 from service.models.base import Canceled, ModelError, RunControl
-from service.models.janusflow_attention import KV, Group, Plan
-from service.models.janusflow_modules import JanusFlowModel
+from service.models.janusflow.attention import KV, Group, Plan
+from service.models.janusflow.modules import JanusFlowModel
 
 
 @dataclass

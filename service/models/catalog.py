@@ -1,20 +1,18 @@
-"""Which runner serves which checkpoint, and the static facts the API shows about it.
+"""The model catalog: families, their tasks and defaults, and which family a checkpoint is.
 
-The API process imports this module to list models and their defaults, and it must
-never pay for (or depend on) torch, so nothing heavy is imported at module level: the
-runner modules and `huggingface_hub` are imported inside the functions that need them.
+This is the only part of `service.models` the API imports (to list models and check
+requests), so it never imports torch, transformers or a runner: it reads a checkpoint's
+JSON files, and `huggingface_hub` only inside the functions that need it. Loading a runner
+is `service.models.runners`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from service.models.tokens import USER
-
-if TYPE_CHECKING:  # only for type checkers; importing base at runtime is cheap but needless
-    from service.models.base import ModelRunner
 
 JANUS = "janus"  # the original Janus-1.3B
 JANUS_PRO = "janus-pro"  # Janus-Pro-1B / 7B
@@ -190,60 +188,3 @@ def defaults_of(family: str) -> dict[str, dict[str, Any]]:
         return {task: dict(values) for task, values in _DEFAULTS[family].items()}
     except KeyError:
         raise CheckpointError(f"unknown model family {family!r}") from None
-
-
-def _runner_class(family: str) -> type[ModelRunner]:
-    # Lazy: importing a runner module imports torch and transformers.
-    if family in (JANUS, JANUS_PRO):
-        # Both layouts: the original one is converted in memory at load (janus_loading).
-        from service.models.janus_pro import JanusProRunner
-
-        return JanusProRunner
-    if family == JANUSFLOW:
-        try:
-            from service.models.janusflow import JanusFlowRunner  # type: ignore[import-not-found]
-        except ImportError as e:
-            raise CheckpointError(f"the janusflow runner is not available: {e}") from e
-        return JanusFlowRunner
-    raise CheckpointError(f"unknown model family {family!r}")
-
-
-def load_runner(
-    path: str, device: str = "cpu", model_id: str = "", **options: Any
-) -> ModelRunner:
-    """Build the runner for the checkpoint at `path` and load its weights onto `device`.
-
-    `options` go to the runner's constructor (e.g. `compile` for Janus-Pro,
-    `upsample_1024` for JanusFlow); `runner_options` says which a family takes.
-    """
-    label = f"model {model_id!r}" if model_id else "checkpoint"
-
-    def wrap(e: Exception, what: str = "") -> CheckpointError:
-        message = f"{what}{e}"
-        # read_config/family_of messages already start with the path; say it only once.
-        where = "" if message.startswith(path) else f"{path}: "
-        return CheckpointError(f"{label}: {where}{message}")
-
-    try:
-        family = family_of(path)
-        if family in (JANUS, JANUS_PRO):
-            options = {**options, "family": family}
-        runner = _runner_class(family)(path, device, **options)
-    except CheckpointError as e:
-        raise wrap(e) from e
-    try:
-        runner.load()
-    except CheckpointError as e:
-        raise wrap(e) from e
-    except Exception as e:
-        # Missing file or shard, corrupt safetensors, config/weights mismatch, bad device,
-        # out of memory: to the caller every one of these means "this model cannot serve".
-        raise wrap(e, f"failed to load: {type(e).__name__}: ") from e
-    return runner
-
-
-def runner_options(family: str, *, compile: bool = False, upsample_1024: bool = False) -> dict:
-    """The worker's flags that apply to a family's runner."""
-    if family == JANUSFLOW:
-        return {"upsample_1024": upsample_1024}
-    return {"compile": compile}

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from service.models.janusflow_config import (
+from service.models.janusflow.config import (
     GenDecoderSpec,
     GenEncoderSpec,
     JanusFlowConfig,

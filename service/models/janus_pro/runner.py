@@ -1,9 +1,9 @@
 """Janus-1.3B / Janus-Pro-1B/7B: transformers' Janus modules, our own batched decode loops.
 
 The worker hands over up to `--max-batch` compatible jobs at once; they run as one batch
-through `janus_decode` (one forward pass per step for every job, each job with its own
-generator). Requests become jobs in `janus_jobs`; both checkpoint layouts load
-(`janus_loading`). Out-of-memory splits the batch (`oom.run_split_on_oom`), and images are
+through `decode` (one forward pass per step for every job, each job with its own
+generator). Requests become jobs in `jobs`; both checkpoint layouts load
+(`loading`). Out-of-memory splits the batch (`oom.run_split_on_oom`), and images are
 VQ-decoded a few at a time.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from service.models import registry
+from service.models import catalog
 from service.models.base import (
     Canceled,
     GenerateRequest,
@@ -28,9 +28,9 @@ from service.models.base import (
     UnderstandRequest,
     UnderstandResult,
 )
-from service.models.janus_decode import JanusDecoder
-from service.models.janus_jobs import DECODE_CHUNK, ImageJob, JobBuilder, TextJob
-from service.models.janus_lm import LeanLM
+from service.models.janus_pro.decode import JanusDecoder
+from service.models.janus_pro.jobs import DECODE_CHUNK, ImageJob, JobBuilder, TextJob
+from service.models.janus_pro.lm import LeanLM
 from service.models.oom import run_split_on_oom
 from service.models.prompts import format_of
 
@@ -42,19 +42,19 @@ CUDA_POLL_EVERY = 8
 class JanusProRunner(ModelRunner):
     """Janus-1.3B and Janus-Pro: one architecture, each served in its own prompt format."""
 
-    family = registry.JANUS_PRO
-    tasks = registry.tasks_of(registry.JANUS_PRO)
+    family = catalog.JANUS_PRO
+    tasks = catalog.tasks_of(catalog.JANUS_PRO)
 
     def __init__(
         self,
         path: str,
         device: str = "cpu",
         compile: bool = False,
-        family: str = registry.JANUS_PRO,
+        family: str = catalog.JANUS_PRO,
     ) -> None:
         super().__init__(path, device)
-        if family not in (registry.JANUS, registry.JANUS_PRO):
-            raise registry.CheckpointError(f"not a Janus family: {family!r}")
+        if family not in (catalog.JANUS, catalog.JANUS_PRO):
+            raise catalog.CheckpointError(f"not a Janus family: {family!r}")
         self.family = family
         self.model: Any = None
         self.processor: Any = None
@@ -71,7 +71,7 @@ class JanusProRunner(ModelRunner):
         self.jobs: JobBuilder | None = None
 
     def load(self) -> None:
-        from service.models.janus_loading import load_model_and_processor
+        from service.models.janus_pro.loading import load_model_and_processor
 
         model, processor = load_model_and_processor(self.path, self.device, self.dtype)
         self.attach(model, processor)
@@ -107,7 +107,7 @@ class JanusProRunner(ModelRunner):
         )
 
     def defaults(self) -> dict[str, dict[str, Any]]:
-        values = registry.defaults_of(self.family)
+        values = catalog.defaults_of(self.family)
         values["generate"]["image_size"] = self.image_size
         return values
 

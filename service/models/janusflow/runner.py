@@ -3,23 +3,22 @@
 Understanding: SigLIP-L/16 at 384 px -> aligner -> Llama (`LlamaForCausalLM`) writes the
 answer, sampled like the published demo (temperature 0.1, top-p 0.95, at most 512 new
 tokens by default) and seeded per job. Generation: the batched rectified-flow ODE and
-SDXL-VAE decode of `janusflow_sampler`. Loading: `janusflow_load` (strict, by key).
+SDXL-VAE decode of `sampler`. Loading: `load` (strict, by key).
 
-The VAE is not part of the checkpoint: it comes from `vae_path` (default: the
-`JANUS_VAE_PATH` environment variable, else `stabilityai/sdxl-vae`), except that a
-checkpoint directory with its own `vae/` (the tiny test checkpoints) uses that.
+The VAE is not part of the checkpoint: it comes from `vae_path` (the worker passes the
+`JANUS_VAE_PATH` setting; default `stabilityai/sdxl-vae`), except that a checkpoint
+directory with its own `vae/` (the tiny test checkpoints) uses that.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 import torch
 from PIL import Image
 
-from service.models import registry
+from service.models import catalog
 from service.models.base import (
     Canceled,
     GenerateRequest,
@@ -33,8 +32,8 @@ from service.models.base import (
     UnderstandRequest,
     UnderstandResult,
 )
-from service.models.janusflow_attention import ATTN_IMPLEMENTATION
-from service.models.janusflow_config import (
+from service.models.janusflow.attention import ATTN_IMPLEMENTATION
+from service.models.janusflow.config import (
     BOI,
     BOS,
     EOI,
@@ -43,7 +42,7 @@ from service.models.janusflow_config import (
     PAD,
     SPECIAL_TOKENS,
 )
-from service.models.janusflow_load import (
+from service.models.janusflow.load import (
     DEFAULT_VAE,
     WeightsError,
     load_model,
@@ -54,8 +53,8 @@ from service.models.janusflow_load import (
     vae_factor,
     vae_source,
 )
-from service.models.janusflow_sampler import FlowJob, FlowSampler, decode_latents
-from service.models.janusflow_understand import Stop, understand_one
+from service.models.janusflow.sampler import FlowJob, FlowSampler, decode_latents
+from service.models.janusflow.understand import Stop, understand_one
 from service.models.prompts import JANUSFLOW_FORMAT
 
 DECODE_CHUNK = 4  # images per VAE call: bounds the decoder's activation peak
@@ -63,8 +62,8 @@ UPSAMPLED_SIZE = 1024  # what the published demo resizes its 384 px images to
 
 
 class JanusFlowRunner(ModelRunner):
-    family = registry.JANUSFLOW
-    tasks = registry.tasks_of(registry.JANUSFLOW)
+    family = catalog.JANUSFLOW
+    tasks = catalog.tasks_of(catalog.JANUSFLOW)
 
     def __init__(
         self,
@@ -76,7 +75,7 @@ class JanusFlowRunner(ModelRunner):
         reuse_prefix_kv: bool = True,
     ) -> None:
         super().__init__(path, device)
-        self.vae_path = vae_path or os.environ.get("JANUS_VAE_PATH") or DEFAULT_VAE
+        self.vae_path = vae_path or DEFAULT_VAE
         self.upsample_1024 = upsample_1024
         self.reuse_prefix_kv = reuse_prefix_kv
         self.dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -121,7 +120,7 @@ class JanusFlowRunner(ModelRunner):
         )
 
     def defaults(self) -> dict[str, dict[str, Any]]:
-        values = registry.defaults_of(self.family)
+        values = catalog.defaults_of(self.family)
         values["generate"]["image_size"] = (
             UPSAMPLED_SIZE if self.upsample_1024 else self.image_size
         )

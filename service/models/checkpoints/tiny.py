@@ -73,7 +73,7 @@ def write_tiny_checkpoint(
 ) -> str:
     """Write a tiny random checkpoint of `family` into `out_dir` and return `out_dir`."""
     if family == "janusflow":
-        from service.models.janusflow_tiny import write_tiny_janusflow
+        from service.models.checkpoints.tiny_janusflow import write_tiny_janusflow
 
         return write_tiny_janusflow(out_dir, image_size=image_size, seed=seed)
     if family not in ("janus-pro", "janus"):
@@ -196,7 +196,7 @@ def write_tiny_original_checkpoint(
     """
     import tempfile
 
-    from service.models.convert_export import export_original
+    from service.models.checkpoints.export import export_original
 
     with tempfile.TemporaryDirectory() as tmp:
         _write_janus_vq(tmp, image_size=image_size, seed=seed, family=family)
