@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from service.models.invariance import invariant_linear
+
 
 class KVCache:
     """Keys/values of every layer for `rows` rows and `length` columns, plus the attention mask."""
@@ -66,8 +68,16 @@ class _Layer(NamedTuple):
 class LeanLM:
     """Prefill and decode-step functions over the decoder layers of a loaded Janus model."""
 
-    def __init__(self, model: Any, compile_step: bool = False, static: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        compile_step: bool = False,
+        static: bool | None = None,
+        batch_invariant: bool = False,
+    ) -> None:
         lm = model.model.language_model
+        # One product per row when a row's numbers must not depend on the batch (invariance).
+        self.linear = invariant_linear if batch_invariant else F.linear
         cfg = lm.config
         self.device = lm.embed_tokens.weight.device
         self.dtype = lm.embed_tokens.weight.dtype
@@ -153,7 +163,7 @@ class LeanLM:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows, t = x.shape[0], x.shape[1]
         h = F.rms_norm(x, (self.hidden,), layer.ln1, self.eps)
-        qkv = F.linear(h, layer.wqkv, layer.bqkv)
+        qkv = self.linear(h, layer.wqkv, layer.bqkv)
         qkv = qkv.view(rows, t, self.heads + 2 * self.kv_heads, self.head_dim)
         split = self.heads + self.kv_heads
         qk = qkv[:, :, :split]
@@ -168,10 +178,11 @@ class LeanLM:
     def _finish_layer(self, x: torch.Tensor, attn: torch.Tensor, layer: _Layer) -> torch.Tensor:
         rows, t = x.shape[0], x.shape[1]
         attn = attn.transpose(1, 2).reshape(rows, t, self.heads * self.head_dim)
-        x = x + F.linear(attn, layer.wo, layer.bo)
-        gu = F.linear(F.rms_norm(x, (self.hidden,), layer.ln2, self.eps), layer.wgu, layer.bgu)
+        x = x + self.linear(attn, layer.wo, layer.bo)
+        gu = self.linear(F.rms_norm(x, (self.hidden,), layer.ln2, self.eps), layer.wgu, layer.bgu)
         inter = gu.shape[-1] // 2
-        return x + F.linear(self.act(gu[..., :inter]) * gu[..., inter:], layer.wdown, layer.bdown)
+        gated = self.act(gu[..., :inter]) * gu[..., inter:]
+        return x + self.linear(gated, layer.wdown, layer.bdown)
 
     # -- prefill and decode ------------------------------------------------------------
 

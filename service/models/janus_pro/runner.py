@@ -28,6 +28,7 @@ from service.models.base import (
     UnderstandRequest,
     UnderstandResult,
 )
+from service.models.invariance import make_batch_invariant
 from service.models.janus_pro.decode import JanusDecoder
 from service.models.janus_pro.jobs import DECODE_CHUNK, ImageJob, JobBuilder, TextJob
 from service.models.janus_pro.lm import LeanLM
@@ -51,6 +52,7 @@ class JanusProRunner(ModelRunner):
         device: str = "cpu",
         compile: bool = False,
         family: str = catalog.JANUS_PRO,
+        batch_invariant: bool | None = None,
     ) -> None:
         super().__init__(path, device)
         if family not in (catalog.JANUS, catalog.JANUS_PRO):
@@ -65,6 +67,8 @@ class JanusProRunner(ModelRunner):
         # (full-length attention) measured 5x slower than the eager step that attends over
         # filled columns only (tiny 384 px checkpoint, 4 jobs), so the flag is ignored there.
         self.compile = compile and self.cuda
+        # None: on for CPUs (measured cost in bench/RESULTS.md), off for GPUs until measured.
+        self.batch_invariant = (not self.cuda) if batch_invariant is None else batch_invariant
         self.image_size = 384
         self.num_image_tokens = 576
         self.max_positions = 16384
@@ -79,6 +83,8 @@ class JanusProRunner(ModelRunner):
     def attach(self, model: Any, processor: Any) -> None:
         """Serve an already loaded model (`load()` ends here; the benchmark calls it directly)."""
         self.model, self.processor = model.eval(), processor
+        if self.batch_invariant:
+            make_batch_invariant(model)
         config = model.config
         vq = config.vq_config
         # The VQ decoder upsamples each latent patch by 2 per level after the first.
@@ -89,7 +95,7 @@ class JanusProRunner(ModelRunner):
         self.jobs = JobBuilder(model, processor, self.device, self.dtype, prompts)
         self.decoder = JanusDecoder(
             model,
-            LeanLM(model, compile_step=self.compile),
+            LeanLM(model, compile_step=self.compile, batch_invariant=self.batch_invariant),
             self.num_image_tokens,
             eos_token_id=processor.tokenizer.eos_token_id,
             poll_every=CUDA_POLL_EVERY if self.cuda else 1,

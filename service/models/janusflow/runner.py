@@ -32,6 +32,7 @@ from service.models.base import (
     UnderstandRequest,
     UnderstandResult,
 )
+from service.models.invariance import make_batch_invariant
 from service.models.janusflow.attention import ATTN_IMPLEMENTATION
 from service.models.janusflow.config import (
     BOI,
@@ -73,12 +74,16 @@ class JanusFlowRunner(ModelRunner):
         vae_path: str | None = None,
         upsample_1024: bool = False,
         reuse_prefix_kv: bool = True,
+        batch_invariant: bool | None = None,
     ) -> None:
         super().__init__(path, device)
         self.vae_path = vae_path or DEFAULT_VAE
         self.upsample_1024 = upsample_1024
         self.reuse_prefix_kv = reuse_prefix_kv
         self.dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        # None: on for CPUs (measured cost in bench/RESULTS.md), off for GPUs until measured.
+        cpu = not device.startswith("cuda")
+        self.batch_invariant = cpu if batch_invariant is None else batch_invariant
         self.model: Any = None
         self.vae: Any = None
         self.tokenizer: Any = None
@@ -94,6 +99,9 @@ class JanusFlowRunner(ModelRunner):
     def load(self) -> None:
         directory = resolve_dir(self.path)
         self.model = load_model(directory, self.dtype, self.device, ATTN_IMPLEMENTATION)
+        if self.batch_invariant:
+            # The VAE decodes each job's own images in its own calls: it needs no change.
+            make_batch_invariant(self.model)
         self.vae = load_vae(vae_source(directory, self.vae_path), self.dtype, self.device)
         self.tokenizer = load_tokenizer(directory)
         config = self.model.config
