@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from service.ids import new_id
+from service.core.ids import new_id
+from service.core.tables import Batch, Job, utcnow
 from service.outbox import job_event
-from service.tables import Batch, Job, utcnow
 from service.transitions import batch_counts_moved, finish_batch_if_done
 
 BULK_LANE = 1  # below interactive jobs (lane 0): a big upload never starves a single job

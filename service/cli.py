@@ -9,7 +9,7 @@ import sys
 
 from pydantic import ValidationError
 
-from service.settings import Settings, load_settings
+from service.core.settings import Settings, load_settings
 
 
 def _settings() -> Settings:
@@ -20,7 +20,7 @@ def _settings() -> Settings:
 
 
 def _setup_logging(level: str, fmt: str = "text") -> None:
-    from service.logs import setup_logging
+    from service.core.logs import setup_logging
 
     setup_logging(level, fmt)  # fmt "json": one JSON object per line (JANUS_LOG_FORMAT)
 
@@ -33,8 +33,8 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> None:
-    from service.db import make_engine, make_sessionmaker, session_scope
-    from service.keys import create_key
+    from service.core.db import make_engine, make_sessionmaker, session_scope
+    from service.core.keys import create_key
 
     sessions = make_sessionmaker(make_engine(_settings().database_url))
     with session_scope(sessions) as session:
@@ -48,8 +48,8 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> None:
-    from service.db import make_engine, make_sessionmaker, session_scope
-    from service.keys import KeyLookupError, revoke_key
+    from service.core.db import make_engine, make_sessionmaker, session_scope
+    from service.core.keys import KeyLookupError, revoke_key
 
     sessions = make_sessionmaker(make_engine(_settings().database_url))
     try:
@@ -61,9 +61,9 @@ def cmd_keys_revoke(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> None:
-    from service.db import make_engine, make_sessionmaker, session_scope
+    from service.core.db import make_engine, make_sessionmaker, session_scope
+    from service.core.keys import list_keys
     from service.jobview import iso
-    from service.keys import list_keys
 
     sessions = make_sessionmaker(make_engine(_settings().database_url))
     with session_scope(sessions) as session:
@@ -86,8 +86,8 @@ def cmd_keys_list(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_rotate_secret(args: argparse.Namespace) -> None:
-    from service.db import make_engine, make_sessionmaker, session_scope
-    from service.keys import KeyLookupError, rotate_secret
+    from service.core.db import make_engine, make_sessionmaker, session_scope
+    from service.core.keys import KeyLookupError, rotate_secret
 
     settings = _settings()
     sessions = make_sessionmaker(make_engine(settings.database_url))

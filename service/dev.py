@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 TINY_ID = "janus-pro-tiny"
 

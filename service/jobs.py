@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.tables import TERMINAL, Job, Worker, utcnow
+from service.core.tables import TERMINAL, Job, Worker, utcnow
 from service.transitions import job_changed
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from service.storage import Storage
-from service.tables import Batch, Job
+from service.core.storage import Storage
+from service.core.tables import Batch, Job
 
 
 def iso(value: datetime | None) -> str | None:

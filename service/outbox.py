@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.ids import new_id
+from service.core.ids import new_id
+from service.core.tables import Batch, Job, WebhookEvent, utcnow
 from service.jobview import batch_object, job_object
-from service.tables import Batch, Job, WebhookEvent, utcnow
 
 # What each job status announces, and which `webhook_events` filter lets it through.
 _JOB_EVENTS = {

@@ -11,8 +11,8 @@ from __future__ import annotations
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
+from service.core.tables import Batch, Job, utcnow
 from service.outbox import batch_event, job_event
-from service.tables import Batch, Job, utcnow
 
 
 def job_changed(*, session: Session, job: Job, previous: str, first_start: bool = True) -> None:

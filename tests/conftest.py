@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import redis
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -183,8 +183,8 @@ def client(app):  # type: ignore[no-untyped-def]
 
 
 def make_key(settings: Settings, name: str = "test") -> str:
-    from service.db import make_engine, make_sessionmaker, session_scope
-    from service.keys import create_key
+    from service.core.db import make_engine, make_sessionmaker, session_scope
+    from service.core.keys import create_key
 
     engine = make_engine(settings.database_url)
     with session_scope(make_sessionmaker(engine)) as session:
@@ -261,7 +261,7 @@ def start_worker(
     """Start a worker and wait until it has loaded its model and registered."""
     from sqlalchemy import create_engine, text
 
-    from service.settings import Settings as S
+    from service.core.settings import Settings as S
 
     worker = spawn(
         [

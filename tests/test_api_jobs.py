@@ -10,7 +10,7 @@ import redis
 from PIL import Image
 from sqlalchemy import create_engine, func, select
 
-from service.tables import Job
+from service.core.tables import Job
 from tests.conftest import IDLE, TINY, make_key, queue_key
 
 

@@ -13,7 +13,7 @@ import redis
 from PIL import Image
 from sqlalchemy import create_engine, func, select
 
-from service.tables import Job
+from service.core.tables import Job
 from tests.conftest import IDLE, queue_key
 from tests.test_api_jobs import png_bytes
 

@@ -11,7 +11,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, func, select
 
-from service.tables import Batch, Job
+from service.core.tables import Batch, Job
 from tests.conftest import IDLE, TINY, queue_key, start_worker, wait_for
 from tests.test_api_jobs import png_bytes
 
@@ -253,7 +253,7 @@ def test_cli_submit_and_results(tmp_path, settings, spawn, api_key) -> None:
         assert api.alive(), api.output()
         try:
             return requests.get(f"{base}/healthz", timeout=1).ok
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or too busy starting
             return False
 
     wait_for(up, 60, what="api")
@@ -294,7 +294,7 @@ def test_batch_webhook_gets_one_completed_event_and_metrics_show_it(settings, au
     api.post(f"/v1/batches/{batch['id']}/cancel", headers=auth)
     api.post(f"/v1/batches/{batch['id']}/cancel", headers=auth)  # twice: still one event
     engine = create_engine(settings.database_url)
-    from service.tables import WebhookEvent
+    from service.core.tables import WebhookEvent
 
     with engine.connect() as conn:
         events = conn.execute(select(WebhookEvent.type, WebhookEvent.payload).where(

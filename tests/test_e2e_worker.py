@@ -12,8 +12,8 @@ import requests
 from PIL import Image
 from sqlalchemy import create_engine, select
 
-from service.publish import publish
-from service.tables import Job
+from service.core.broker import publish
+from service.core.tables import Job
 from tests.conftest import TEST_IMAGE_SIZE, TINY, queue_key, start_worker, wait_for
 from tests.test_api_jobs import png_bytes
 
@@ -108,7 +108,7 @@ def test_cancel_queued_never_runs_and_duplicate_delivery_is_harmless(
 
     # Deliver the finished job's message again: nothing changes.
     engine = create_engine(settings.database_url)
-    from service.workers.celery_app import make_celery
+    from service.core.broker import make_celery
 
     assert publish(make_celery(settings), [(ok["id"], TINY)], 1) == []
     wait_for(lambda: queue.llen(queue_key(settings, TINY)) == 0, 30,

@@ -11,9 +11,9 @@ import pytest
 import redis
 from sqlalchemy import create_engine, select
 
-from service.db import make_engine, make_sessionmaker
-from service.tables import Job
-from service.workers.celery_app import make_celery
+from service.core.broker import make_celery
+from service.core.db import make_engine, make_sessionmaker
+from service.core.tables import Job
 from service.workers.sweeper import sweep_once
 from tests.conftest import free_port, queue_key, settings_env, start_worker, wait_for
 from tests.test_e2e_worker import wait_terminal

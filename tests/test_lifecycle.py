@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from service.db import make_engine, make_sessionmaker, session_scope
-from service.tables import Job, utcnow
-from service.workers.celery_app import make_celery
+from service.core.broker import make_celery
+from service.core.db import make_engine, make_sessionmaker, session_scope
+from service.core.tables import Job, utcnow
 from service.workers.sweeper import sweep_once
 from tests.conftest import IDLE, start_worker, wait_for
 from tests.test_e2e_worker import wait_terminal

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings
-from service.storage import LocalStorage
+from service.core.settings import Settings
+from service.core.storage import LocalStorage
 from service.webhooks import ssrf
 from service.webhooks.addresses import inet_aton
 from service.webhooks.delivery import Claimed, attempt

@@ -14,7 +14,7 @@ from typing import Any
 from service.api.context import ModelInfo
 from service.api.errors import ApiError
 from service.api.submit import CheckedJob, check_job
-from service.settings import Settings
+from service.core.settings import Settings
 
 MAX_LISTED_ERRORS = 200
 TOP_LEVEL = {"model", "task", "input", "webhook", "webhook_events", "metadata"}

@@ -14,11 +14,11 @@ from service.api.batch_upload import detect_format, parse_defaults, parse_upload
 from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError, validation_error
 from service.api.submit import _check_webhook
-from service.ids import new_ids
+from service.core.broker import publish
+from service.core.ids import new_ids
+from service.core.tables import Batch
 from service.jobs import mark_unpublished
 from service.jobview import batch_object, with_fresh_urls
-from service.publish import publish
-from service.tables import Batch
 
 bp = Blueprint("batches", __name__)
 bp.before_request(require_api_key)

@@ -11,8 +11,8 @@ from service import jobs as crud
 from service.api.auth import require_api_key
 from service.api.context import current_key, db
 from service.api.errors import ApiError
+from service.core.tables import WebhookDelivery, WebhookEvent
 from service.jobview import iso
-from service.tables import WebhookDelivery, WebhookEvent
 
 bp = Blueprint("deliveries", __name__)
 bp.before_request(require_api_key)

@@ -15,10 +15,10 @@ from service.api.auth import require_api_key
 from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError, validation_error
 from service.api.submit import Submission, parse_submission
-from service.ids import new_id
+from service.core.broker import publish
+from service.core.ids import new_id
+from service.core.tables import STATUSES, TERMINAL, Job, utcnow
 from service.jobview import job_object
-from service.publish import publish
-from service.tables import STATUSES, TERMINAL, Job, utcnow
 
 bp = Blueprint("jobs", __name__)
 bp.before_request(require_api_key)

@@ -18,9 +18,9 @@ from pydantic import ValidationError
 
 from service.api.context import ModelInfo
 from service.api.errors import ApiError, validation_error
-from service.images import CheckedImage, ImageRejected, check_image, decode_base64_image
+from service.core.images import CheckedImage, ImageRejected, check_image, decode_base64_image
+from service.core.settings import Settings
 from service.schemas import SEED_MAX, JobCreate, error_details, input_model
-from service.settings import Settings
 from service.webhooks.ssrf import UnsafeWebhookURL, check_webhook_url
 
 MAX_CANCEL_AFTER = 7 * 24 * 3600

@@ -18,9 +18,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import jobs as crud
-from service.db import session_scope
-from service.images import open_rgb
-from service.logs import job_fields, log_context
+from service.core.db import session_scope
+from service.core.images import open_rgb
+from service.core.logs import job_fields, log_context
+from service.core.settings import Settings
+from service.core.storage import Storage, StorageError
+from service.core.tables import Job, utcnow
 from service.models.base import (
     Canceled,
     GenerateRequest,
@@ -31,9 +34,6 @@ from service.models.base import (
     UnderstandRequest,
     UnderstandResult,
 )
-from service.settings import Settings
-from service.storage import Storage, StorageError
-from service.tables import Job, utcnow
 from service.workers import metrics as worker_metrics
 from service.workers.lease import LeaseKeeper
 

@@ -10,8 +10,8 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import jobs as crud
-from service.db import session_scope
-from service.tables import utcnow
+from service.core.db import session_scope
+from service.core.tables import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from celery import Celery
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import session_scope
+from service.core.broker import publish, queue_depth
+from service.core.db import session_scope
+from service.core.settings import Settings
+from service.core.tables import Job, Worker, utcnow
 from service.jobs import live_workers
-from service.publish import publish, queue_depth
-from service.settings import Settings
-from service.tables import Job, Worker, utcnow
 from service.transitions import job_changed
 
 log = logging.getLogger(__name__)
