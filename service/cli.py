@@ -63,7 +63,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> None:
 def cmd_keys_list(args: argparse.Namespace) -> None:
     from service.core.db import make_engine, make_sessionmaker, session_scope
     from service.core.keys import list_keys
-    from service.jobview import iso
+    from service.lifecycle.views import iso
 
     sessions = make_sessionmaker(make_engine(_settings().database_url))
     with session_scope(sessions) as session:

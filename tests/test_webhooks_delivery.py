@@ -21,7 +21,7 @@ from service.core.ids import new_id
 from service.core.keys import create_key, rotate_secret
 from service.core.settings import Settings
 from service.core.tables import Batch, WebhookEvent, utcnow
-from service.outbox import batch_event
+from service.lifecycle.outbox import batch_event
 from service.webhooks.delivery import claim_due
 from tests.conftest import IDLE, TINY, free_port, settings_env, start_worker, wait_for
 

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from service.core.settings import Settings
 from service.core.storage import Storage
 from service.core.tables import ApiKey, WebhookDelivery, WebhookEvent, utcnow
-from service.jobview import iso, with_fresh_urls
+from service.lifecycle.views import iso, with_fresh_urls
 from service.webhooks import ssrf
 from service.webhooks.signing import signing_secrets, webhook_headers
 from service.webhooks.transport import TransportError, post

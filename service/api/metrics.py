@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from service.core.tables import STATUSES
+from service.lifecycle.status import STATUSES
 
 log = logging.getLogger(__name__)
 
