@@ -76,7 +76,7 @@ def main() -> None:
         import redis
 
         redis.Redis.from_url(REDIS).flushdb()
-        cli = [sys.executable, "-m", "service.cli"]
+        cli = [sys.executable, "-m", "service.entry.cli"]
         subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
         key = json.loads(subprocess.run([*cli, "keys", "create", "--name", "bench", "--json"],
                                         env=env, check=True, capture_output=True,

@@ -54,7 +54,7 @@ def pg_url() -> Iterator[str]:
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    from service.migrate import upgrade
+    from service.entry.migrate import upgrade
 
     upgrade(Settings(database_url=url).database_url)
     yield url
@@ -210,7 +210,7 @@ class Proc:
         self.log = log
         self._fh = open(log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *args],
+            [sys.executable, "-m", "service.entry.cli", *args],
             env=env,
             stdout=self._fh,
             stderr=subprocess.STDOUT,

@@ -169,7 +169,7 @@ def test_keys_cli_create_list_revoke(client, settings) -> None:
     from tests.conftest import settings_env
 
     env = settings_env(settings)
-    cli = [sys.executable, "-m", "service.cli", "keys"]
+    cli = [sys.executable, "-m", "service.entry.cli", "keys"]
     created = json.loads(subprocess.run([*cli, "create", "--name", "to-revoke", "--json"],
                                         env=env, capture_output=True, text=True,
                                         check=True).stdout)

@@ -259,7 +259,7 @@ def test_cli_submit_and_results(tmp_path, settings, spawn, api_key) -> None:
     wait_for(up, 60, what="api")
     src = tmp_path / "jobs.csv"
     src.write_text("custom_id,prompt\nfirst,a fox\nsecond,a cat\n")
-    cli = [sys.executable, "-m", "service.cli", "batch"]
+    cli = [sys.executable, "-m", "service.entry.cli", "batch"]
     client_env = {**env, "JANUS_API_URL": base, "JANUS_API_KEY": api_key}
     out = subprocess.run([*cli, "submit", str(src), "--model", IDLE], env=client_env,
                          capture_output=True, text=True, timeout=60)

@@ -130,10 +130,10 @@ def test_worker_with_a_bad_checkpoint_path_fails_at_start_naming_it(settings, tm
 
     missing = str(tmp_path / "no-such-checkpoint")
     env = settings_env(settings.model_copy(update={"models": {"broken": missing}}))
-    out = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--model", "broken"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    cli = [sys.executable, "-m", "service.entry.cli", "worker", "--model"]
+    out = subprocess.run([*cli, "broken"], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert missing in out.stderr and "broken" in out.stderr
-    unknown = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--model", "nope"],
-                             env=env, capture_output=True, text=True, timeout=120)
+    unknown = subprocess.run([*cli, "nope"], env=env, capture_output=True, text=True,
+                             timeout=120)
     assert unknown.returncode != 0 and "nope" in unknown.stderr

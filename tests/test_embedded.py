@@ -27,7 +27,7 @@ def test_embedded_end_to_end(tmp_path, tiny_checkpoint, spawn) -> None:
     env.update(JANUS_DATA_DIR=str(tmp_path / "var"), JANUS_PUBLIC_URL=f"http://127.0.0.1:{port}",
                JANUS_MODELS=json.dumps({"tiny": tiny_checkpoint}), OMP_NUM_THREADS="1",
                JANUS_SWEEP_INTERVAL_SECONDS="1")
-    cli = [sys.executable, "-m", "service.cli"]
+    cli = [sys.executable, "-m", "service.entry.cli"]
     subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
     out = subprocess.run([*cli, "keys", "create", "--name", "t", "--json"], env=env, check=True,
                          capture_output=True, text=True).stdout

@@ -8,7 +8,7 @@ from sqlalchemy import create_engine, inspect
 
 from service.core.settings import Settings
 from service.core.tables import Base
-from service.migrate import upgrade
+from service.entry.migrate import upgrade
 
 
 def _diff(url: str) -> list:

@@ -63,7 +63,7 @@ def test_previous_secret_signs_only_within_grace() -> None:
 
 def _cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "keys", *args],
+        [sys.executable, "-m", "service.entry.cli", "keys", *args],
         env=settings_env(settings, **env),
         capture_output=True,
         text=True,

@@ -26,7 +26,7 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
-    from service.migrate import upgrade
+    from service.entry.migrate import upgrade
 
     upgrade(_settings().database_url)
     print("database is at the latest schema", file=sys.stderr)
@@ -113,7 +113,7 @@ def cmd_keys_rotate_secret(args: argparse.Namespace) -> None:
 
 
 def cmd_api(args: argparse.Namespace) -> None:
-    from service.server import serve
+    from service.entry.server import serve
 
     serve(_settings(), host=args.host, port=args.port, workers=args.workers, threads=args.threads)
 
@@ -141,7 +141,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> None:
-    from service.workers.dispatcher import run_dispatcher
+    from service.entry.dispatcher import run_dispatcher
 
     run_dispatcher(_settings())
 
@@ -156,7 +156,7 @@ def cmd_tiny_checkpoint(args: argparse.Namespace) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> None:
-    from service import batch_client
+    from service.entry import batch_client
 
     command = (
         batch_client.submit_command
@@ -173,7 +173,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
-    from service.dev import run_dev
+    from service.entry.dev import run_dev
 
     run_dev(_settings(), port=args.port)
 
