@@ -12,8 +12,7 @@ import redis
 from sqlalchemy import create_engine, func, select
 
 from service.core.tables import Batch, Job
-from tests.conftest import IDLE, TINY, queue_key, start_worker, wait_for
-from tests.test_api_jobs import png_bytes
+from tests.helpers import CLI, IDLE, TINY, png_bytes, queue_key, start_worker, wait_for
 
 
 def upload(client, auth, content: str | bytes, name: str = "jobs.jsonl", **parts):  # type: ignore[no-untyped-def]
@@ -238,11 +237,10 @@ def test_cancel_mid_run(client, auth, settings, spawn) -> None:
 
 def test_cli_submit_and_results(tmp_path, settings, spawn, api_key) -> None:
     import subprocess
-    import sys
 
     import requests
 
-    from tests.conftest import free_port, settings_env
+    from tests.helpers import free_port, settings_env
 
     port = free_port()
     env = settings_env(settings)
@@ -259,7 +257,7 @@ def test_cli_submit_and_results(tmp_path, settings, spawn, api_key) -> None:
     wait_for(up, 60, what="api")
     src = tmp_path / "jobs.csv"
     src.write_text("custom_id,prompt\nfirst,a fox\nsecond,a cat\n")
-    cli = [sys.executable, "-m", "service.entry.cli", "batch"]
+    cli = [*CLI, "batch"]
     client_env = {**env, "JANUS_API_URL": base, "JANUS_API_KEY": api_key}
     out = subprocess.run([*cli, "submit", str(src), "--model", IDLE], env=client_env,
                          capture_output=True, text=True, timeout=60)

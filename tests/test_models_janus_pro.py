@@ -20,7 +20,7 @@ from service.models.base import (
     UnderstandResult,
 )
 from service.models.registry import CheckpointError
-from tests.controls import Control
+from tests.helpers import Control
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -27,7 +27,7 @@ from service.models.base import (  # noqa: E402
     UnderstandResult,
 )
 from service.models.registry import CheckpointError  # noqa: E402
-from tests.controls import Control
+from tests.helpers import Control
 
 DATA = Path(__file__).resolve().parent / "data"
 SIZE = 64

@@ -23,7 +23,7 @@ from service.core.settings import Settings
 from service.core.tables import Batch, WebhookEvent, utcnow
 from service.lifecycle.outbox import batch_event
 from service.webhooks.delivery import claim_due
-from tests.conftest import IDLE, TINY, free_port, settings_env, start_worker, wait_for
+from tests.helpers import IDLE, TINY, free_port, settings_env, start_worker, wait_for
 
 FAST = {
     "JANUS_WEBHOOK_ALLOWLIST": "127.0.0.1",
