@@ -1,4 +1,4 @@
-"""`janus-service`: the operator's commands (API.md, "Running it")."""
+"""`janus-service`: the operator's commands (docs/API.md, "Command line")."""
 
 from __future__ import annotations
 

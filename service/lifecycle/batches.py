@@ -12,7 +12,7 @@ from service.core.ids import new_id, new_ids
 from service.core.storage import Storage
 from service.core.tables import Batch, Job, utcnow
 from service.lifecycle.hook import bulk_transition, finish_batch_if_done
-from service.lifecycle.jobs import JobSpec, store_input_image
+from service.lifecycle.jobs import JobSpec, canceled_now, store_input_image
 from service.lifecycle.status import BatchStatus, JobStatus
 
 BULK_LANE = 1  # below interactive jobs (lane 0): a big upload never starves a single job
@@ -127,11 +127,7 @@ def cancel_batch(*, session: Session, batch: Batch) -> Batch:
         session=session,
         previous=JobStatus.QUEUED,
         where=[Job.batch_id == batch.id],
-        values={
-            "status": JobStatus.CANCELED,
-            "completed_at": utcnow(),
-            "cancel_requested": True,
-        },
+        values=canceled_now(),
     )
     if not canceled:
         finish_batch_if_done(session=session, batch_id=batch.id)

@@ -167,6 +167,11 @@ def queue_position(*, session: Session, job: Job) -> int:
     )
 
 
+def canceled_now() -> dict[str, Any]:
+    """The values of a queued job canceled before it ever ran."""
+    return {"status": JobStatus.CANCELED, "completed_at": utcnow(), "cancel_requested": True}
+
+
 def request_cancel(*, session: Session, job: Job) -> Job:
     """Queued: canceled at once. Running: flagged, the worker stops at its next step."""
     if job.status == JobStatus.QUEUED:
@@ -174,11 +179,7 @@ def request_cancel(*, session: Session, job: Job) -> Job:
             session=session,
             previous=JobStatus.QUEUED,
             where=[Job.id == job.id],
-            values={
-                "status": JobStatus.CANCELED,
-                "completed_at": utcnow(),
-                "cancel_requested": True,
-            },
+            values=canceled_now(),
         )
     elif job.status == JobStatus.RUNNING:
         session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True))

@@ -37,6 +37,11 @@ TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
 STATUSES = tuple(JobStatus)
 
 
+def deadline_error() -> dict[str, str]:
+    """The error of a job its Cancel-After deadline canceled (its status is `canceled`)."""
+    return {"code": "deadline_exceeded", "message": "the job's Cancel-After deadline passed"}
+
+
 def is_terminal(status: str) -> bool:
     """For a status read from a row (a plain string)."""
     return JobStatus(status).is_terminal

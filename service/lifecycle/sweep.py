@@ -19,7 +19,7 @@ from service.core.settings import Settings
 from service.core.tables import Job, Worker, utcnow
 from service.lifecycle.hook import transition
 from service.lifecycle.stats import live_workers
-from service.lifecycle.status import JobStatus
+from service.lifecycle.status import JobStatus, deadline_error
 
 BATCH = 500  # rows per pass: a backlog is worked off over a few sweeps
 
@@ -92,10 +92,7 @@ def expire_deadlines(*, session: Session, now: datetime, report: SweepReport) ->
         values={
             "status": JobStatus.CANCELED,
             "completed_at": now,
-            "error": {
-                "code": "deadline_exceeded",
-                "message": "the job's Cancel-After deadline passed",
-            },
+            "error": deadline_error(),
         },
     )
     report.expired += [job.id for job in moved]

@@ -24,7 +24,7 @@ from service.core.settings import Settings
 from service.core.storage import Storage, StorageError
 from service.core.tables import Job, utcnow
 from service.lifecycle import claims
-from service.lifecycle.status import JobStatus
+from service.lifecycle.status import JobStatus, deadline_error
 from service.models.base import (
     Canceled,
     GenerateRequest,
@@ -107,7 +107,7 @@ class Executor:
         batch = []
         for job in claimed:
             if job.deadline_at is not None and job.deadline_at <= utcnow():
-                self._finish(job.id, JobStatus.CANCELED, error=_deadline_error())
+                self._finish(job.id, JobStatus.CANCELED, error=deadline_error())
             else:
                 batch.append(job)
         return batch
@@ -190,7 +190,7 @@ class Executor:
         self, job: Job, index: int, result: Any, keeper: LeaseKeeper, elapsed: float
     ) -> None:
         if isinstance(result, Canceled):
-            error = _deadline_error() if keeper.deadline_passed(index) else None
+            error = deadline_error() if keeper.deadline_passed(index) else None
             self._finish(job.id, JobStatus.CANCELED, error=error, run_seconds=elapsed)
         elif isinstance(result, ModelError):
             self._finish(
@@ -256,10 +256,6 @@ class Executor:
             owned = _retry(commit, OperationalError)
             log.info("job %s: %s", job_id, status)
         worker_metrics.record_finish(self.model_id, status if owned else "dropped")
-
-
-def _deadline_error() -> dict[str, str]:
-    return {"code": "deadline_exceeded", "message": "the job's Cancel-After deadline passed"}
 
 
 def _retry(fn: Any, errors: type[Exception] | tuple[type[Exception], ...], tries: int = 4) -> Any:
