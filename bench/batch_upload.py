@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, func, select, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.tables import Batch, Job  # noqa: E402
+from service.core.tables import Batch, Job  # noqa: E402
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -76,7 +76,7 @@ def main() -> None:
         import redis
 
         redis.Redis.from_url(REDIS).flushdb()
-        cli = [sys.executable, "-m", "service.cli"]
+        cli = [sys.executable, "-m", "service.entry.cli"]
         subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
         key = json.loads(subprocess.run([*cli, "keys", "create", "--name", "bench", "--json"],
                                         env=env, check=True, capture_output=True,

@@ -26,11 +26,11 @@ RUN python compose/requirements.py > /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 # Then the code. Editable, so that `migrations/` (found next to the package, see
-# service/migrate.py) stays where the code expects it.
+# service/entry/migrate.py) stays where the code expects it.
 COPY . .
 RUN pip install --no-deps -e . \
     && chmod 0755 compose/entrypoint.sh \
-    && python -c "import service.api, service.cli"
+    && python -c "import service.api, service.entry.cli"
 
 USER janus
 EXPOSE 8000

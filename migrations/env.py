@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from service.db import make_engine
-from service.tables import Base
+from service.core.db import make_engine
+from service.core.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -15,7 +15,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from service.settings import load_settings
+    from service.core.settings import load_settings
 
     return load_settings().database_url
 

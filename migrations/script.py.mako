@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 ${imports if imports else ""}
-import service.tables
+import service.core.tables
 
 revision: str = ${repr(up_revision)}
 down_revision: str | None = ${repr(down_revision)}

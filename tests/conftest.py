@@ -1,5 +1,6 @@
-"""Real parts for the tests: a Postgres database and a Redis db per xdist worker,
-a moto S3 server on loopback, and a tiny checkpoint written once per session."""
+"""Fixtures: real parts for the tests. A Postgres database and a Redis db per xdist
+worker, a moto S3 server on loopback, and tiny checkpoints written once per session.
+Helpers that test modules import live in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,30 +17,22 @@ import psycopg
 import pytest
 import redis
 
-from service.settings import Settings
+from service.core.settings import Settings
+from tests.helpers import (
+    FLOW,
+    IDLE,
+    SLOW,
+    TEST_IMAGE_SIZE,
+    TINY,
+    Proc,
+    free_port,
+    make_key,
+    settings_env,
+    wait_for,
+)
 
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-TINY = "janus-pro-tiny"  # served by worker processes in tests
-IDLE = "janus-pro-idle"  # configured, never served: API-only tests queue jobs here
-FLOW = "janusflow-tiny"
-TEST_IMAGE_SIZE = 64
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _worker_index() -> int:
@@ -54,7 +46,7 @@ def pg_url() -> Iterator[str]:
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    from service.migrate import upgrade
+    from service.entry.migrate import upgrade
 
     upgrade(Settings(database_url=url).database_url)
     yield url
@@ -149,27 +141,6 @@ def settings(
     )
 
 
-def queue_key(settings: Settings, model: str) -> str:
-    """The Redis list holding a model's queue."""
-    return f"{settings.broker_key_prefix}model.{model}"
-
-
-def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment a subprocess needs to see the same settings."""
-    import json
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JANUS_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, dict | list):
-            value = json.dumps(value) if isinstance(value, dict) else ",".join(value)
-        env[f"JANUS_{name.upper()}"] = str(value)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.update(extra)
-    return env
-
-
 @pytest.fixture(scope="session")
 def app(settings: Settings):  # type: ignore[no-untyped-def]
     from service.api import create_app
@@ -182,17 +153,6 @@ def client(app):  # type: ignore[no-untyped-def]
     return app.test_client()
 
 
-def make_key(settings: Settings, name: str = "test") -> str:
-    from service.db import make_engine, make_sessionmaker, session_scope
-    from service.keys import create_key
-
-    engine = make_engine(settings.database_url)
-    with session_scope(make_sessionmaker(engine)) as session:
-        key = create_key(session=session, name=name).key
-    engine.dispose()
-    return key
-
-
 @pytest.fixture(scope="session")
 def api_key(settings: Settings) -> str:
     return make_key(settings, "a")
@@ -201,39 +161,6 @@ def api_key(settings: Settings) -> str:
 @pytest.fixture(scope="session")
 def auth(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"}
-
-
-class Proc:
-    """A service subprocess whose output goes to a log file shown on failure."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._fh = open(log, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *args],
-            env=env,
-            stdout=self._fh,
-            stderr=subprocess.STDOUT,
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def stop(self, sig: int | None = None) -> None:
-        if self.alive():
-            if sig is None:
-                self.proc.terminate()
-            else:
-                self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._fh.close()
 
 
 @pytest.fixture()
@@ -250,46 +177,24 @@ def spawn(tmp_path: Path, settings: Settings) -> Iterator:  # type: ignore[type-
         proc.stop()
 
 
-def start_worker(
-    spawn,
-    settings: Settings,
-    model: str = TINY,
-    name: str = "worker",  # type: ignore[no-untyped-def]
-    env: dict[str, str] | None = None,
-    max_batch: int = 1,
-) -> Proc:
-    """Start a worker and wait until it has loaded its model and registered."""
-    from sqlalchemy import create_engine, text
+@pytest.fixture(scope="session")
+def slow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The real 576-token path: long enough per job to kill a worker mid-run."""
+    from service.models.checkpoints.tiny import write_tiny_checkpoint
 
-    from service.settings import Settings as S
+    out = tmp_path_factory.mktemp("slow") / "ckpt"
+    return write_tiny_checkpoint("janus-pro", str(out), image_size=384)
 
-    worker = spawn(
-        [
-            "worker",
-            "--model",
-            model,
-            "--hostname",
-            f"{name}-{uuid.uuid4().hex[:6]}",
-            "--max-batch",
-            str(max_batch),
-        ],
-        env=env,
-        name=name,
-    )
-    db_url = S(database_url=(env or {}).get("JANUS_DATABASE_URL", settings.database_url))
-    engine = create_engine(db_url.database_url)
 
-    def registered() -> bool:
-        assert worker.alive(), worker.output()
-        with engine.connect() as conn:
-            pid = worker.proc.pid
-            return bool(
-                conn.execute(
-                    text("SELECT 1 FROM workers WHERE id LIKE :p"), {"p": f"%:{pid}"}
-                ).first()
-            )
+@pytest.fixture(scope="session")
+def slow_settings(settings: Settings, slow_checkpoint: str) -> Settings:
+    """The session's settings plus the SLOW model."""
+    return settings.model_copy(update={"models": {**settings.models, SLOW: slow_checkpoint}})
 
-    wait_for(registered, 120, what=f"worker {name} to load its model")
-    engine.dispose()
-    time.sleep(0.5)  # the consumer starts right after registration
-    return worker
+
+@pytest.fixture()
+def slow_client(slow_settings: Settings):  # type: ignore[no-untyped-def]
+    """A client of an app of its own that also serves SLOW: the shared app never changes."""
+    from service.api import create_app
+
+    return create_app(slow_settings).test_client()

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROBE = """
 import json, sys
 from service.api import create_app
-from service.settings import Settings
+from service.core.settings import Settings
 
 settings = Settings(data_dir=sys.argv[1], models=json.loads(sys.argv[2]))
 app = create_app(settings)

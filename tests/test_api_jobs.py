@@ -7,17 +7,10 @@ import io
 import json
 
 import redis
-from PIL import Image
 from sqlalchemy import create_engine, func, select
 
-from service.tables import Job
-from tests.conftest import IDLE, TINY, make_key, queue_key
-
-
-def png_bytes(size: tuple[int, int] = (32, 24), color: str = "red") -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
-    return buf.getvalue()
+from service.core.tables import Job
+from tests.helpers import CLI, IDLE, TINY, make_key, png_bytes, queue_key
 
 
 def gen_body(**input_: object) -> dict:
@@ -164,12 +157,11 @@ def test_openapi_is_valid_and_covers_every_route(client, app) -> None:
 
 def test_keys_cli_create_list_revoke(client, settings) -> None:
     import subprocess
-    import sys
 
-    from tests.conftest import settings_env
+    from tests.helpers import settings_env
 
     env = settings_env(settings)
-    cli = [sys.executable, "-m", "service.cli", "keys"]
+    cli = [*CLI, "keys"]
     created = json.loads(subprocess.run([*cli, "create", "--name", "to-revoke", "--json"],
                                         env=env, capture_output=True, text=True,
                                         check=True).stdout)

@@ -5,33 +5,18 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
-import zlib
 
 import pytest
 import redis
 from PIL import Image
 from sqlalchemy import create_engine, func, select
 
-from service.tables import Job
-from tests.conftest import IDLE, queue_key
-from tests.test_api_jobs import png_bytes
+from service.core.tables import Job
+from tests.helpers import IDLE, png_bytes, png_header_bomb, queue_key
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def png_header_bomb(width: int = 30000, height: int = 30000) -> bytes:
-    """A few hundred bytes that claim to be a 900-megapixel PNG."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b""))
 
 
 def gif_bytes() -> bytes:
@@ -203,7 +188,7 @@ def test_unexpected_error_is_a_json_500(settings) -> None:
 
 def test_rate_limit_is_a_429_with_retry_after(settings, side_effects) -> None:
     from service.api import create_app
-    from tests.conftest import make_key
+    from tests.helpers import make_key
 
     limited = create_app(settings.model_copy(update={"rate_limit_per_minute": 3})).test_client()
     auth = {"Authorization": f"Bearer {make_key(settings, 'limited')}"}

@@ -11,9 +11,8 @@ import pytest
 import redis
 from sqlalchemy import create_engine, func, select
 
-from service.tables import Batch, Job
-from tests.conftest import IDLE, TINY, queue_key, start_worker, wait_for
-from tests.test_api_jobs import png_bytes
+from service.core.tables import Batch, Job
+from tests.helpers import CLI, IDLE, TINY, png_bytes, queue_key, start_worker, wait_for
 
 
 def upload(client, auth, content: str | bytes, name: str = "jobs.jsonl", **parts):  # type: ignore[no-untyped-def]
@@ -238,11 +237,10 @@ def test_cancel_mid_run(client, auth, settings, spawn) -> None:
 
 def test_cli_submit_and_results(tmp_path, settings, spawn, api_key) -> None:
     import subprocess
-    import sys
 
     import requests
 
-    from tests.conftest import free_port, settings_env
+    from tests.helpers import free_port, settings_env
 
     port = free_port()
     env = settings_env(settings)
@@ -253,13 +251,13 @@ def test_cli_submit_and_results(tmp_path, settings, spawn, api_key) -> None:
         assert api.alive(), api.output()
         try:
             return requests.get(f"{base}/healthz", timeout=1).ok
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or too busy starting
             return False
 
     wait_for(up, 60, what="api")
     src = tmp_path / "jobs.csv"
     src.write_text("custom_id,prompt\nfirst,a fox\nsecond,a cat\n")
-    cli = [sys.executable, "-m", "service.cli", "batch"]
+    cli = [*CLI, "batch"]
     client_env = {**env, "JANUS_API_URL": base, "JANUS_API_KEY": api_key}
     out = subprocess.run([*cli, "submit", str(src), "--model", IDLE], env=client_env,
                          capture_output=True, text=True, timeout=60)
@@ -294,7 +292,7 @@ def test_batch_webhook_gets_one_completed_event_and_metrics_show_it(settings, au
     api.post(f"/v1/batches/{batch['id']}/cancel", headers=auth)
     api.post(f"/v1/batches/{batch['id']}/cancel", headers=auth)  # twice: still one event
     engine = create_engine(settings.database_url)
-    from service.tables import WebhookEvent
+    from service.core.tables import WebhookEvent
 
     with engine.connect() as conn:
         events = conn.execute(select(WebhookEvent.type, WebhookEvent.payload).where(

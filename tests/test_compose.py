@@ -25,8 +25,8 @@ import jsonschema
 import pytest
 import yaml
 
-from service.cli import build_parser
-from service.settings import Settings
+from service.core.settings import Settings
+from service.entry.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {"main": ROOT / "docker-compose.yml", "cpu": ROOT / "docker-compose.cpu.yml"}
@@ -360,6 +360,6 @@ def test_entrypoint_execs_so_the_service_is_pid_1() -> None:
 
 def test_api_side_never_imports_torch() -> None:
     code = ("import sys; sys.modules['torch'] = sys.modules['transformers'] = None\n"
-            "import service.cli, service.api, service.server, service.workers.dispatcher")
+            "import service.entry.cli, service.api, service.entry.server, service.entry.dispatcher")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr

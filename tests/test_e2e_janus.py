@@ -23,7 +23,7 @@ MODEL = "janus-1.3b"
 def janus_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("ckpt") / "janus-1.3b-tiny"
     subprocess.run(
-        [sys.executable, "-m", "service.cli", "tiny-checkpoint", "--family", "janus",
+        [sys.executable, "-m", "service.entry.cli", "tiny-checkpoint", "--family", "janus",
          "--image-size", str(TEST_IMAGE_SIZE), str(out)],
         check=True, timeout=300,
     )

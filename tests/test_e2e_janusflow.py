@@ -6,9 +6,7 @@ import base64
 
 import pytest
 
-from tests.conftest import FLOW, TEST_IMAGE_SIZE, start_worker
-from tests.test_api_jobs import png_bytes
-from tests.test_e2e_worker import fetch_png, wait_terminal
+from tests.helpers import FLOW, TEST_IMAGE_SIZE, fetch_png, png_bytes, start_worker, wait_terminal
 
 pytestmark = pytest.mark.slow
 

@@ -3,39 +3,27 @@
 from __future__ import annotations
 
 import base64
-import io
 import time
 
 import pytest
 import redis
-import requests
-from PIL import Image
 from sqlalchemy import create_engine, select
 
-from service.publish import publish
-from service.tables import Job
-from tests.conftest import TEST_IMAGE_SIZE, TINY, queue_key, start_worker, wait_for
-from tests.test_api_jobs import png_bytes
+from service.core.broker import publish
+from service.core.tables import Job
+from tests.helpers import (
+    CLI,
+    TEST_IMAGE_SIZE,
+    TINY,
+    fetch_png,
+    png_bytes,
+    queue_key,
+    start_worker,
+    wait_for,
+    wait_terminal,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def wait_terminal(client, auth, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}", headers={**auth, "Prefer": "wait=10"}).json
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-    raise AssertionError(f"job {job_id} did not finish: {job}")
-
-
-def fetch_png(url: str) -> Image.Image:
-    response = requests.get(url, timeout=10)
-    assert response.status_code == 200, response.text
-    image = Image.open(io.BytesIO(response.content))
-    assert image.format == "PNG"
-    image.load()
-    return image
 
 
 def test_generate_understand_and_seeds(client, auth, settings, spawn) -> None:
@@ -108,7 +96,7 @@ def test_cancel_queued_never_runs_and_duplicate_delivery_is_harmless(
 
     # Deliver the finished job's message again: nothing changes.
     engine = create_engine(settings.database_url)
-    from service.workers.celery_app import make_celery
+    from service.core.broker import make_celery
 
     assert publish(make_celery(settings), [(ok["id"], TINY)], 1) == []
     wait_for(lambda: queue.llen(queue_key(settings, TINY)) == 0, 30,
@@ -124,16 +112,15 @@ def test_cancel_queued_never_runs_and_duplicate_delivery_is_harmless(
 
 def test_worker_with_a_bad_checkpoint_path_fails_at_start_naming_it(settings, tmp_path) -> None:
     import subprocess
-    import sys
 
-    from tests.conftest import settings_env
+    from tests.helpers import settings_env
 
     missing = str(tmp_path / "no-such-checkpoint")
     env = settings_env(settings.model_copy(update={"models": {"broken": missing}}))
-    out = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--model", "broken"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    cli = [*CLI, "worker", "--model"]
+    out = subprocess.run([*cli, "broken"], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert missing in out.stderr and "broken" in out.stderr
-    unknown = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--model", "nope"],
-                             env=env, capture_output=True, text=True, timeout=120)
+    unknown = subprocess.run([*cli, "nope"], env=env, capture_output=True, text=True,
+                             timeout=120)
     assert unknown.returncode != 0 and "nope" in unknown.stderr

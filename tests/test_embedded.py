@@ -8,15 +8,13 @@ import io
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import TEST_IMAGE_SIZE, free_port, wait_for
-from tests.test_api_jobs import png_bytes
+from tests.helpers import CLI, TEST_IMAGE_SIZE, free_port, png_bytes, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +25,7 @@ def test_embedded_end_to_end(tmp_path, tiny_checkpoint, spawn) -> None:
     env.update(JANUS_DATA_DIR=str(tmp_path / "var"), JANUS_PUBLIC_URL=f"http://127.0.0.1:{port}",
                JANUS_MODELS=json.dumps({"tiny": tiny_checkpoint}), OMP_NUM_THREADS="1",
                JANUS_SWEEP_INTERVAL_SECONDS="1")
-    cli = [sys.executable, "-m", "service.cli"]
+    cli = list(CLI)
     subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
     out = subprocess.run([*cli, "keys", "create", "--name", "t", "--json"], env=env, check=True,
                          capture_output=True, text=True).stdout

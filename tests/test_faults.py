@@ -11,36 +11,27 @@ import pytest
 import redis
 from sqlalchemy import create_engine, select
 
-from service.db import make_engine, make_sessionmaker
-from service.tables import Job
-from service.workers.celery_app import make_celery
+from service.core.broker import make_celery
+from service.core.db import make_engine, make_sessionmaker
+from service.core.tables import Job
 from service.workers.sweeper import sweep_once
-from tests.conftest import free_port, queue_key, settings_env, start_worker, wait_for
-from tests.test_e2e_worker import wait_terminal
+from tests.helpers import (
+    SLOW,
+    free_port,
+    queue_key,
+    settings_env,
+    start_worker,
+    wait_for,
+    wait_terminal,
+)
 
 pytestmark = pytest.mark.slow
-SLOW = "janus-pro-slow"
 
 
-@pytest.fixture(scope="module")
-def slow_checkpoint(tmp_path_factory) -> str:
-    from service.models.checkpoints.tiny import write_tiny_checkpoint
-
-    # The real 576-token path: long enough per job to kill a worker mid-run.
-    return write_tiny_checkpoint("janus-pro", str(tmp_path_factory.mktemp("slow") / "ckpt"),
-                                 image_size=384)
-
-
-def test_worker_killed_mid_job_is_recovered(client, auth, settings, spawn,
-                                            slow_checkpoint) -> None:
-    env = settings_env(settings.model_copy(update={
-        "models": {**settings.models, SLOW: slow_checkpoint}}))
-    # The API must know the model too, but it only needs the id: add it to the catalog.
-    from service.api.context import ModelInfo
-
-    catalog = client.application.extensions["janus"].models
-    catalog.setdefault(SLOW, ModelInfo(SLOW, "janus-pro", ("understand", "generate"),
-                                       catalog[next(iter(catalog))].defaults))
+def test_worker_killed_mid_job_is_recovered(slow_client, auth, settings, slow_settings,
+                                            spawn) -> None:
+    client = slow_client  # an app of its own that also serves SLOW
+    env = settings_env(slow_settings)
     spawn(["dispatcher"], env=env, name="dispatcher")
     first = start_worker(spawn, settings, model=SLOW, name="first", env=env)
 
@@ -136,7 +127,7 @@ def test_storage_outage_is_retried_not_failed(settings, auth, spawn, tmp_path) -
     import boto3
 
     from service.api import create_app
-    from tests.conftest import TINY, settings_env
+    from tests.helpers import TINY, settings_env
 
     port = free_port()
 
@@ -192,7 +183,7 @@ def test_redis_restarted_under_a_running_worker_loses_nothing(client, settings, 
     """Redis goes away (and comes back empty, as with no persistence) while a worker and
     a dispatcher run: jobs submitted meanwhile are accepted, and all of them finish."""
     from service.api import create_app
-    from tests.conftest import TINY, settings_env
+    from tests.helpers import TINY, settings_env
 
     port = free_port()
 

@@ -8,13 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from service.db import make_engine, make_sessionmaker, session_scope
-from service.tables import Job, utcnow
-from service.workers.celery_app import make_celery
+from service.core.broker import make_celery
+from service.core.db import make_engine, make_sessionmaker, session_scope
+from service.core.tables import Job, utcnow
 from service.workers.sweeper import sweep_once
-from tests.conftest import IDLE, start_worker, wait_for
-from tests.test_e2e_worker import wait_terminal
-from tests.test_faults import SLOW, slow_checkpoint  # noqa: F401 - fixture
+from tests.helpers import IDLE, SLOW, settings_env, start_worker, wait_for, wait_terminal
 
 
 @pytest.fixture(scope="module")
@@ -67,17 +65,10 @@ def test_a_job_that_keeps_losing_its_worker_fails(client, auth, settings, sweepe
 
 @pytest.mark.slow
 def test_running_job_cancel_and_deadline_stop_at_a_step(
-    client, auth, settings, spawn, slow_checkpoint  # noqa: F811
+    slow_client, auth, settings, slow_settings, spawn
 ) -> None:
-    from tests.conftest import settings_env
-
-    env = settings_env(settings.model_copy(update={
-        "models": {**settings.models, SLOW: slow_checkpoint}}))
-    from service.api.context import ModelInfo
-
-    catalog = client.application.extensions["janus"].models
-    catalog.setdefault(SLOW, ModelInfo(SLOW, "janus-pro", ("understand", "generate"),
-                                       catalog[IDLE].defaults))
+    client = slow_client  # an app of its own that also serves SLOW
+    env = settings_env(slow_settings)
     start_worker(spawn, settings, model=SLOW, name="slow", env=env)
     body = {"model": SLOW, "task": "generate", "input": {"prompt": "long", "num_images": 16}}
     job = client.post("/v1/jobs", json=body, headers=auth).json

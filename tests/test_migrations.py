@@ -6,9 +6,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from service.migrate import upgrade
-from service.settings import Settings
-from service.tables import Base
+from service.core.settings import Settings
+from service.core.tables import Base
+from service.entry.migrate import upgrade
 
 
 def _diff(url: str) -> list:

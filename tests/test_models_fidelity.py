@@ -200,7 +200,7 @@ def test_janus_understanding_samples_with_top_k(pro) -> None:
                                                      top_p=1.0, max_new_tokens=8),
                                 pro.defaults()["understand"])
     sampled.top_k = 1
-    from tests.controls import Control
+    from tests.helpers import Control
 
     with torch.inference_mode():
         out = pro.decoder.text_tokens([greedy, sampled], Control())

@@ -24,7 +24,7 @@ from service.models.base import (
     UnderstandResult,
 )
 from service.models.oom import run_split_on_oom
-from tests.controls import Control
+from tests.helpers import Control
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -19,7 +19,7 @@ from service.models.base import (
 )
 from service.models.catalog import CheckpointError
 from service.models.checkpoints import tiny
-from tests.controls import Control
+from tests.helpers import Control
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -28,7 +28,7 @@ from service.models.base import (  # noqa: E402
 )
 from service.models.catalog import CheckpointError  # noqa: E402
 from service.models.checkpoints import tiny  # noqa: E402
-from tests.controls import Control
+from tests.helpers import Control
 
 DATA = Path(__file__).resolve().parent / "data"
 SIZE = 64
@@ -113,9 +113,9 @@ def test_tiny_checkpoint_loads_through_the_registry(checkpoint: str, runner) -> 
 
 
 def test_vae_path_comes_from_the_settings(checkpoint: str, monkeypatch) -> None:
+    from service.core.settings import Settings
     from service.models.janusflow.load import vae_source
     from service.models.janusflow.runner import JanusFlowRunner
-    from service.settings import Settings
 
     monkeypatch.setenv("JANUS_VAE_PATH", "/models/sdxl-vae")
     settings = Settings()

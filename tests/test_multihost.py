@@ -25,7 +25,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
-from tests.conftest import TINY, Proc, free_port, settings_env, wait_for
+from tests.helpers import TINY, Proc, free_port, settings_env, wait_for
 
 pytestmark = pytest.mark.slow
 TERMINAL = ("succeeded", "failed", "canceled")

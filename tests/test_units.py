@@ -7,12 +7,11 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from service.ids import new_id
-from service.images import ImageRejected, check_image, decode_base64_image
-from service.settings import Settings
-from service.storage import LocalStorage
-from tests.test_api_jobs import png_bytes
-from tests.test_bad_input import png_header_bomb
+from service.core.ids import new_id
+from service.core.images import ImageRejected, check_image, decode_base64_image
+from service.core.settings import Settings
+from service.core.storage import LocalStorage
+from tests.helpers import png_bytes, png_header_bomb
 
 
 def test_settings_defaults_are_embedded(tmp_path) -> None:

@@ -16,14 +16,14 @@ from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
-from service.db import make_engine, make_sessionmaker, session_scope
-from service.ids import new_id
-from service.keys import create_key, rotate_secret
-from service.outbox import batch_event
-from service.settings import Settings
-from service.tables import Batch, WebhookEvent, utcnow
+from service.core.db import make_engine, make_sessionmaker, session_scope
+from service.core.ids import new_id
+from service.core.keys import create_key, rotate_secret
+from service.core.settings import Settings
+from service.core.tables import Batch, WebhookEvent, utcnow
+from service.lifecycle.outbox import batch_event
 from service.webhooks.delivery import claim_due
-from tests.conftest import IDLE, TINY, free_port, settings_env, start_worker, wait_for
+from tests.helpers import IDLE, TINY, free_port, settings_env, start_worker, wait_for
 
 FAST = {
     "JANUS_WEBHOOK_ALLOWLIST": "127.0.0.1",

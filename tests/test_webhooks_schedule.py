@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.settings import Settings
+from service.core.settings import Settings
 from service.webhooks.delivery import JITTER, lease_seconds, next_attempt
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)

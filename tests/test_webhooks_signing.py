@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -14,11 +13,11 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from service.keys import new_webhook_secret
-from service.settings import Settings
-from service.tables import ApiKey
+from service.core.keys import new_webhook_secret
+from service.core.settings import Settings
+from service.core.tables import ApiKey
 from service.webhooks.signing import sign, signing_secrets, webhook_headers
-from tests.conftest import settings_env
+from tests.helpers import CLI, settings_env
 
 
 def test_known_vector() -> None:
@@ -63,7 +62,7 @@ def test_previous_secret_signs_only_within_grace() -> None:
 
 def _cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "keys", *args],
+        [*CLI, "keys", *args],
         env=settings_env(settings, **env),
         capture_output=True,
         text=True,

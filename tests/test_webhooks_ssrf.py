@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings
-from service.storage import LocalStorage
+from service.core.settings import Settings
+from service.core.storage import LocalStorage
 from service.webhooks import ssrf
 from service.webhooks.addresses import inet_aton
 from service.webhooks.delivery import Claimed, attempt
 from service.webhooks.transport import MAX_RESPONSE_BYTES, TransportError, post
-from tests.conftest import IDLE, make_key
+from tests.helpers import IDLE, make_key
 
 DEFAULT = Settings()
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
-import service.tables
+import service.core.tables
 
 revision: str = '0001'
 down_revision: str | None = None
@@ -26,9 +26,9 @@ def upgrade() -> None:
     sa.Column('key_prefix', sa.String(length=16), nullable=False),
     sa.Column('webhook_secret', sa.String(length=100), nullable=False),
     sa.Column('previous_webhook_secret', sa.String(length=100), nullable=True),
-    sa.Column('previous_secret_expires_at', service.tables.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('created_at', service.tables.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('revoked_at', service.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('previous_secret_expires_at', service.core.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', service.core.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('revoked_at', service.core.tables.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('key_hash')
     )
@@ -38,8 +38,8 @@ def upgrade() -> None:
     sa.Column('hostname', sa.String(length=200), nullable=False),
     sa.Column('device', sa.String(length=40), nullable=False),
     sa.Column('max_batch', sa.Integer(), nullable=False),
-    sa.Column('started_at', service.tables.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('heartbeat_at', service.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('started_at', service.core.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('heartbeat_at', service.core.tables.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index(op.f('ix_workers_model'), 'workers', ['model'], unique=False)
@@ -50,8 +50,8 @@ def upgrade() -> None:
     sa.Column('total', sa.Integer(), nullable=False),
     sa.Column('webhook', sa.Text(), nullable=True),
     sa.Column('metadata', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', service.tables.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('completed_at', service.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', service.core.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('completed_at', service.core.tables.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['api_key_id'], ['api_keys.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
@@ -76,14 +76,14 @@ def upgrade() -> None:
     sa.Column('request_hash', sa.String(length=64), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('worker_id', sa.String(length=200), nullable=True),
-    sa.Column('lease_expires_at', service.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('lease_expires_at', service.core.tables.UTCDateTime(timezone=True), nullable=True),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
-    sa.Column('deadline_at', service.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('deadline_at', service.core.tables.UTCDateTime(timezone=True), nullable=True),
     sa.Column('progress', sa.Float(), nullable=True),
-    sa.Column('created_at', service.tables.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('enqueued_at', service.tables.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('started_at', service.tables.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('completed_at', service.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', service.core.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('enqueued_at', service.core.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', service.core.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('completed_at', service.core.tables.UTCDateTime(timezone=True), nullable=True),
     sa.Column('run_seconds', sa.Float(), nullable=True),
     sa.ForeignKeyConstraint(['api_key_id'], ['api_keys.id'], ),
     sa.ForeignKeyConstraint(['batch_id'], ['batches.id'], ),
@@ -104,8 +104,8 @@ def upgrade() -> None:
     sa.Column('payload', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', service.tables.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('created_at', service.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('next_attempt_at', service.core.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', service.core.tables.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['api_key_id'], ['api_keys.id'], ),
     sa.ForeignKeyConstraint(['batch_id'], ['batches.id'], ),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ),
@@ -117,11 +117,11 @@ def upgrade() -> None:
     op.create_table('webhook_deliveries',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('event_id', sa.String(length=40), nullable=False),
-    sa.Column('attempted_at', service.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('attempted_at', service.core.tables.UTCDateTime(timezone=True), nullable=False),
     sa.Column('status_code', sa.Integer(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('duration_ms', sa.Float(), nullable=True),
-    sa.Column('next_attempt_at', service.tables.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('next_attempt_at', service.core.tables.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['event_id'], ['webhook_events.id'], ),
     sa.PrimaryKeyConstraint('id')
     )

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import service.tables
+import service.core.tables
 
 revision: str = '0002'
 down_revision: str | None = '0001'
@@ -25,7 +25,7 @@ def upgrade() -> None:
     op.add_column('batches', sa.Column('n_failed', sa.Integer(), nullable=False, server_default='0'))
     op.add_column('batches', sa.Column('n_canceled', sa.Integer(), nullable=False, server_default='0'))
     op.add_column('batches', sa.Column('input_format', sa.String(length=8), nullable=False, server_default='jsonl'))
-    op.add_column('batches', sa.Column('started_at', service.tables.UTCDateTime(timezone=True), nullable=True))
+    op.add_column('batches', sa.Column('started_at', service.core.tables.UTCDateTime(timezone=True), nullable=True))
     # ### end Alembic commands ###
 
 

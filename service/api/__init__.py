@@ -10,16 +10,15 @@ from flask import Flask, g, request
 from service.api import batches, catalog, deliveries, files, jobs, ops
 from service.api.context import ModelInfo, Runtime, close_db
 from service.api.errors import register_error_handlers
+from service.api.metrics import ApiMetrics, add_run_time_collector, add_webhook_collector
 from service.api.ratelimit import RateLimiter
 from service.api.ratelimit import headers as rate_headers
-from service.db import make_engine, make_sessionmaker
-from service.jobs import RUN_SECONDS_BUCKETS, counts_by_model, run_seconds_histogram
-from service.metrics import ApiMetrics, add_run_time_collector, add_webhook_collector
-from service.outbox import event_counts
-from service.publish import queue_depth
-from service.settings import Settings, load_settings
-from service.storage import storage_from_settings
-from service.workers.celery_app import make_celery
+from service.core.broker import make_celery, queue_depth
+from service.core.db import make_engine, make_sessionmaker
+from service.core.settings import Settings, load_settings
+from service.core.storage import storage_from_settings
+from service.lifecycle.outbox import event_counts
+from service.lifecycle.stats import RUN_SECONDS_BUCKETS, counts_by_model, run_seconds_histogram
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from flask import g, request
 
 from service.api.context import db
 from service.api.errors import ApiError
-from service.keys import find_key, hash_key
+from service.core.keys import find_key, hash_key
 
 # Known keys are remembered briefly so a poll costs one query, not two. A revoked
 # key therefore keeps working for up to this long in each API process.

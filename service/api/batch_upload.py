@@ -8,13 +8,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from service.api.context import ModelInfo
 from service.api.errors import ApiError
 from service.api.submit import CheckedJob, check_job
-from service.settings import Settings
+from service.core.settings import Settings
+from service.lifecycle.jobs import JobSpec
 
 MAX_LISTED_ERRORS = 200
 TOP_LEVEL = {"model", "task", "input", "webhook", "webhook_events", "metadata"}
@@ -29,6 +30,10 @@ class Line:
     line_no: int  # 1-based; a CSV's header row is line 1
     custom_id: str | None
     job: CheckedJob
+
+    @property
+    def spec(self) -> JobSpec:
+        return replace(self.job.spec, custom_id=self.custom_id, line_no=self.line_no)
 
 
 class UploadRejected(ApiError):

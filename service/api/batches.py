@@ -8,17 +8,16 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
-from service import batches as crud
 from service.api.auth import require_api_key
 from service.api.batch_upload import detect_format, parse_defaults, parse_upload
 from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError, validation_error
-from service.api.submit import _check_webhook
-from service.ids import new_ids
-from service.jobs import mark_unpublished
-from service.jobview import batch_object, with_fresh_urls
-from service.publish import publish
-from service.tables import Batch
+from service.api.responses import BatchList
+from service.api.submit import check_webhook
+from service.core.tables import Batch
+from service.lifecycle import batches as crud
+from service.lifecycle.jobs import publish_jobs
+from service.lifecycle.views import batch_view, public, result_line
 
 bp = Blueprint("batches", __name__)
 bp.before_request(require_api_key)
@@ -44,21 +43,6 @@ def _json_part(name: str) -> dict[str, Any]:
     return value
 
 
-def _job_columns(line: Any) -> dict[str, Any]:
-    body = line.job.body
-    data = dict(line.job.input)
-    return {
-        "model": body.model,
-        "task": body.task,
-        "input": data,
-        "metadata_": body.metadata or {},
-        "webhook": body.webhook,
-        "webhook_events": body.webhook_events or ["completed"],
-        "custom_id": line.custom_id,
-        "line_no": line.line_no,
-    }
-
-
 @bp.post("/v1/batches")
 def create_batch() -> tuple[Response, int]:
     rt = runtime()
@@ -80,57 +64,35 @@ def create_batch() -> tuple[Response, int]:
     defaults = parse_defaults(request.form.get("defaults"))
     webhook = request.form.get("webhook") or None
     if webhook is not None:
-        _check_webhook(webhook, settings)
+        check_webhook(webhook, settings)
     metadata = _json_part("metadata")
     lines = parse_upload(data, fmt, defaults, rt.models, settings)
 
     session = db()
-    ids = new_ids("job", len(lines))  # consecutive: workers take lines in upload order
-    jobs = []
-    for job_id, line in zip(ids, lines, strict=True):
-        job = _job_columns(line)
-        image = line.job.image
-        if image is not None:  # stored before any row exists, as for single jobs
-            key = f"inputs/{job_id}/image.{image.extension}"
-            rt.storage.put(key, image.data, image.content_type)
-            job["input"]["image"] = {
-                "key": key,
-                "content_type": image.content_type,
-                "width": image.width,
-                "height": image.height,
-                "bytes": len(image.data),
-            }
-        jobs.append(job)
-    batch = crud.create_batch(
+    batch, ids = crud.create_batch(
         session=session,
+        storage=rt.storage,
         api_key_id=current_key().id,
-        ids=ids,
-        jobs=jobs,
+        specs=[line.spec for line in lines],
         input_format=fmt,
         webhook=webhook,
         metadata=metadata,
     )
     session.commit()
-
-    # A few wake-ups, one per model, not one message per line: each worker run passes
-    # the baton while the model has queued jobs (service/workers/executor.py).
-    first: dict[str, str] = {}
-    for job_id, job in zip(ids, jobs, strict=True):
-        first.setdefault(job["model"], job_id)
-    wakeups = [
-        (job_id, model)
-        for model, job_id in first.items()
-        for _ in range(min(settings.batch_wakeups, len(ids)))
-    ]
-    if publish(rt.celery, wakeups, settings.publish_max_retries):
-        mark_unpublished(session=session, job_ids=ids)
-        session.commit()
-    return jsonify(batch_object(batch)), 202
+    publish_jobs(
+        session=session,
+        celery=rt.celery,
+        wakeups=crud.wakeups(ids, [line.job.body.model for line in lines], settings.batch_wakeups),
+        job_ids=ids,
+        max_retries=settings.publish_max_retries,
+    )
+    session.commit()
+    return jsonify(public(batch_view(batch))), 202
 
 
 @bp.get("/v1/batches/<batch_id>")
 def read_batch(batch_id: str) -> Response:
-    return jsonify(batch_object(_owned(batch_id)))
+    return jsonify(public(batch_view(_owned(batch_id))))
 
 
 @bp.get("/v1/batches")
@@ -144,21 +106,20 @@ def list_batches() -> Response:
         limit=int(raw_limit),
         after=request.args.get("after") or None,
     )
-    return jsonify(
-        {
-            "object": "list",
-            "data": [batch_object(b) for b in rows],
-            "has_more": has_more,
-            "next": rows[-1].id if has_more and rows else None,
-        }
+    page = BatchList(
+        object="list",
+        data=[batch_view(b) for b in rows],
+        has_more=has_more,
+        next=rows[-1].id if has_more and rows else None,
     )
+    return jsonify(public(page))
 
 
 @bp.post("/v1/batches/<batch_id>/cancel")
 def cancel_batch(batch_id: str) -> Response:
     batch = crud.cancel_batch(session=db(), batch=_owned(batch_id))
     db().commit()
-    return jsonify(batch_object(batch))
+    return jsonify(public(batch_view(batch)))
 
 
 @bp.get("/v1/batches/<batch_id>/results")
@@ -169,20 +130,6 @@ def batch_results(batch_id: str) -> Response:
 
     def lines() -> Iterator[str]:
         for row in crud.iter_results(session=db(), batch_id=batch_id):
-            output = row.output
-            if output is not None:
-                output = with_fresh_urls({"output": output}, rt.storage, expires)["output"]
-            yield (
-                json.dumps(
-                    {
-                        "custom_id": row.custom_id,
-                        "job_id": row.id,
-                        "status": row.status,
-                        "output": output,
-                        "error": row.error,
-                    }
-                )
-                + "\n"
-            )
+            yield json.dumps(public(result_line(row, rt.storage, expires))) + "\n"
 
     return Response(stream_with_context(lines()), mimetype="application/x-ndjson")

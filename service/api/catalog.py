@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from service import jobs as crud
 from service.api.auth import require_api_key
 from service.api.context import db, runtime
+from service.api.responses import ModelList, ModelObject
+from service.lifecycle import stats
+from service.lifecycle.status import JobStatus
+from service.lifecycle.views import public
 
 bp = Blueprint("catalog", __name__)
 bp.before_request(require_api_key)
@@ -16,21 +19,21 @@ bp.before_request(require_api_key)
 def list_models() -> Response:
     rt = runtime()
     session = db()
-    counts = crud.counts_by_model(session=session)
-    workers = crud.live_workers(
+    counts = stats.counts_by_model(session=session)
+    workers = stats.live_workers(
         session=session, stale_after=3 * rt.settings.worker_heartbeat_seconds
     )
     data = [
-        {
-            "id": info.id,
-            "object": "model",
-            "family": info.family,
-            "tasks": list(info.tasks),
-            "defaults": info.defaults,
-            "workers": workers.get(info.id, 0),
-            "queued": counts.get((info.id, "queued"), 0),
-            "running": counts.get((info.id, "running"), 0),
-        }
+        ModelObject(
+            id=info.id,
+            object="model",
+            family=info.family,
+            tasks=list(info.tasks),  # type: ignore[arg-type]
+            defaults=info.defaults,
+            workers=workers.get(info.id, 0),
+            queued=counts.get((info.id, JobStatus.QUEUED), 0),
+            running=counts.get((info.id, JobStatus.RUNNING), 0),
+        )
         for info in rt.models.values()
     ]
-    return jsonify({"object": "list", "data": data})
+    return jsonify(public(ModelList(object="list", data=data)))

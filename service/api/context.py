@@ -10,8 +10,8 @@ from flask import current_app, g
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.settings import Settings
-from service.storage import Storage
+from service.core.settings import Settings
+from service.core.storage import Storage
 
 if TYPE_CHECKING:
     from service.api.auth import Principal

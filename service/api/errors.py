@@ -8,6 +8,9 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from service.api.responses import ErrorBody, ErrorResponse
+from service.lifecycle.views import public
+
 log = logging.getLogger(__name__)
 
 # Werkzeug's HTTP errors, by status, as snake_case codes.
@@ -59,10 +62,10 @@ def validation_error(details: list[dict[str, Any]], message: str | None = None) 
 def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> Response:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if details is not None:
-        body["details"] = details
-    response = jsonify({"error": body})
+    body = ErrorBody(code=code, message=message)
+    if details is not None:  # absent, not null, when there are none
+        body.details = details
+    response = jsonify(public(ErrorResponse(error=body)))
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value

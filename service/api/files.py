@@ -8,7 +8,7 @@ from flask import Blueprint, Response, request
 
 from service.api.context import runtime
 from service.api.errors import ApiError
-from service.storage import LocalStorage
+from service.core.storage import LocalStorage
 
 bp = Blueprint("files", __name__)
 

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import timedelta
-from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy.exc import IntegrityError
 
-from service import jobs as crud
 from service.api.auth import require_api_key
 from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError, validation_error
+from service.api.responses import JobList
 from service.api.submit import Submission, parse_submission
-from service.ids import new_id
-from service.jobview import job_object
-from service.publish import publish
-from service.tables import STATUSES, TERMINAL, Job, utcnow
+from service.core.tables import Job
+from service.lifecycle import jobs as crud
+from service.lifecycle.status import STATUSES, JobStatus, is_terminal
+from service.lifecycle.views import JobObject, job_view, public
 
 bp = Blueprint("jobs", __name__)
 bp.before_request(require_api_key)
@@ -26,12 +24,17 @@ bp.before_request(require_api_key)
 _WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)")
 
 
-def render(job: Job, status: int = 200) -> tuple[Response, int]:
+def view(job: Job) -> JobObject:
+    """The job object as clients see it, with its queue position while queued."""
     rt = runtime()
     position = None
-    if job.status == "queued":
+    if job.status == JobStatus.QUEUED:
         position = crud.queue_position(session=db(), job=job)
-    return jsonify(job_object(job, rt.storage, rt.settings.url_expiry_seconds, position)), status
+    return job_view(job, rt.storage, rt.settings.url_expiry_seconds, position)
+
+
+def render(job: Job, status: int = 200) -> tuple[Response, int]:
+    return jsonify(public(view(job))), status
 
 
 def _owned(job_id: str) -> Job:
@@ -65,37 +68,15 @@ def create_job() -> tuple[Response, int]:
         if existing is not None:
             return _replay(existing, sub)
 
-    job_id = new_id("job")
-    stored_input: dict[str, Any] = dict(sub.input)
-    if sub.image is not None:
-        image_key = f"inputs/{job_id}/image.{sub.image.extension}"
-        # Stored before the row exists: a worker never sees a job without its image.
-        rt.storage.put(image_key, sub.image.data, sub.image.content_type)
-        stored_input["image"] = {
-            "key": image_key,
-            "content_type": sub.image.content_type,
-            "width": sub.image.width,
-            "height": sub.image.height,
-            "bytes": len(sub.image.data),
-        }
-    now = utcnow()
-    job = Job(
-        id=job_id,
+    job = crud.create_job(
+        session=session,
+        storage=rt.storage,
         api_key_id=key.id,
-        model=sub.body.model,
-        task=sub.body.task,
-        status="queued",
-        input=stored_input,
-        metadata_=sub.body.metadata or {},
-        webhook=sub.body.webhook,
-        webhook_events=sub.body.webhook_events or ["completed"],
+        spec=sub.spec,
         idempotency_key=sub.idempotency_key,
         request_hash=sub.request_hash,
-        created_at=now,
-        enqueued_at=now,
-        deadline_at=now + timedelta(seconds=sub.cancel_after) if sub.cancel_after else None,
+        cancel_after=sub.cancel_after,
     )
-    session.add(job)
     try:
         session.commit()
     except IntegrityError:
@@ -107,9 +88,14 @@ def create_job() -> tuple[Response, int]:
             raise
         return _replay(existing, sub)
 
-    if publish(rt.celery, [(job.id, job.model)], rt.settings.publish_max_retries):
-        crud.mark_unpublished(session=session, job_ids=[job.id])
-        session.commit()
+    crud.publish_jobs(
+        session=session,
+        celery=rt.celery,
+        wakeups=[(job.id, job.model)],
+        job_ids=[job.id],
+        max_retries=rt.settings.publish_max_retries,
+    )
+    session.commit()
     return _render_after_wait(job, 202)
 
 
@@ -125,7 +111,7 @@ def _render_after_wait(job: Job, status: int = 200) -> tuple[Response, int]:
     wait = _wait_seconds()
     deadline = time.monotonic() + wait
     session = db()
-    while job.status not in TERMINAL and time.monotonic() < deadline:
+    while not is_terminal(job.status) and time.monotonic() < deadline:
         session.rollback()  # hand the connection back while we sleep
         time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
         job = _owned(job.id)
@@ -163,30 +149,19 @@ def list_jobs() -> Response:
         model=args.get("model"),
         batch_id=args.get("batch_id"),
     )
-    rt = runtime()
-    data = [
-        job_object(
-            j,
-            rt.storage,
-            rt.settings.url_expiry_seconds,
-            crud.queue_position(session=db(), job=j) if j.status == "queued" else None,
-        )
-        for j in rows
-    ]
-    return jsonify(
-        {
-            "object": "list",
-            "data": data,
-            "has_more": has_more,
-            "next": rows[-1].id if has_more and rows else None,
-        }
+    page = JobList(
+        object="list",
+        data=[view(j) for j in rows],
+        has_more=has_more,
+        next=rows[-1].id if has_more and rows else None,
     )
+    return jsonify(public(page))
 
 
 @bp.post("/v1/jobs/<job_id>/cancel")
 def cancel_job(job_id: str) -> tuple[Response, int]:
     job = _owned(job_id)
-    if job.status not in TERMINAL:
+    if not is_terminal(job.status):
         crud.request_cancel(session=db(), job=job)
         db().commit()
     return render(job)

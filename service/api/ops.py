@@ -9,7 +9,7 @@ from sqlalchemy import text
 from service.api.context import runtime
 from service.api.errors import error_response
 from service.api.openapi import openapi_document
-from service.storage import StorageError
+from service.core.storage import StorageError
 
 bp = Blueprint("ops", __name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import redis
 
 from service.api.errors import ApiError
-from service.settings import Settings
+from service.core.settings import Settings
 
 log = logging.getLogger(__name__)
 WINDOW = 60

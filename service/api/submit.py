@@ -18,12 +18,25 @@ from pydantic import ValidationError
 
 from service.api.context import ModelInfo
 from service.api.errors import ApiError, validation_error
-from service.images import CheckedImage, ImageRejected, check_image, decode_base64_image
-from service.schemas import SEED_MAX, JobCreate, error_details, input_model
-from service.settings import Settings
+from service.api.schemas import SEED_MAX, JobCreate, error_details, input_model
+from service.core.images import CheckedImage, ImageRejected, check_image, decode_base64_image
+from service.core.settings import Settings
+from service.lifecycle.jobs import JobSpec
 from service.webhooks.ssrf import UnsafeWebhookURL, check_webhook_url
 
 MAX_CANCEL_AFTER = 7 * 24 * 3600
+
+
+def _spec(body: JobCreate, data: dict[str, Any], image: CheckedImage | None) -> JobSpec:
+    return JobSpec(
+        model=body.model,
+        task=body.task,
+        input=dict(data),
+        image=image,
+        metadata=body.metadata or {},
+        webhook=body.webhook,
+        webhook_events=body.webhook_events,
+    )
 
 
 @dataclass
@@ -34,6 +47,10 @@ class Submission:
     request_hash: str
     idempotency_key: str | None
     cancel_after: float | None
+
+    @property
+    def spec(self) -> JobSpec:
+        return _spec(self.body, self.input, self.image)
 
 
 def _field_error(field: str, message: str) -> ApiError:
@@ -74,7 +91,7 @@ def _canonical_hash(job: Any, image: bytes | None) -> str:
     return digest.hexdigest()
 
 
-def _check_webhook(url: str, settings: Settings | None = None) -> None:
+def check_webhook(url: str, settings: Settings | None = None) -> None:
     """The SSRF guard at submit (service/webhooks/ssrf.py); delivery checks again."""
     if settings is None:  # callers inside a request may leave it to the app's settings
         from service.api.context import runtime
@@ -114,6 +131,10 @@ class CheckedJob:
     input: dict[str, Any]  # validated; seed chosen when absent
     image: CheckedImage | None
 
+    @property
+    def spec(self) -> JobSpec:
+        return _spec(self.body, self.input, self.image)
+
 
 def check_job(
     job: Any,
@@ -151,7 +172,7 @@ def check_job(
     data.pop("image", None)
     _family_rules(model, body.task, data)
     if body.webhook is not None:
-        _check_webhook(body.webhook, settings)
+        check_webhook(body.webhook, settings)
 
     image = None
     if body.task == "understand":

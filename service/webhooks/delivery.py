@@ -25,10 +25,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.jobview import iso, with_fresh_urls
-from service.settings import Settings
-from service.storage import Storage
-from service.tables import ApiKey, WebhookDelivery, WebhookEvent, utcnow
+from service.core.settings import Settings
+from service.core.storage import Storage
+from service.core.tables import ApiKey, WebhookDelivery, WebhookEvent, utcnow
+from service.lifecycle.views import iso, with_fresh_urls
 from service.webhooks import ssrf
 from service.webhooks.signing import signing_secrets, webhook_headers
 from service.webhooks.transport import TransportError, post

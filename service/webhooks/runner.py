@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import session_scope
-from service.settings import Settings
-from service.storage import Storage, storage_from_settings
-from service.tables import utcnow
+from service.core.db import session_scope
+from service.core.settings import Settings
+from service.core.storage import Storage, storage_from_settings
+from service.core.tables import utcnow
 from service.webhooks.delivery import Claimed, attempt, claim_due, record
 
 log = logging.getLogger(__name__)

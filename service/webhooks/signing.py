@@ -14,7 +14,7 @@ import hmac
 from collections.abc import Sequence
 from datetime import datetime
 
-from service.tables import ApiKey
+from service.core.tables import ApiKey
 
 PREFIX = "whsec_"
 

@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from service.settings import Settings
+from service.core.settings import Settings
 from service.webhooks.addresses import IPAddress, inet_aton, is_metadata, refusal_reason
 
 Resolver = Callable[..., list[tuple[Any, ...]]]

@@ -17,10 +17,14 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import jobs as crud
-from service.db import session_scope
-from service.images import open_rgb
-from service.logs import job_fields, log_context
+from service.core.db import session_scope
+from service.core.images import open_rgb
+from service.core.logs import job_fields, log_context
+from service.core.settings import Settings
+from service.core.storage import Storage, StorageError
+from service.core.tables import Job, utcnow
+from service.lifecycle import claims
+from service.lifecycle.status import JobStatus, deadline_error
 from service.models.base import (
     Canceled,
     GenerateRequest,
@@ -31,9 +35,6 @@ from service.models.base import (
     UnderstandRequest,
     UnderstandResult,
 )
-from service.settings import Settings
-from service.storage import Storage, StorageError
-from service.tables import Job, utcnow
 from service.workers import metrics as worker_metrics
 from service.workers.lease import LeaseKeeper
 
@@ -83,7 +84,7 @@ class Executor:
             return
         try:
             with session_scope(self.sessions) as session:
-                more = crud.has_queued(session=session, model=self.model_id)
+                more = claims.has_queued(session=session, model=self.model_id)
         except OperationalError:
             more = True  # can't tell: a spare wake-up costs one empty claim
         if more:
@@ -93,7 +94,7 @@ class Executor:
     def _claim(self, job_id: str) -> list[Job]:
         s = self.settings
         with session_scope(self.sessions) as session:
-            claimed = crud.claim_next(
+            claimed = claims.claim_next(
                 session=session,
                 model=self.model_id,
                 worker_id=self.worker_id,
@@ -106,7 +107,7 @@ class Executor:
         batch = []
         for job in claimed:
             if job.deadline_at is not None and job.deadline_at <= utcnow():
-                self._finish(job.id, "canceled", error=_deadline_error())
+                self._finish(job.id, JobStatus.CANCELED, error=deadline_error())
             else:
                 batch.append(job)
         return batch
@@ -115,7 +116,7 @@ class Executor:
         try:
             with session_scope(self.sessions) as session:
                 for job in batch:
-                    crud.release(session=session, job_id=job.id, worker_id=self.worker_id)
+                    claims.release(session=session, job_id=job.id, worker_id=self.worker_id)
         except OperationalError:
             log.warning("could not release %d job(s); their leases will expire", len(batch))
 
@@ -129,7 +130,8 @@ class Executor:
                 requests.append(self._request(job))
                 runnable.append(job)
             except ModelError as exc:
-                self._finish(job.id, "failed", error={"code": exc.code, "message": str(exc)})
+                error = {"code": exc.code, "message": str(exc)}
+                self._finish(job.id, JobStatus.FAILED, error=error)
         if not runnable:
             return
         keeper = LeaseKeeper(
@@ -188,12 +190,12 @@ class Executor:
         self, job: Job, index: int, result: Any, keeper: LeaseKeeper, elapsed: float
     ) -> None:
         if isinstance(result, Canceled):
-            error = _deadline_error() if keeper.deadline_passed(index) else None
-            self._finish(job.id, "canceled", error=error, run_seconds=elapsed)
+            error = deadline_error() if keeper.deadline_passed(index) else None
+            self._finish(job.id, JobStatus.CANCELED, error=error, run_seconds=elapsed)
         elif isinstance(result, ModelError):
             self._finish(
                 job.id,
-                "failed",
+                JobStatus.FAILED,
                 error={"code": result.code, "message": str(result)},
                 run_seconds=elapsed,
             )
@@ -201,21 +203,21 @@ class Executor:
             images = [self._upload(job.id, n, img) for n, img in enumerate(result.images)]
             self._finish(
                 job.id,
-                "succeeded",
+                JobStatus.SUCCEEDED,
                 output={"images": images, "seed": job.input["seed"]},
                 run_seconds=elapsed,
             )
         elif isinstance(result, UnderstandResult):
             self._finish(
                 job.id,
-                "succeeded",
+                JobStatus.SUCCEEDED,
                 output={"text": result.text, "seed": job.input["seed"]},
                 run_seconds=elapsed,
             )
         else:
             self._finish(
                 job.id,
-                "failed",
+                JobStatus.FAILED,
                 run_seconds=elapsed,
                 error={
                     "code": "model_error",
@@ -235,10 +237,10 @@ class Executor:
             "content_type": "image/png",
         }
 
-    def _finish(self, job_id: str, status: str, **fields: Any) -> None:
+    def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
         def commit() -> bool:
             with session_scope(self.sessions) as session:
-                if not crud.finish(
+                if not claims.finish(
                     session=session,
                     job_id=job_id,
                     worker_id=self.worker_id,
@@ -254,10 +256,6 @@ class Executor:
             owned = _retry(commit, OperationalError)
             log.info("job %s: %s", job_id, status)
         worker_metrics.record_finish(self.model_id, status if owned else "dropped")
-
-
-def _deadline_error() -> dict[str, str]:
-    return {"code": "deadline_exceeded", "message": "the job's Cancel-After deadline passed"}
 
 
 def _retry(fn: Any, errors: type[Exception] | tuple[type[Exception], ...], tries: int = 4) -> Any:

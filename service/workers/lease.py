@@ -9,9 +9,9 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import jobs as crud
-from service.db import session_scope
-from service.tables import utcnow
+from service.core.db import session_scope
+from service.core.tables import utcnow
+from service.lifecycle import claims
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class LeaseKeeper:
         started = time.monotonic()
         try:
             with session_scope(self.sessions) as session:
-                cancel, lost = crud.renew_leases(
+                cancel, lost = claims.renew_leases(
                     session=session,
                     worker_id=self.worker_id,
                     lease_seconds=self.lease_seconds,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery, Task
 
-from service.workers.celery_app import RUN_JOB
+from service.core.broker import RUN_JOB
 from service.workers.executor import Executor, TransientError
 
 MAX_TRANSIENT_RETRIES = 5

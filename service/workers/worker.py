@@ -19,15 +19,14 @@ import time
 
 from sqlalchemy import delete, update
 
-from service.db import make_engine, make_sessionmaker, session_scope
-from service.ids import new_id
-from service.logs import adopt_library_logs, set_process_context
-from service.publish import publish
-from service.settings import Settings
-from service.storage import storage_from_settings
-from service.tables import Worker, utcnow
+from service.core.broker import make_celery, publish, queue_name
+from service.core.db import make_engine, make_sessionmaker, session_scope
+from service.core.ids import new_id
+from service.core.logs import adopt_library_logs, set_process_context
+from service.core.settings import Settings
+from service.core.storage import storage_from_settings
+from service.core.tables import Worker, utcnow
 from service.workers import metrics as worker_metrics
-from service.workers.celery_app import make_celery, queue_name
 from service.workers.executor import Executor
 from service.workers.tasks import register_tasks
 

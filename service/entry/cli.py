@@ -1,4 +1,4 @@
-"""`janus-service`: the operator's commands (API.md, "Running it")."""
+"""`janus-service`: the operator's commands (docs/API.md, "Command line")."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 from pydantic import ValidationError
 
-from service.settings import Settings, load_settings
+from service.core.settings import Settings, load_settings
 
 
 def _settings() -> Settings:
@@ -20,21 +20,21 @@ def _settings() -> Settings:
 
 
 def _setup_logging(level: str, fmt: str = "text") -> None:
-    from service.logs import setup_logging
+    from service.core.logs import setup_logging
 
     setup_logging(level, fmt)  # fmt "json": one JSON object per line (JANUS_LOG_FORMAT)
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
-    from service.migrate import upgrade
+    from service.entry.migrate import upgrade
 
     upgrade(_settings().database_url)
     print("database is at the latest schema", file=sys.stderr)
 
 
 def cmd_keys_create(args: argparse.Namespace) -> None:
-    from service.db import make_engine, make_sessionmaker, session_scope
-    from service.keys import create_key
+    from service.core.db import make_engine, make_sessionmaker, session_scope
+    from service.core.keys import create_key
 
     sessions = make_sessionmaker(make_engine(_settings().database_url))
     with session_scope(sessions) as session:
@@ -48,8 +48,8 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> None:
-    from service.db import make_engine, make_sessionmaker, session_scope
-    from service.keys import KeyLookupError, revoke_key
+    from service.core.db import make_engine, make_sessionmaker, session_scope
+    from service.core.keys import KeyLookupError, revoke_key
 
     sessions = make_sessionmaker(make_engine(_settings().database_url))
     try:
@@ -61,9 +61,9 @@ def cmd_keys_revoke(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> None:
-    from service.db import make_engine, make_sessionmaker, session_scope
-    from service.jobview import iso
-    from service.keys import list_keys
+    from service.core.db import make_engine, make_sessionmaker, session_scope
+    from service.core.keys import list_keys
+    from service.lifecycle.views import iso
 
     sessions = make_sessionmaker(make_engine(_settings().database_url))
     with session_scope(sessions) as session:
@@ -86,8 +86,8 @@ def cmd_keys_list(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_rotate_secret(args: argparse.Namespace) -> None:
-    from service.db import make_engine, make_sessionmaker, session_scope
-    from service.keys import KeyLookupError, rotate_secret
+    from service.core.db import make_engine, make_sessionmaker, session_scope
+    from service.core.keys import KeyLookupError, rotate_secret
 
     settings = _settings()
     sessions = make_sessionmaker(make_engine(settings.database_url))
@@ -113,7 +113,7 @@ def cmd_keys_rotate_secret(args: argparse.Namespace) -> None:
 
 
 def cmd_api(args: argparse.Namespace) -> None:
-    from service.server import serve
+    from service.entry.server import serve
 
     serve(_settings(), host=args.host, port=args.port, workers=args.workers, threads=args.threads)
 
@@ -141,7 +141,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> None:
-    from service.workers.dispatcher import run_dispatcher
+    from service.entry.dispatcher import run_dispatcher
 
     run_dispatcher(_settings())
 
@@ -156,7 +156,7 @@ def cmd_tiny_checkpoint(args: argparse.Namespace) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> None:
-    from service import batch_client
+    from service.entry import batch_client
 
     command = (
         batch_client.submit_command
@@ -173,7 +173,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
-    from service.dev import run_dev
+    from service.entry.dev import run_dev
 
     run_dev(_settings(), port=args.port)
 

@@ -11,8 +11,8 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.ids import new_id
-from service.tables import ApiKey, utcnow
+from service.core.ids import new_id
+from service.core.tables import ApiKey, utcnow
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 TINY_ID = "janus-pro-tiny"
 
@@ -44,7 +44,7 @@ def _dev_key(settings: Settings, env: dict[str, str]) -> str:
     if path.exists():
         return json.loads(path.read_text())["key"]
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "keys", "create", "--name", "dev", "--json"],
+        [sys.executable, "-m", "service.entry.cli", "keys", "create", "--name", "dev", "--json"],
         env=env,
         check=True,
         capture_output=True,
@@ -82,7 +82,7 @@ def run_dev(settings: Settings, port: int = 8000) -> None:
         "JANUS_PUBLIC_URL": public_url,
         "JANUS_DATA_DIR": str(settings.data_dir.resolve()),
     }
-    cli = [sys.executable, "-m", "service.cli"]
+    cli = [sys.executable, "-m", "service.entry.cli"]
     subprocess.run([*cli, "migrate"], env=env, check=True)
     key = _dev_key(settings, env)
 

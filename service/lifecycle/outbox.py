@@ -13,16 +13,17 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.ids import new_id
-from service.jobview import batch_object, job_object
-from service.tables import Batch, Job, WebhookEvent, utcnow
+from service.core.ids import new_id
+from service.core.tables import Batch, Job, WebhookEvent, utcnow
+from service.lifecycle.status import JobStatus
+from service.lifecycle.views import batch_object, job_object
 
 # What each job status announces, and which `webhook_events` filter lets it through.
 _JOB_EVENTS = {
-    "running": ("job.started", "started"),
-    "succeeded": ("job.succeeded", "completed"),
-    "failed": ("job.failed", "completed"),
-    "canceled": ("job.canceled", "completed"),
+    JobStatus.RUNNING: ("job.started", "started"),
+    JobStatus.SUCCEEDED: ("job.succeeded", "completed"),
+    JobStatus.FAILED: ("job.failed", "completed"),
+    JobStatus.CANCELED: ("job.canceled", "completed"),
 }
 
 

@@ -23,9 +23,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
-TERMINAL = ("succeeded", "failed", "canceled")
-STATUSES = ("queued", "running", *TERMINAL)
-
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -74,8 +71,8 @@ class Batch(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
-    # queued | running | completed | canceling | canceled ("completed": every job terminal)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    # A BatchStatus, written only by service.lifecycle (which always sets it).
+    status: Mapped[str] = mapped_column(String(16))
     total: Mapped[int] = mapped_column(Integer, default=0)
     # Job counts by status, kept in the transactions that change job statuses, so a
     # poll reads one row instead of aggregating thousands.
@@ -107,7 +104,7 @@ class Job(Base):
     api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
     model: Mapped[str] = mapped_column(String(100))
     task: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16))  # a JobStatus, see service.lifecycle
     input: Mapped[dict[str, Any]] = mapped_column(JSONType)
     output: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)

@@ -1,4 +1,12 @@
-"""Publishing job ids to the broker, only ever after the rows are committed."""
+"""The broker: the Celery app factory, queue names, publishing and queue depth.
+
+Both the API (publishing) and the workers (consuming) import it from here, below
+them. Messages carry only a job id; Postgres holds the job. The app follows
+Celery's delivery rules for long jobs: late acks with reject-on-worker-lost (a
+killed worker's message is redelivered), one message per process, and a Redis
+visibility timeout well above the longest job (else a long job runs twice).
+Worker-only configuration (the task, the consumer) lives in `service.workers`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,46 @@ import logging
 from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 
-from service.workers.celery_app import RUN_JOB, queue_name
+from service.core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+RUN_JOB = "janus.run_job"
+
+
+def queue_name(model: str) -> str:
+    return f"model.{model}"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("janus", broker=settings.broker_url, set_as_current=False)
+    transport: dict[str, object] = {}
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # Fail a publish fast when Redis is away; the sweeper republishes later.
+        transport.update(visibility_timeout=settings.visibility_timeout_seconds,
+                         socket_connect_timeout=2, socket_timeout=10, retry_on_timeout=True)
+        if settings.broker_key_prefix:
+            transport["global_keyprefix"] = settings.broker_key_prefix
+    # (kombu's SQLAlchemy transport hands its options to create_engine, so it gets none.)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        broker_connection_timeout=2,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_default_queue="janus.default",
+        enable_utc=True,
+    )
+    return app
 
 
 def publish(celery: Celery, jobs: list[tuple[str, str]], max_retries: int) -> list[str]:

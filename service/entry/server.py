@@ -9,7 +9,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 
 class _Gunicorn(BaseApplication):
@@ -59,7 +59,7 @@ def _child_exit(server: Any, worker: Any) -> None:
 
 def serve(settings: Settings, host: str, port: int, workers: int = 2, threads: int = 16) -> None:
     metrics_dir, made_here = _metrics_dir()
-    json_logs = {"logger_class": "service.logs.GunicornJsonLogger"}
+    json_logs = {"logger_class": "service.core.logs.GunicornJsonLogger"}
 
     def on_exit(_server: Any) -> None:
         if made_here:  # an operator's own directory is left alone

@@ -10,7 +10,9 @@ from typing import Any, TextIO
 
 import requests
 
-TERMINAL_BATCH = ("completed", "canceled")
+from service.lifecycle.status import TERMINAL, BatchStatus
+
+TERMINAL_BATCH = (BatchStatus.COMPLETED, BatchStatus.CANCELED)
 
 
 class ClientError(RuntimeError):
@@ -80,7 +82,7 @@ class BatchClient:
 def progress_line(batch: dict, elapsed: float, width: int = 30) -> str:
     counts = batch["counts"]
     total = counts["total"] or 1
-    done = counts["succeeded"] + counts["failed"] + counts["canceled"]
+    done = sum(counts[status] for status in TERMINAL)
     filled = int(width * done / total)
     eta = "--"
     if 0 < done < total:

@@ -6,10 +6,10 @@ import logging
 import signal
 import threading
 
-from service.db import make_engine, make_sessionmaker
-from service.settings import Settings
+from service.core.broker import make_celery
+from service.core.db import make_engine, make_sessionmaker
+from service.core.settings import Settings
 from service.webhooks.runner import start_webhook_runner
-from service.workers.celery_app import make_celery
 from service.workers.sweeper import sweep_once
 
 log = logging.getLogger(__name__)

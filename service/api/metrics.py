@@ -1,7 +1,7 @@
 """Prometheus metrics for the API: request counters, latencies, and job gauges read at scrape.
 
 Under gunicorn each worker process counts only the requests it served. With
-PROMETHEUS_MULTIPROC_DIR set (service/server.py sets it) counters and histograms
+PROMETHEUS_MULTIPROC_DIR set (service/entry/server.py sets it) counters and histograms
 are written to per-process files there and every scrape sums them, whichever
 worker answers. The job gauges need no sharing: they are read from the database
 and broker at each scrape.
@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from service.tables import STATUSES
+from service.lifecycle.status import STATUSES
 
 log = logging.getLogger(__name__)
 

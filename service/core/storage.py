@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlparse
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 
 class StorageError(Exception):

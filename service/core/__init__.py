@@ -1,0 +1,1 @@
+"""Shared foundations: settings, database, tables, storage, logging, ids, keys, broker."""
