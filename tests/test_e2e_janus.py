@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_IMAGE_SIZE, settings_env, start_worker
-from tests.test_api_jobs import png_bytes
-from tests.test_e2e_worker import fetch_png, wait_terminal
+from tests.helpers import (
+    CLI,
+    TEST_IMAGE_SIZE,
+    fetch_png,
+    png_bytes,
+    settings_env,
+    start_worker,
+    wait_terminal,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +28,7 @@ MODEL = "janus-1.3b"
 def janus_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("ckpt") / "janus-1.3b-tiny"
     subprocess.run(
-        [sys.executable, "-m", "service.entry.cli", "tiny-checkpoint", "--family", "janus",
+        [*CLI, "tiny-checkpoint", "--family", "janus",
          "--image-size", str(TEST_IMAGE_SIZE), str(out)],
         check=True, timeout=300,
     )

@@ -63,10 +63,19 @@ def load_runner(
 
 
 def runner_options(
-    family: str, *, compile: bool = False, upsample_1024: bool = False, vae_path: str | None = None
+    family: str,
+    *,
+    compile: bool = False,
+    upsample_1024: bool = False,
+    vae_path: str | None = None,
+    batch_invariant: str = "auto",
 ) -> dict[str, Any]:
     """The worker's flags and settings that apply to a family's runner (runners read no
-    environment or settings of their own)."""
+    environment or settings of their own). `batch_invariant`: auto, on or off."""
+    if batch_invariant not in ("auto", "on", "off"):
+        raise ValueError(f"batch_invariant must be auto, on or off, not {batch_invariant!r}")
+    invariant = {"batch_invariant": None if batch_invariant == "auto" else batch_invariant == "on"}
     if family == JANUSFLOW:
-        return {"upsample_1024": upsample_1024, **({"vae_path": vae_path} if vae_path else {})}
-    return {"compile": compile}
+        vae = {"vae_path": vae_path} if vae_path else {}
+        return {"upsample_1024": upsample_1024, **vae, **invariant}
+    return {"compile": compile, **invariant}

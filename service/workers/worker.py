@@ -67,6 +67,7 @@ def run_worker(
             compile=compile,
             upsample_1024=upsample_1024,
             vae_path=settings.vae_path,
+            batch_invariant=settings.batch_invariant,
         )
         runner = load_runner(path, device=device, model_id=model_id, **options)
     except CheckpointError as exc:
