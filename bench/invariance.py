@@ -7,7 +7,7 @@ products and with `service.models.invariance` (one product per row), interleaved
 --repeats, and prints seconds per image, the cost, and whether job 0's output was the same
 bits alone and inside the batch in each mode.
 
-    python bench/invariance.py [--repeats 2] [--threads N] [--flow-steps 10]
+    python bench/invariance.py [--repeats 2] [--threads N] [--flow-steps 10] [--device cuda]
 """
 
 from __future__ import annotations
@@ -31,18 +31,25 @@ from service.models.invariance import (  # noqa: E402
     undo_batch_invariant,
 )
 
-SIZES = (1, 4, 8)
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
-def _janus_pro() -> tuple[Any, Any]:
+def _dtype(device: str) -> torch.dtype:
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def _janus_pro(device: str) -> tuple[Any, Any]:
     """(set_mode(invariant), run(batch) -> (seconds, job 0's output bytes))."""
     from bench.generate import PROMPTS, build
     from service.models.janus_pro.runner import JanusProRunner
 
-    model, processor = build("small", "cpu", torch.float32)
-    runner = JanusProRunner("<random small>", "cpu", batch_invariant=False)
+    model, processor = build("small", device, _dtype(device))
+    runner = JanusProRunner("<random small>", device, batch_invariant=False)
     runner.attach(model, processor)
-    requests = [GenerateRequest(PROMPTS[i % len(PROMPTS)], seed=i) for i in range(max(SIZES))]
+    requests = [GenerateRequest(PROMPTS[i % len(PROMPTS)], seed=i) for i in range(64)]
     jobs = [runner._image_job(i, r) for i, r in enumerate(requests)]
 
     def set_mode(invariant: bool) -> None:
@@ -50,15 +57,17 @@ def _janus_pro() -> tuple[Any, Any]:
         runner.decoder.lm.linear = invariant_linear if invariant else F.linear
 
     def run(n: int) -> tuple[float, bytes]:
+        _sync(device)
         started = time.perf_counter()
         with torch.inference_mode():
             tokens = runner.decoder.image_tokens(jobs[:n], NullControl())
-        return time.perf_counter() - started, tokens[0].numpy().tobytes()
+        _sync(device)
+        return time.perf_counter() - started, tokens[0].cpu().numpy().tobytes()
 
     return set_mode, run
 
 
-def _janusflow(steps: int) -> tuple[Any, Any]:
+def _janusflow(steps: int, device: str) -> tuple[Any, Any]:
     from bench.generate_janusflow import ATTN_IMPLEMENTATION, _config, _jobs
     from service.models.janusflow.config import parse_config
     from service.models.janusflow.load import build_model
@@ -67,10 +76,10 @@ def _janusflow(steps: int) -> tuple[Any, Any]:
     raw, vae = _config("small")
     config = parse_config(raw)
     torch.manual_seed(0)
-    model = build_model(config, "cpu", ATTN_IMPLEMENTATION).eval()
+    model = build_model(config, device, ATTN_IMPLEMENTATION).to(_dtype(device)).eval()
     latent, grid = config.latent_grid(2 ** (len(vae["block_out_channels"]) - 1))
-    sampler = FlowSampler(model, latent=latent, grid=grid, bos_id=0, pad_id=1, device="cpu",
-                          dtype=torch.float32)
+    sampler = FlowSampler(model, latent=latent, grid=grid, bos_id=0, pad_id=1, device=device,
+                          dtype=_dtype(device))
     vocab = raw["language_config"]["vocab_size"]
 
     def set_mode(invariant: bool) -> None:
@@ -78,9 +87,11 @@ def _janusflow(steps: int) -> tuple[Any, Any]:
 
     def run(n: int) -> tuple[float, bytes]:
         jobs = _jobs(n, steps, 64, 2.0, vocab)
+        _sync(device)
         started = time.perf_counter()
         out = sampler.run(jobs, NullControl())
-        return time.perf_counter() - started, out[0].numpy().tobytes()
+        _sync(device)
+        return time.perf_counter() - started, out[0].cpu().numpy().tobytes()
 
     return set_mode, run
 
@@ -90,11 +101,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--flow-steps", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", default="1,4,8", help="batch sizes, comma-separated")
+    parser.add_argument("--families", default="janus-pro,janusflow")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, float32, "
-          f"best of {args.repeats}")
+    sizes = [int(n) for n in args.sizes.split(",")]
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, "
+          f"{str(_dtype(args.device)).removeprefix('torch.')}, best of {args.repeats}")
     header = (
         "family | batch | s/img batched | s/img invariant | cost | "
         "same bits (batched / invariant)"
@@ -102,15 +117,17 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print("-" * len(header))
     costs = []
-    for family, (set_mode, run) in (
-        ("janus-pro", _janus_pro()),
-        ("janusflow", _janusflow(args.flow_steps)),
-    ):
+    builders = {
+        "janus-pro": lambda: _janus_pro(args.device),
+        "janusflow": lambda: _janusflow(args.flow_steps, args.device),
+    }
+    for family in args.families.split(","):
+        set_mode, run = builders[family]()
         alone: dict[bool, bytes] = {}
         for invariant in (False, True):  # warm-up, and job 0 alone in each mode
             set_mode(invariant)
             alone[invariant] = run(1)[1]
-        for n in SIZES:
+        for n in sizes:
             best = {False: float("inf"), True: float("inf")}
             same = {}
             for _ in range(max(1, args.repeats)):

@@ -83,8 +83,8 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(0, ge=0, le=65535)
     # The SDXL VAE JanusFlow decodes with (a dir or hub id); a checkpoint's own vae/ wins.
     vae_path: str = Field("stabilityai/sdxl-vae", min_length=1)
-    # One matrix product per row, so a job's bits never depend on its batch (README,
-    # "Reproducibility"). auto: on for CPU workers, off for GPU workers until measured.
+    # One matrix product per row, so a job's bits do not depend on its batch (README,
+    # "Reproducibility"). auto: on for JanusFlow CPU workers, off otherwise.
     batch_invariant: Literal["auto", "on", "off"] = "auto"
 
     @field_validator("models", mode="before")

@@ -9,9 +9,10 @@ CPUs: one pixel level off between two identical rows of a JanusFlow batch).
 
 Here every `nn.Linear` and `nn.Conv2d` (and the functional `linear` the Janus decode loop
 calls) runs each sample of the leading batch dimension as a call of its own, shaped exactly
-as when that sample is alone. A job's output then depends on its own inputs only, by
-construction rather than by luck of the kernel choice. The price is one library call per
-row instead of one per batch, measured in `bench/RESULTS.md`.
+as when that sample is alone, so the products no longer depend on the batch. Not yet
+covered: elementwise kernels split a large batched tensor between threads at offsets that
+depend on the batch (README, "Reproducibility"). The price is one library call per row
+instead of one per batch, measured in `bench/RESULTS.md` (`bench/invariance.py`).
 """
 
 from __future__ import annotations

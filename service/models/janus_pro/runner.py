@@ -67,8 +67,9 @@ class JanusProRunner(ModelRunner):
         # (full-length attention) measured 5x slower than the eager step that attends over
         # filled columns only (tiny 384 px checkpoint, 4 jobs), so the flag is ignored there.
         self.compile = compile and self.cuda
-        # None: on for CPUs (measured cost in bench/RESULTS.md), off for GPUs until measured.
-        self.batch_invariant = (not self.cuda) if batch_invariant is None else batch_invariant
+        # None: off. One product per row costs +80% to +430% here on CPUs (bench/RESULTS.md,
+        # bench/invariance.py), and the sampled tokens held without it in every batch tested.
+        self.batch_invariant = bool(batch_invariant)
         self.image_size = 384
         self.num_image_tokens = 576
         self.max_positions = 16384

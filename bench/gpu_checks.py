@@ -1,0 +1,140 @@
+"""Correctness checks that only mean something on the device they run on (run by gpu.sh).
+
+Tiny random checkpoints of the real architectures (written here, nothing downloaded),
+loaded through the same code path as published weights, on --device (`cuda` on a lent
+GPU, `cpu` for the dry run CI does). Each check prints one table row; the last line is
+`checks_failed=<n>` and the exit status is 1 when a check that must hold failed.
+
+- seeds: one job alone and inside batches of 3/5/8 at the first, middle and last slot,
+  with the batch-invariant products on and off: identical images? (must hold when on)
+- oom: the out-of-memory split on this device: a decode that raises the device's real
+  OutOfMemoryError type for batches above 2 jobs must still give every job its images,
+  bit-identical to running it alone.
+- compile: `--compile` (CUDA only) gives the same greedy image tokens as eager.
+- janusflow: the seeds check for JanusFlow (needs diffusers; reported as skipped without).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `service` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from service.models.base import GenerateRequest, GenerateResult  # noqa: E402
+from service.models.checkpoints.tiny import write_tiny_checkpoint  # noqa: E402
+from service.models.runners import load_runner  # noqa: E402
+
+ROWS: list[tuple[str, str, str]] = []  # (check, result, detail)
+FAILED: list[str] = []
+
+
+def report(check: str, ok: bool | None, detail: str, must_hold: bool = True) -> None:
+    result = "skip" if ok is None else ("pass" if ok else ("FAIL" if must_hold else "differs"))
+    ROWS.append((check, result, detail))
+    print(f"| {check} | {result} | {detail} |", flush=True)
+    if ok is False and must_hold:
+        FAILED.append(check)
+
+
+def _digest(result: Any) -> str:
+    assert isinstance(result, GenerateResult), result
+    return hashlib.sha256(b"".join(im.tobytes() for im in result.images)).hexdigest()[:12]
+
+
+def seeds(family: str, checkpoint: str, device: str, invariant: bool, steps: dict) -> None:
+    runner = load_runner(checkpoint, device=device, batch_invariant=invariant)
+    target = GenerateRequest("a red fox in the snow", num_images=2, seed=7, **steps)
+    alone = _digest(runner.generate([target])[0])
+    differing = []
+    for n in (3, 5, 8):
+        others = [GenerateRequest(f"prompt {i} with more words", num_images=1 + i % 3,
+                                  seed=100 + i, **steps) for i in range(n - 1)]
+        for slot in sorted({0, n // 2, n - 1}):
+            got = _digest(runner.generate(others[:slot] + [target] + others[slot:])[slot])
+            if got != alone:
+                differing.append(f"b{n}@{slot}")
+    mode = "invariant products" if invariant else "batched products"
+    detail = f"{family}, {mode}: " + (", ".join(differing) + " differ" if differing else
+                                      "alone == every batch and slot")
+    report(f"seeds/{family}/{'on' if invariant else 'off'}", not differing, detail,
+           must_hold=invariant)
+
+
+def oom(checkpoint: str, device: str) -> None:
+    runner = load_runner(checkpoint, device=device)
+    requests = [GenerateRequest(f"job {i}", num_images=1 + i % 2, seed=i) for i in range(5)]
+    alone = [_digest(runner.generate([r])[0]) for r in requests]
+    plain = runner._generate_jobs
+    sizes: list[int] = []
+
+    def flaky(jobs: list, control: Any, offered: int) -> Any:
+        sizes.append(len(jobs))
+        if len(jobs) > 2:  # the device's own error type, raised where a real OOM would be
+            raise torch.OutOfMemoryError("injected by gpu_checks: batch above 2 jobs")
+        return plain(jobs, control, offered)
+
+    runner._generate_jobs = flaky  # type: ignore[method-assign]
+    try:
+        results = runner.generate(requests)
+    finally:
+        runner._generate_jobs = plain  # type: ignore[method-assign]
+    got = [_digest(r) if isinstance(r, GenerateResult) else type(r).__name__ for r in results]
+    ok = got == alone and sizes[0] == len(requests) and len(sizes) > 1
+    report("oom-split/janus-pro", ok, f"batch sizes tried {sizes}; every job as alone: "
+           f"{got == alone}")
+
+
+def compiled(checkpoint: str, device: str) -> None:
+    if not device.startswith("cuda"):
+        report("compile/janus-pro", None, "CUDA only")
+        return
+    requests = [GenerateRequest("a cat", seed=1, temperature=0.0),
+                GenerateRequest("a longer prompt about a dog", seed=2, temperature=0.0)]
+    eager = load_runner(checkpoint, device=device, compile=False)
+    started = time.perf_counter()
+    fast = load_runner(checkpoint, device=device, compile=True)
+    fast.warmup()
+    warm = time.perf_counter() - started
+    a = [_digest(r) for r in eager.generate(requests)]
+    b = [_digest(r) for r in fast.generate(requests)]
+    report("compile/janus-pro", a == b, f"greedy images equal to eager: {a == b}; "
+           f"compile + warm-up {warm:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    print(f"# gpu_checks on {args.device}: torch {torch.__version__}"
+          + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""))
+    print("| check | result | detail |")
+    print("|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        pro = write_tiny_checkpoint("janus-pro", f"{tmp}/pro", image_size=64)
+        for invariant in (True, False):
+            seeds("janus-pro", pro, args.device, invariant, {})
+        oom(pro, args.device)
+        compiled(pro, args.device)
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            report("seeds/janusflow", None, "diffusers is not installed here")
+        else:
+            flow = write_tiny_checkpoint("janusflow", f"{tmp}/flow", image_size=64)
+            for invariant in (True, False):
+                seeds("janusflow", flow, args.device, invariant, {"steps": 4})
+    print(f"checks_failed={len(FAILED)}")
+    sys.exit(1 if FAILED else 0)
+
+
+if __name__ == "__main__":
+    main()
