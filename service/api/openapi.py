@@ -100,11 +100,18 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _json("JobList", "a page of jobs"), **_errors(401, 422)},
             },
         },
-        "/v1/jobs/{job_id}": {"get": {
-            "summary": "Read a job",
-            "parameters": [job_id, {"name": "Prefer", "in": "header",
-                                    "schema": {"type": "string", "example": "wait=30"}}],
-            "responses": {"200": _json("Job", "the job"), **_errors(401, 404)}}},
+        "/v1/jobs/{job_id}": {
+            "get": {
+                "summary": "Read a job",
+                "parameters": [job_id, {"name": "Prefer", "in": "header",
+                                        "schema": {"type": "string", "example": "wait=30"}}],
+                "responses": {"200": _json("Job", "the job"), **_errors(401, 404)}},
+            "delete": {
+                "summary": "Delete a finished job's stored inputs and outputs now",
+                "parameters": [job_id],
+                "responses": {"200": _json("Job", "the job, with data_removed: true"),
+                              **_errors(401, 404, 409)}},
+        },
         "/v1/jobs/{job_id}/cancel": {"post": {
             "summary": "Cancel a job", "parameters": [job_id],
             "responses": {"200": _json("Job", "the job"), **_errors(401, 404)}}},
