@@ -32,6 +32,7 @@ from service.workers.sweeper import sweep_once
 from tests.helpers import (
     IDLE,
     TINY,
+    free_port,
     make_key,
     png_bytes,
     settings_env,
@@ -251,3 +252,18 @@ def test_s3_delete_is_batched_and_tolerates_missing_keys(settings) -> None:
         storage.put(key, b"x", "application/octet-stream")
     storage.delete(keys)
     assert storage.list("retention-unit/") == []
+
+
+def test_delete_with_storage_away_is_a_503_and_marks_nothing(own, auth) -> None:
+    api = create_app(own).test_client()
+    job = api.post("/v1/jobs", json=_understand(IDLE), headers=auth).json
+    api.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+    away = create_app(own.model_copy(update={
+        "s3_endpoint_url": f"http://127.0.0.1:{free_port()}"})).test_client()
+    refused = away.delete(f"/v1/jobs/{job['id']}", headers=auth)
+    assert refused.status_code == 503, refused.json
+    assert refused.json["error"]["code"] == "storage_unavailable"
+    assert refused.headers["Retry-After"]
+    kept = api.get(f"/v1/jobs/{job['id']}", headers=auth).json
+    assert kept["data_removed"] is False and len(_urls(kept)) == 1
+    assert api.delete(f"/v1/jobs/{job['id']}", headers=auth).json["data_removed"] is True
