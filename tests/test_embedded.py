@@ -78,3 +78,42 @@ def test_embedded_end_to_end(tmp_path, tiny_checkpoint, spawn) -> None:
         assert tampered.status_code == 403 and tampered.json()["error"]["code"] == "forbidden"
     answer = finished(ask["id"])
     assert answer["status"] == "succeeded" and isinstance(answer["output"]["text"], str)
+
+    removed = requests.delete(f"{base}/v1/jobs/{job['id']}", headers=auth, timeout=10)
+    assert removed.status_code == 200 and removed.json()["data_removed"] is True
+    assert all("url" not in meta for meta in removed.json()["output"]["images"])
+    gone = requests.get(done["output"]["images"][0]["url"], timeout=10)
+    assert gone.status_code == 404
+
+
+def test_embedded_dispatcher_expires_data(tmp_path, tiny_checkpoint, spawn) -> None:
+    """The dispatcher's retention sweep on SQLite and local files, as `make run` runs it."""
+    from service.api import create_app
+    from service.core.settings import Settings
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JANUS_")}
+    env.update(JANUS_DATA_DIR=str(tmp_path / "var"), JANUS_RETENTION_SECONDS="1",
+               JANUS_MODELS=json.dumps({"idle": tiny_checkpoint}),
+               JANUS_SWEEP_INTERVAL_SECONDS="0.5")
+    subprocess.run([*CLI, "migrate"], env=env, check=True, capture_output=True)
+    key = json.loads(subprocess.run([*CLI, "keys", "create", "--name", "t", "--json"], env=env,
+                                    check=True, capture_output=True, text=True).stdout)["key"]
+    auth = {"Authorization": f"Bearer {key}"}
+    api = create_app(Settings(data_dir=tmp_path / "var", models={"idle": tiny_checkpoint},
+                              retention_seconds=1)).test_client()
+    image = base64.b64encode(png_bytes()).decode()
+    ask = api.post("/v1/jobs", headers=auth, json={
+        "model": "idle", "task": "understand",
+        "input": {"image": image, "question": "what?"}}).json
+    stored = tmp_path / "var" / "storage" / "inputs" / ask["id"]
+    assert stored.is_dir()
+    assert api.post(f"/v1/jobs/{ask['id']}/cancel", headers=auth).json["status"] == "canceled"
+    spawn(["dispatcher"], env=env, name="dispatcher")
+
+    def removed() -> dict | None:
+        job = api.get(f"/v1/jobs/{ask['id']}", headers=auth).json
+        return job if job["data_removed"] else None
+
+    after = wait_for(removed, 60, interval=0.3, what="the dispatcher to remove the job's data")
+    assert after["status"] == "canceled" and "url" not in after["input"]["image"]
+    assert not stored.exists()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import textwrap
 import time
 
 import boto3
@@ -17,6 +19,7 @@ from service.core.tables import Job
 from service.workers.sweeper import sweep_once
 from tests.helpers import (
     SLOW,
+    TINY,
     free_port,
     queue_key,
     settings_env,
@@ -58,6 +61,81 @@ def test_worker_killed_mid_job_is_recovered(slow_client, auth, settings, slow_se
         Bucket=bucket, Prefix=f"t/jobs/{job['id']}/").get("Contents", [])]
     assert sorted(keys) == sorted(f"t/jobs/{job['id']}/{n}.png" for n in range(12))
     engine.dispose()
+
+
+# Loaded by a worker's interpreter at start (sitecustomize): the worker SIGKILLs itself
+# whenever it is about to run a batch holding a job whose prompt is "poison", as a
+# segfault or the kernel's OOM killer would, after the claim is committed.
+POISON_HOOK = textwrap.dedent("""
+    import os, signal
+    from service.workers import executor
+
+    _run_batch = executor.Executor._run_batch
+
+    def _poisoned(self, batch, started):
+        if any(job.input.get("prompt") == "poison" for job in batch):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _run_batch(self, batch, started)
+
+    executor.Executor._run_batch = _poisoned
+""")
+
+
+def test_a_poison_job_fails_alone_and_its_batch_mates_succeed(settings, auth, spawn,
+                                                              tmp_path) -> None:
+    """Four jobs claimed as one batch; one of them kills every worker that runs it. It
+    fails `worker_lost` after its attempts; the three it was batched with run again,
+    each alone, and succeed."""
+    from service.api import create_app
+
+    model = "janus-pro-poison"  # a queue of its own: no other test's job joins the batch
+    own = settings.model_copy(update={"models": {**settings.models,
+                                                 model: settings.models[TINY]}})
+    api = create_app(own).test_client()
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(POISON_HOOK)
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    worker_env = settings_env(own, PYTHONPATH=path)
+    spawn(["dispatcher"], env=settings_env(own), name="dispatcher")
+
+    prompts = ["mate 0", "poison", "mate 1", "mate 2"]
+    ids = [api.post("/v1/jobs", json={"model": model, "task": "generate",
+                                      "input": {"prompt": p, "seed": n}},
+                    headers=auth).json["id"] for n, p in enumerate(prompts)]
+    workers: list = []
+
+    def start() -> None:  # queued first, so the first claim takes all four as one batch
+        workers.append(spawn(["worker", "--model", model, "--max-batch", "4",
+                              "--hostname", f"poison-{len(workers)}"],
+                             env=worker_env, name="poison-worker"))
+
+    engine = create_engine(settings.database_url)
+
+    def settled() -> dict | None:
+        with engine.connect() as conn:
+            rows = {r.id: r for r in conn.execute(
+                select(Job.id, Job.status, Job.attempts, Job.error).where(Job.id.in_(ids)))}
+        if all(r.status in ("succeeded", "failed", "canceled") for r in rows.values()):
+            return rows
+        if not workers[-1].alive():
+            # Three deaths are the poison's three attempts; more would mean it took
+            # others down with it.
+            assert len(workers) <= 4, [r._asdict() for r in rows.values()]
+            start()
+        return None
+
+    start()
+    rows = wait_for(settled, 300, interval=0.3, what="the four jobs to finish")
+    engine.dispose()
+    poison = rows[ids[1]]
+    assert poison.status == "failed" and poison.error["code"] == "worker_lost", poison
+    assert poison.attempts == settings.max_attempts
+    for job_id in (ids[0], ids[2], ids[3]):
+        mate = rows[job_id]
+        # Two claims: the batch the poison killed, then one of its own that succeeded.
+        assert (mate.status, mate.attempts) == ("succeeded", 2), mate
+    assert len(workers) == 4  # the first, and one after each of the poison's deaths
 
 
 def test_redis_down_at_submit_then_sweeper_publishes(client, settings, auth, tmp_path) -> None:

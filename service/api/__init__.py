@@ -8,6 +8,7 @@ import time
 from flask import Flask, g, request
 
 from service.api import batches, catalog, deliveries, files, jobs, ops
+from service.api.auth import KeyCache
 from service.api.context import ModelInfo, Runtime, close_db
 from service.api.errors import register_error_handlers
 from service.api.metrics import ApiMetrics, add_run_time_collector, add_webhook_collector
@@ -15,6 +16,7 @@ from service.api.ratelimit import RateLimiter
 from service.api.ratelimit import headers as rate_headers
 from service.core.broker import make_celery, queue_depth
 from service.core.db import make_engine, make_sessionmaker
+from service.core.keyversion import KeyVersion
 from service.core.settings import Settings, load_settings
 from service.core.storage import storage_from_settings
 from service.lifecycle.outbox import event_counts
@@ -55,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=make_celery(settings),
         models=model_catalog(settings),
         limiter=RateLimiter(settings),
+        keys=KeyCache(KeyVersion(settings)),
     )
     app.extensions["janus"] = rt
     metrics = ApiMetrics()

@@ -34,6 +34,7 @@ class Runtime:
     celery: Celery
     models: dict[str, ModelInfo] = field(default_factory=dict)
     limiter: Any = None  # service.api.ratelimit.RateLimiter
+    keys: Any = None  # service.api.auth.KeyCache
 
 
 def runtime() -> Runtime:

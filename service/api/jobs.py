@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, read (optionally waiting), list, cancel."""
+"""/v1/jobs: submit, read (optionally waiting), list, cancel, delete stored data."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError, validation_error
 from service.api.responses import JobList
 from service.api.submit import Submission, parse_submission
+from service.core.storage import StorageError
 from service.core.tables import Job
 from service.lifecycle import jobs as crud
+from service.lifecycle.retention import NotFinished, remove_job_data
 from service.lifecycle.status import STATUSES, JobStatus, is_terminal
 from service.lifecycle.views import JobObject, job_view, public
 
@@ -164,4 +166,27 @@ def cancel_job(job_id: str) -> tuple[Response, int]:
     if not is_terminal(job.status):
         crud.request_cancel(session=db(), job=job)
         db().commit()
+    return render(job)
+
+
+@bp.delete("/v1/jobs/<job_id>")
+def delete_job_data(job_id: str) -> tuple[Response, int]:
+    """A finished job's stored inputs and outputs go now; the job object stays."""
+    session = db()
+    try:
+        job = remove_job_data(session=session, storage=runtime().storage, job=_owned(job_id))
+    except NotFinished as exc:
+        session.rollback()
+        raise ApiError(
+            409,
+            "job_not_finished",
+            f"job {job_id!r} is {exc}; cancel it and delete it once it has finished",
+        ) from exc
+    except StorageError as exc:  # nothing is marked: the job still has its data
+        session.rollback()
+        raise ApiError(
+            503, "storage_unavailable", "the object store did not answer; try again",
+            headers={"Retry-After": "5"},
+        ) from exc
+    session.commit()
     return render(job)

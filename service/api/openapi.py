@@ -91,7 +91,7 @@ def _paths() -> dict[str, Any]:
                     **_multipart(["job", "image"], job={"type": "string"}, image=binary)}},
                 "responses": {"202": _json("Job", "accepted"),
                               "200": _json("Job", "idempotent replay"),
-                              **_errors(400, 401, 409, 413, 415, 422, 429)},
+                              **_errors(400, 401, 409, 413, 415, 422, 429, 503)},
             },
             "get": {
                 "summary": "List jobs, newest first",
@@ -100,11 +100,18 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _json("JobList", "a page of jobs"), **_errors(401, 422)},
             },
         },
-        "/v1/jobs/{job_id}": {"get": {
-            "summary": "Read a job",
-            "parameters": [job_id, {"name": "Prefer", "in": "header",
-                                    "schema": {"type": "string", "example": "wait=30"}}],
-            "responses": {"200": _json("Job", "the job"), **_errors(401, 404)}}},
+        "/v1/jobs/{job_id}": {
+            "get": {
+                "summary": "Read a job",
+                "parameters": [job_id, {"name": "Prefer", "in": "header",
+                                        "schema": {"type": "string", "example": "wait=30"}}],
+                "responses": {"200": _json("Job", "the job"), **_errors(401, 404)}},
+            "delete": {
+                "summary": "Delete a finished job's stored inputs and outputs now",
+                "parameters": [job_id],
+                "responses": {"200": _json("Job", "the job, with data_removed: true"),
+                              **_errors(401, 404, 409, 503)}},
+        },
         "/v1/jobs/{job_id}/cancel": {"post": {
             "summary": "Cancel a job", "parameters": [job_id],
             "responses": {"200": _json("Job", "the job"), **_errors(401, 404)}}},
@@ -120,7 +127,7 @@ def _paths() -> dict[str, Any]:
                     ["file"], file=binary, defaults=json_part, webhook={"type": "string"},
                     metadata=json_part)},
                 "responses": {"202": _json("Batch", "accepted"),
-                              **_errors(401, 413, 415, 422, 429)},
+                              **_errors(401, 413, 415, 422, 429, 503)},
             },
             "get": {
                 "summary": "List batches, newest first",

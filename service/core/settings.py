@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     max_wait_seconds: int = Field(60, ge=0, le=60)
     # Submissions (POST /v1/jobs, POST /v1/batches) per API key per minute; 0 = no limit.
     rate_limit_per_minute: int = Field(600, ge=0)
+    # When the limiter's Redis is away: "open" lets submissions through, "closed"
+    # answers 503 rate_limiter_unavailable.
+    rate_limit_fail_mode: Literal["open", "closed"] = "open"
+
+    # Finished jobs' stored inputs and outputs are deleted this long after the job
+    # finished (the job object stays, marked `data_removed`); 0 keeps them forever.
+    retention_seconds: int = Field(7 * 24 * 3600, ge=0)
 
     # Worker leases: a running job whose lease is not renewed for this long is
     # considered orphaned and handed back to the queue by the sweeper.

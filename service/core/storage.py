@@ -38,6 +38,10 @@ class Storage(ABC):
     def url(self, key: str, expires_in: int) -> str: ...
 
     @abstractmethod
+    def delete(self, keys: list[str]) -> None:
+        """Remove these objects; a key that is already gone is not an error."""
+
+    @abstractmethod
     def ping(self) -> None:
         """Raise StorageError unless the store answers."""
 
@@ -81,6 +85,23 @@ class LocalStorage(Storage):
             for p in base.rglob("*")
             if p.is_file() and not p.name.startswith(".")
         )
+
+    def delete(self, keys: list[str]) -> None:
+        root = self.root.resolve()
+        for key in keys:
+            path = self._path(key)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageError(f"delete {key!r}: {exc}") from exc
+            # Empty per-job folders would pile up forever: remove them up to the root.
+            for parent in path.parents:
+                if parent == root or not parent.is_relative_to(root):
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break  # not empty (or already gone): leave it
 
     def sign(self, key: str, expires: int) -> str:
         msg = f"{key}\n{expires}".encode()
@@ -160,6 +181,22 @@ class S3Storage(Storage):
                 return sorted(keys)
             token = page["NextContinuationToken"]
 
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), _S3_DELETE_MAX):
+            chunk = keys[start : start + _S3_DELETE_MAX]
+            objects = [{"Key": self._key(key)} for key in chunk]
+            answer = self._call(
+                self.client.delete_objects, Delete={"Objects": objects, "Quiet": True}
+            )
+            # DeleteObjects answers 200 even when some keys failed; they are listed here.
+            errors = answer.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"s3: {len(errors)} object(s) not deleted, e.g. {first.get('Key')}: "
+                    f"{first.get('Code')} {first.get('Message')}"
+                )
+
     def url(self, key: str, expires_in: int) -> str:
         return self.client.generate_presigned_url(
             "get_object",
@@ -169,6 +206,9 @@ class S3Storage(Storage):
 
     def ping(self) -> None:
         self._call(self.client.head_bucket)
+
+
+_S3_DELETE_MAX = 1000  # keys per DeleteObjects request (the S3 API's limit)
 
 
 def storage_from_settings(settings: Settings) -> Storage:

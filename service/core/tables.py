@@ -97,6 +97,8 @@ class Job(Base):
         Index("ix_jobs_model_status_lane", "model", "status", "lane", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_batch", "batch_id", "line_no"),
+        # The retention sweep: finished jobs whose data is still stored, oldest first.
+        Index("ix_jobs_retention", "data_removed_at", "completed_at"),
     )
 
     # Ids sort by creation time, so "newest first" and cursors are `ORDER BY id`.
@@ -134,6 +136,9 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     run_seconds: Mapped[float | None] = mapped_column(Float)
+    # When the job's stored inputs and outputs were deleted (retention or DELETE); NULL
+    # while they are kept. Not a status: a finished job stays finished.
+    data_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class WebhookEvent(Base):

@@ -50,14 +50,23 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
 def cmd_keys_revoke(args: argparse.Namespace) -> None:
     from service.core.db import make_engine, make_sessionmaker, session_scope
     from service.core.keys import KeyLookupError, revoke_key
+    from service.core.keyversion import KeyVersion
 
-    sessions = make_sessionmaker(make_engine(_settings().database_url))
+    settings = _settings()
+    sessions = make_sessionmaker(make_engine(settings.database_url))
     try:
         with session_scope(sessions) as session:
             row = revoke_key(session=session, key_id=args.key_id, name=args.name)
-            print(f"revoked {row.id} ({row.name})")
     except KeyLookupError as exc:
         sys.exit(f"janus-service keys revoke: {exc}")
+    # After the commit: API processes drop their cached keys on their next request.
+    if not KeyVersion(settings).bump():
+        print(
+            "janus-service keys revoke: warning: Redis did not answer; API processes "
+            "refuse the key within 30 s (their key cache) instead of at once",
+            file=sys.stderr,
+        )
+    print(f"revoked {row.id} ({row.name})")
 
 
 def cmd_keys_list(args: argparse.Namespace) -> None:

@@ -9,6 +9,7 @@ import threading
 from service.core.broker import make_celery
 from service.core.db import make_engine, make_sessionmaker
 from service.core.settings import Settings
+from service.core.storage import storage_from_settings
 from service.webhooks.runner import start_webhook_runner
 from service.workers.sweeper import sweep_once
 
@@ -22,11 +23,12 @@ def run_dispatcher(settings: Settings, stop: threading.Event | None = None) -> N
             signal.signal(sig, lambda *_: stop.set())
     sessions = make_sessionmaker(make_engine(settings.database_url))
     celery = make_celery(settings)
+    storage = storage_from_settings(settings)
     webhooks = start_webhook_runner(settings, sessions, stop)
     log.info("dispatcher started; sweeping every %.1fs", settings.sweep_interval_seconds)
     while not stop.is_set():
         try:
-            sweep_once(sessions=sessions, celery=celery, settings=settings)
+            sweep_once(sessions=sessions, celery=celery, settings=settings, storage=storage)
         except Exception:  # a DB or broker blip must not end the loop
             log.exception("sweep failed")
         stop.wait(settings.sweep_interval_seconds)

@@ -139,7 +139,7 @@ def cancel_batch(*, session: Session, batch: Batch) -> Batch:
 def iter_results(*, session: Session, batch_id: str) -> Iterator[Any]:
     """Rows in upload order, fetched in chunks so 10,000 lines never sit in memory at once."""
     query = (
-        select(Job.custom_id, Job.id, Job.status, Job.output, Job.error)
+        select(Job.custom_id, Job.id, Job.status, Job.output, Job.error, Job.data_removed_at)
         .where(Job.batch_id == batch_id)
         .order_by(Job.line_no)
         .execution_options(yield_per=500)

@@ -28,8 +28,12 @@ def claim_next(
     oldest). Every queued job has a message of its own, so each message claims
     at most one job's worth of work and none is left behind; a message whose
     job already ran finds nothing, or another job, and no harm is done.
+
+    A job that has been claimed before (`attempts > 0`) lost its worker, perhaps
+    because it killed it: it runs alone and never joins another job's batch, so a
+    poison job uses up its own attempts and no one else's.
     """
-    queued = select(Job.id, Job.task).where(
+    queued = select(Job.id, Job.task, Job.attempts).where(
         Job.model == model, Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False)
     )
     head = session.execute(
@@ -38,7 +42,7 @@ def claim_next(
     if head is None:
         return []
     ids = [head.id]
-    if limit > 1:
+    if limit > 1 and head.attempts == 0:
         ids += session.scalars(
             select(Job.id)
             .where(
@@ -46,6 +50,7 @@ def claim_next(
                 Job.status == JobStatus.QUEUED,
                 Job.task == head.task,
                 Job.cancel_requested.is_(False),
+                Job.attempts == 0,
                 Job.id != head.id,
             )
             .order_by(Job.lane, Job.id)

@@ -30,9 +30,12 @@ class SweepReport:
     lost: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     republished: list[str] = field(default_factory=list)
+    data_removed: list[str] = field(default_factory=list)  # past retention (retention.py)
 
     def __bool__(self) -> bool:
-        return bool(self.requeued or self.lost or self.expired or self.republished)
+        return bool(
+            self.requeued or self.lost or self.expired or self.republished or self.data_removed
+        )
 
 
 def expire_leases(

@@ -77,6 +77,11 @@ class JobObject(BaseModel):
     deadline_at: Timestamp | None
     cancel_requested: bool
     metrics: JobMetrics
+    data_removed: bool = Field(
+        description="true once the stored inputs and outputs are deleted (retention or "
+        "DELETE): blobs keep their fields but have no url"
+    )
+    data_removed_at: Timestamp | None
     custom_id: str | None = Field(None, description="a batch line's own id, when it has one")
     queue_position: int | None = Field(
         None, description="while queued: jobs of the same model ahead of this one (0 = next)"
@@ -114,6 +119,8 @@ class ResultLine(BaseModel):
     status: JobStatus
     output: dict[str, Any] | None
     error: ErrorInfo | None
+    data_removed: bool
+    data_removed_at: Timestamp | None
 
 
 def _with_urls(blob: dict[str, Any], storage: Storage | None, expires_in: int) -> dict[str, Any]:
@@ -126,10 +133,20 @@ def _with_urls(blob: dict[str, Any], storage: Storage | None, expires_in: int) -
 
 
 def _output_with_urls(
-    output: dict[str, Any] | None, storage: Storage | None, expires_in: int
+    output: dict[str, Any] | None,
+    storage: Storage | None,
+    expires_in: int,
+    removed_at: datetime | None = None,
 ) -> dict[str, Any] | None:
+    """Blobs with URLs; once the data is removed they have no key, so no URL either."""
     if isinstance(output, dict) and "images" in output:
-        return {**output, "images": [_with_urls(i, storage, expires_in) for i in output["images"]]}
+        output = {
+            **output,
+            "images": [_with_urls(i, storage, expires_in) for i in output["images"]],
+        }
+    if isinstance(output, dict) and removed_at is not None:
+        # The shared contract puts the flag on `output` too (docs/API.md, "Retention").
+        output = {**output, "data_removed": True, "data_removed_at": iso(removed_at)}
     return output
 
 
@@ -156,7 +173,7 @@ def job_view(
         task=job.task,  # type: ignore[arg-type]
         status=status,
         input=data_in,
-        output=_output_with_urls(job.output, storage, expires_in),
+        output=_output_with_urls(job.output, storage, expires_in, job.data_removed_at),
         error=job.error,  # type: ignore[arg-type]
         batch_id=job.batch_id,
         metadata=job.metadata_ or {},
@@ -169,6 +186,8 @@ def job_view(
         deadline_at=job.deadline_at,
         cancel_requested=job.cancel_requested,
         metrics=metrics,
+        data_removed=job.data_removed_at is not None,
+        data_removed_at=job.data_removed_at,
     )
     if job.custom_id is not None:
         obj.custom_id = job.custom_id
@@ -210,13 +229,15 @@ def batch_object(batch: Batch) -> dict[str, Any]:
 
 
 def result_line(row: Any, storage: Storage, expires_in: int) -> ResultLine:
-    """A results row (custom_id, id, status, output, error) with fresh image URLs."""
+    """A results row (custom_id, id, status, output, error, data_removed_at) with fresh URLs."""
     return ResultLine(
         custom_id=row.custom_id,
         job_id=row.id,
         status=row.status,
-        output=_output_with_urls(row.output, storage, expires_in),
+        output=_output_with_urls(row.output, storage, expires_in, row.data_removed_at),
         error=row.error,
+        data_removed=row.data_removed_at is not None,
+        data_removed_at=row.data_removed_at,
     )
 
 
