@@ -16,6 +16,16 @@ def _listen(port: int) -> socket.socket:
     return sock
 
 
+def _close_listener(sock: socket.socket) -> None:
+    # close() alone does not wake a thread blocked in accept() on Linux, which would go
+    # on accepting: shutdown() does, and the port then refuses connections.
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
 class SilentServer:
     """Accepts connections and never sends a byte: a frozen Redis (or anything else)."""
 
@@ -39,7 +49,7 @@ class SilentServer:
 
     def close(self) -> None:
         self._stop.set()
-        self._sock.close()
+        _close_listener(self._sock)
         for conn in self._held:
             conn.close()
 
@@ -62,7 +72,7 @@ class TcpProxy:
 
     def cut(self) -> None:
         if self._sock is not None:
-            self._sock.close()
+            _close_listener(self._sock)
             self._sock = None
         with self._lock:
             conns, self._conns = self._conns, []

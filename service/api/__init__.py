@@ -13,7 +13,7 @@ from service.api.errors import register_error_handlers
 from service.api.metrics import ApiMetrics, add_run_time_collector, add_webhook_collector
 from service.api.ratelimit import RateLimiter
 from service.api.ratelimit import headers as rate_headers
-from service.core.broker import make_celery, queue_depth
+from service.core.broker import make_celery, queue_depths
 from service.core.db import make_engine, make_sessionmaker
 from service.core.settings import Settings, load_settings
 from service.core.storage import storage_from_settings
@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     metrics.add_job_collector(
         _counts,
-        lambda: {m: queue_depth(rt.celery, m) for m in rt.models},
+        lambda: queue_depths(rt.celery, list(rt.models)),
         lambda: list(rt.models),
     )
 
