@@ -4,6 +4,8 @@ answers costs a submission about a second, not a hung API thread."""
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 import time
 
@@ -114,6 +116,14 @@ def test_a_broker_that_never_answers_costs_about_a_second(settings, auth) -> Non
         engine.dispose()
         assert row.status == "queued" and row.enqueued_at is None
 
+        started = time.monotonic()  # a batch: 2 wake-ups, still one bounded publish
+        lines = "\n".join(json.dumps(JOB) for _ in range(2)).encode()
+        batch = api.post("/v1/batches", headers=auth, content_type="multipart/form-data",
+                         data={"file": (io.BytesIO(lines), "jobs.jsonl")})
+        assert batch.status_code == 202, batch.json
+        assert time.monotonic() - started < 10
+        api.post(f"/v1/batches/{batch.json['id']}/cancel", headers=auth)
+
         started = time.monotonic()
         ready = api.get("/readyz")
         took = time.monotonic() - started
@@ -126,3 +136,23 @@ def test_a_broker_that_never_answers_costs_about_a_second(settings, auth) -> Non
         api.post(f"/v1/jobs/{r.json['id']}/cancel", headers=auth)
     finally:
         silent.close()
+
+
+def test_object_store_outage_at_submit_is_a_503_that_stores_nothing(settings, auth) -> None:
+    """An understanding job stores its image before its row: S3 away is a 503, no job."""
+    import base64
+
+    from service.api import create_app
+    from tests.helpers import free_port, png_bytes
+
+    dead = settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"})
+    api = create_app(dead).test_client()
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        before = conn.scalar(select(func.count()).select_from(Job))
+    job = {"model": IDLE, "task": "understand",
+           "input": {"image": base64.b64encode(png_bytes()).decode(), "question": "what?"}}
+    assert_unavailable(api.post("/v1/jobs", json=job, headers=auth), "storage")
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Job)) == before
+    engine.dispose()
