@@ -27,6 +27,7 @@ from tests.helpers import (
     Proc,
     free_port,
     make_key,
+    queue_key,
     settings_env,
     wait_for,
 )
@@ -198,3 +199,25 @@ def slow_client(slow_settings: Settings):  # type: ignore[no-untyped-def]
     from service.api import create_app
 
     return create_app(slow_settings).test_client()
+
+
+@pytest.fixture()
+def side_effects(settings: Settings, app):  # type: ignore[no-untyped-def]
+    """A snapshot of what a request could leave behind: jobs and batches, the IDLE
+    model's broker queue, stored input images. A refused request changes none of them."""
+    from sqlalchemy import create_engine, func, select
+
+    from service.core.tables import Batch, Job
+
+    engine = create_engine(settings.database_url)
+    queue = redis.Redis.from_url(settings.broker_url)
+    storage = app.extensions["janus"].storage
+
+    def snapshot() -> tuple[int, int, int, int]:
+        with engine.connect() as conn:
+            jobs = conn.scalar(select(func.count()).select_from(Job))
+            batches = conn.scalar(select(func.count()).select_from(Batch))
+        return jobs, batches, queue.llen(queue_key(settings, IDLE)), len(storage.list("inputs/"))
+
+    yield snapshot
+    engine.dispose()

@@ -205,3 +205,14 @@ class Control:
 
     def report_progress(self, index: int, fraction: float) -> None:
         self.progress.setdefault(index, []).append(fraction)
+
+
+def assert_error_shape(response, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
+    """The one JSON error shape with this status and code; returns the `error` object."""
+    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
+    body = response.get_json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body["error"]

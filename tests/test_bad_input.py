@@ -7,12 +7,9 @@ import io
 import json
 
 import pytest
-import redis
 from PIL import Image
-from sqlalchemy import create_engine, func, select
 
-from service.core.tables import Job
-from tests.helpers import IDLE, png_bytes, png_header_bomb, queue_key
+from tests.helpers import IDLE, assert_error_shape, png_bytes, png_header_bomb
 
 
 def b64(data: bytes) -> str:
@@ -27,6 +24,29 @@ def gif_bytes() -> bytes:
 
 def gen(**input_: object) -> dict:
     return {"model": IDLE, "task": "generate", "input": {"prompt": "fox", **input_}}
+
+
+def raw(text: str) -> dict:
+    """A JSON body sent byte for byte: NaN, escapes, nesting a serializer won't make."""
+    return {"data": text.encode(), "content_type": "application/json"}
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # RecursionError in Python's json parser
+NESTED_40 = "[" * 40 + "]" * 40  # parses, but past the documented depth limit (32)
+
+
+def job_text(extra: str = "", prompt: str = '"fox"', task: str = "generate") -> str:
+    return '{"model": "' + IDLE + '", "task": "' + task + '", "input": {"prompt": ' + prompt \
+        + "}" + extra + "}"
+
+
+def gen_raw(extra: str = "", prompt: str = '"fox"') -> dict:
+    return raw(job_text(extra, prompt))
+
+
+def meta_raw(value: str) -> dict:
+    """A generate job whose metadata holds {"x": <value>}, the value as raw JSON text."""
+    return gen_raw(', "metadata": {"x": ' + value + "}")
 
 
 def und(**input_: object) -> dict:
@@ -103,32 +123,47 @@ CASES = [
      "validation_error"),
     ("Idempotency-Key too long", {"json": gen(), "headers": {"Idempotency-Key": "k" * 300}},
      422, "validation_error"),
+    # What Postgres cannot store is refused before it gets there (docs/API.md, "Limits").
+    ("NUL in prompt", {"json": gen(prompt="a\x00b")}, 422, "validation_error"),
+    ("NUL in question", {"json": und(question="what\x00?")}, 422, "validation_error"),
+    ("NUL in metadata value", {"json": {**gen(), "metadata": {"k": "a\x00"}}}, 422,
+     "validation_error"),
+    ("NUL in metadata key", {"json": {**gen(), "metadata": {"k\x00": "v"}}}, 422,
+     "validation_error"),
+    ("NUL in nested metadata", {"json": {**gen(), "metadata": {"k": [{"x": "\x00"}]}}}, 422,
+     "validation_error"),
+    ("NUL in model", {"json": {**gen(), "model": "janus\x00"}}, 422, "validation_error"),
+    ("NUL in webhook", {"json": {**gen(), "webhook": "https://example.com/\x00"}}, 422,
+     "validation_error"),
+    ("NUL in multipart job part",
+     {"data": {"job": json.dumps({"model": IDLE, "task": "understand",
+                                  "input": {"question": "q\x00"}}),
+               "image": (io.BytesIO(png_bytes()), "a.png")},
+      "content_type": "multipart/form-data"}, 422, "validation_error"),
+    ("NUL in Idempotency-Key", {"json": gen(), "headers": {"Idempotency-Key": "k\x00"}}, 422,
+     "validation_error"),
+    ("lone surrogate in prompt", {"json": gen(prompt="\ud800")}, 422, "validation_error"),
+    ("lone surrogate in metadata key", gen_raw(', "metadata": {"\\udfff": 1}'), 422,
+     "validation_error"),
+    ("NaN in metadata", meta_raw("NaN"), 400, "invalid_json"),
+    ("Infinity in metadata", meta_raw("Infinity"), 400, "invalid_json"),
+    ("-Infinity in metadata", meta_raw("-Infinity"), 400, "invalid_json"),
+    ("NaN as guidance", gen_raw(prompt='"fox", "guidance": NaN'), 400, "invalid_json"),
+    ("1e999 overflows to infinity", meta_raw("1e999"), 400, "invalid_json"),
+    ("integer of 5000 digits", meta_raw("9" * 5000), 400, "invalid_json"),
+    ("NaN in multipart job part",
+     {"data": {"job": job_text(', "metadata": {"x": NaN}', '"q"', "understand")
+               .replace('"prompt"', '"question"'),
+               "image": (io.BytesIO(png_bytes()), "a.png")},
+      "content_type": "multipart/form-data"}, 400, "invalid_json"),
+    ("body of 100,000 nested arrays", raw(DEEP), 422, "validation_error"),
+    ("metadata value of 100,000 nested arrays", meta_raw(DEEP), 422, "validation_error"),
+    ("input value of 100,000 nested arrays", gen_raw(prompt=DEEP), 422, "validation_error"),
+    ("metadata nested 40 deep", meta_raw(NESTED_40), 422, "validation_error"),
+    ("multipart job part of 100,000 nested arrays",
+     {"data": {"job": DEEP, "image": (io.BytesIO(png_bytes()), "a.png")},
+      "content_type": "multipart/form-data"}, 422, "validation_error"),
 ]
-
-
-@pytest.fixture()
-def side_effects(settings, app):  # type: ignore[no-untyped-def]
-    engine = create_engine(settings.database_url)
-    queue = redis.Redis.from_url(settings.broker_url)
-    storage = app.extensions["janus"].storage
-
-    def snapshot() -> tuple[int, int, int]:
-        with engine.connect() as conn:
-            jobs = conn.scalar(select(func.count()).select_from(Job))
-        return jobs, queue.llen(queue_key(settings, IDLE)), len(storage.list("inputs/"))
-
-    yield snapshot
-    engine.dispose()
-
-
-def assert_error_shape(response, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
-    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
-    body = response.get_json()
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == code
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    assert "Traceback" not in response.get_data(as_text=True)
-    return body["error"]
 
 
 @pytest.mark.parametrize(("name", "kwargs", "status", "code"), CASES, ids=[c[0] for c in CASES])
@@ -139,6 +174,10 @@ def test_bad_submission(client, auth, side_effects, name, kwargs, status, code) 
     error = assert_error_shape(response, status, code)
     if status == 422 and code == "validation_error":
         assert error["details"] and all("field" in d and "message" in d for d in error["details"])
+    if "NUL" in name or "surrogate" in name:  # the refusal names the field it is about
+        assert all("\x00" not in d["field"] for d in error["details"])
+        assert any(("NUL" in d["message"]) or ("surrogate" in d["message"])
+                   for d in error["details"])
     assert side_effects() == before
 
 
@@ -167,9 +206,29 @@ def test_body_too_large(settings, auth, side_effects) -> None:
     ("get", "/v1/jobs?limit=0", 422, "validation_error"),
     ("get", "/v1/jobs?status=done", 422, "validation_error"),
     ("get", "/v1/jobs?color=red", 422, "validation_error"),
+    # A NUL in a URL: an id with one names nothing (404); a filter or cursor is refused (422).
+    ("get", "/v1/jobs/job_%00x", 404, "not_found"),
+    ("post", "/v1/jobs/job_%00x/cancel", 404, "not_found"),
+    ("get", "/v1/jobs/job_%00x/webhook-deliveries", 404, "not_found"),
+    ("get", "/v1/jobs?model=a%00b", 422, "validation_error"),
+    ("get", "/v1/jobs?batch_id=%00", 422, "validation_error"),
+    ("get", "/v1/jobs?after=job_%00", 422, "validation_error"),
+    ("get", "/v1/jobs?status=%00", 422, "validation_error"),
+    ("get", "/v1/jobs?%00=1", 422, "validation_error"),
+    ("get", "/v1/batches/batch_%00x", 404, "not_found"),
+    ("get", "/v1/batches/batch_%00x/results", 404, "not_found"),
+    ("post", "/v1/batches/batch_%00x/cancel", 404, "not_found"),
+    ("get", "/v1/batches?after=%00", 422, "validation_error"),
+    ("get", "/v1/batches?limit=%00", 422, "validation_error"),
+    ("get", "/v1/jobs?limit=1&after=" + "x" * 5000, 414, "uri_too_long"),
+    ("get", "/v1/jobs//", 404, "not_found"),
 ])
-def test_bad_reads(client, auth, method, path, status, code) -> None:
-    assert_error_shape(getattr(client, method)(path, headers=auth), status, code)
+def test_bad_reads(client, auth, side_effects, method, path, status, code) -> None:
+    before = side_effects()
+    error = assert_error_shape(getattr(client, method)(path, headers=auth), status, code)
+    if code == "validation_error":
+        assert error["details"] and all(d["field"] and d["message"] for d in error["details"])
+    assert side_effects() == before
 
 
 def test_unexpected_error_is_a_json_500(settings) -> None:

@@ -7,14 +7,14 @@ import time
 
 from flask import Flask, g, request
 
-from service.api import batches, catalog, deliveries, files, jobs, ops
+from service.api import batches, catalog, deliveries, files, guards, jobs, ops
 from service.api.auth import KeyCache
 from service.api.context import ModelInfo, Runtime, close_db
 from service.api.errors import register_error_handlers
 from service.api.metrics import ApiMetrics, add_run_time_collector, add_webhook_collector
 from service.api.ratelimit import RateLimiter
 from service.api.ratelimit import headers as rate_headers
-from service.core.broker import make_celery, queue_depth
+from service.core.broker import make_celery, queue_depths
 from service.core.db import make_engine, make_sessionmaker
 from service.core.keyversion import KeyVersion
 from service.core.settings import Settings, load_settings
@@ -43,9 +43,13 @@ def model_catalog(settings: Settings) -> dict[str, ModelInfo]:
     return out
 
 
+class _App(Flask):
+    url_map_class = guards.StrictMap  # no 308 redirects that merge `//` in paths
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
-    app = Flask(__name__)
+    app = _App(__name__, static_folder=None)  # no /static route: nothing is served from disk
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = make_engine(settings.database_url)
@@ -54,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         engine=engine,
         sessions=make_sessionmaker(engine),
         storage=storage_from_settings(settings),
-        celery=make_celery(settings),
+        celery=make_celery(settings, publisher=True),
         models=model_catalog(settings),
         limiter=RateLimiter(settings),
         keys=KeyCache(KeyVersion(settings)),
@@ -69,7 +73,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     metrics.add_job_collector(
         _counts,
-        lambda: {m: queue_depth(rt.celery, m) for m in rt.models},
+        lambda: queue_depths(rt.celery, list(rt.models)),
         lambda: list(rt.models),
     )
 
@@ -88,6 +92,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.before_request
     def _start_timer() -> None:
         g.started = time.perf_counter()
+
+    app.before_request(guards.check_url)  # after the timer, so refusals are observed too
 
     @app.after_request
     def _observe(response):  # type: ignore[no-untyped-def]

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from service.api.bodies import TooDeep, loads, text_problems
 from service.api.context import ModelInfo
 from service.api.errors import ApiError
 from service.api.submit import CheckedJob, check_job
@@ -74,7 +75,9 @@ def _jsonl_records(text: str) -> tuple[list[tuple[int, Any]], list[dict[str, Any
         if not raw.strip():
             continue
         try:
-            records.append((number, json.loads(raw)))
+            records.append((number, loads(raw)))
+        except TooDeep as exc:
+            errors.append(_error(number, "line", str(exc)))
         except ValueError as exc:
             errors.append(_error(number, "line", f"not valid JSON: {exc}"))
     return records, errors
@@ -84,11 +87,21 @@ def _csv_value(column: str, value: str) -> Any:
     if column in CSV_INT:
         return int(value)
     if column in CSV_FLOAT:
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):  # float() takes "nan" and "inf"; JSON has neither
+            raise ValueError(value)
+        return number
     return value
 
 
 def _csv_records(text: str) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
+    try:
+        return _csv_rows(text)
+    except csv.Error as exc:  # e.g. a field larger than csv.field_size_limit()
+        return [], [_error(1, "file", f"not readable as CSV: {exc}")]
+
+
+def _csv_rows(text: str) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]]:
     reader = csv.reader(io.StringIO(text))
     header = [h.strip() for h in next(reader, [])]
     if not header or not any(header):
@@ -159,6 +172,11 @@ def parse_upload(
             errors.append(_error(number, "line", "each line must be a JSON object"))
             bad.add(number)
             continue
+        problems = text_problems(record)  # custom_id included, before it is popped
+        if problems:
+            errors += [_error(number, d["field"], d["message"]) for d in problems]
+            bad.add(number)
+            continue
         record = dict(record)
         custom_id = record.pop("custom_id", None)
         if custom_id is not None:
@@ -192,13 +210,14 @@ def parse_defaults(raw: str | None) -> dict[str, Any]:
     if raw is None or not raw.strip():
         return {}
     try:
-        value = json.loads(raw)
+        value = loads(raw)
     except ValueError as exc:
+        message = str(exc) if isinstance(exc, TooDeep) else "not valid JSON"
         raise ApiError(
             422,
             "validation_error",
             f"defaults is not valid JSON: {exc}",
-            [{"field": "defaults", "message": "not valid JSON"}],
+            [{"field": "defaults", "message": message}],
         ) from exc
     if not isinstance(value, dict) or set(value) - TOP_LEVEL:
         raise ApiError(
@@ -207,4 +226,8 @@ def parse_defaults(raw: str | None) -> dict[str, Any]:
             "defaults must be an object of job fields",
             [{"field": "defaults", "message": f"allowed keys: {', '.join(sorted(TOP_LEVEL))}"}],
         )
+    problems = text_problems(value, "defaults")
+    if problems:
+        raise ApiError(422, "validation_error", f"{problems[0]['field']}: {problems[0]['message']}",
+                       problems)
     return value

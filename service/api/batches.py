@@ -10,6 +10,7 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
 from service.api.auth import require_api_key
 from service.api.batch_upload import detect_format, parse_defaults, parse_upload
+from service.api.bodies import TooDeep, loads, text_problems
 from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError, validation_error
 from service.api.responses import BatchList
@@ -35,11 +36,15 @@ def _json_part(name: str) -> dict[str, Any]:
     if raw is None or not raw.strip():
         return {}
     try:
-        value = json.loads(raw)
+        value = loads(raw)
     except ValueError as exc:
-        raise validation_error([{"field": name, "message": "not valid JSON"}]) from exc
+        message = str(exc) if isinstance(exc, TooDeep) else "not valid JSON"
+        raise validation_error([{"field": name, "message": message}]) from exc
     if not isinstance(value, dict):
         raise validation_error([{"field": name, "message": "must be a JSON object"}])
+    problems = text_problems(value, name)
+    if problems:
+        raise validation_error(problems)
     return value
 
 
@@ -64,6 +69,8 @@ def create_batch() -> tuple[Response, int]:
     defaults = parse_defaults(request.form.get("defaults"))
     webhook = request.form.get("webhook") or None
     if webhook is not None:
+        if text_problems(webhook, "webhook"):
+            raise validation_error(text_problems(webhook, "webhook"))
         check_webhook(webhook, settings)
     metadata = _json_part("metadata")
     lines = parse_upload(data, fmt, defaults, rt.models, settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ from service.core.storage import Storage
 
 if TYPE_CHECKING:
     from service.api.auth import Principal
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,9 +52,17 @@ def db() -> Session:
 
 
 def close_db(_exc: BaseException | None = None) -> None:
+    """Roll back whatever the request left open and hand the connection back.
+
+    After a database outage the connection may be dead: closing must not raise
+    (it would turn the request's 503 into a 500); the pool's pre-ping replaces it.
+    """
     session = g.pop("db", None)
     if session is not None:
-        session.close()
+        try:
+            session.close()
+        except Exception:  # noqa: BLE001 - already answering; a dead connection is expected
+            log.warning("closing a failed session", exc_info=True)
 
 
 def current_key() -> Principal:

@@ -163,6 +163,15 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _with_outages(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every /v1 operation may answer 503 (`database_unavailable` etc., with Retry-After)."""
+    for path, operations in paths.items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                operation["responses"].update(_errors(503))
+    return paths
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     return {
@@ -173,5 +182,5 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
-        "paths": _paths(),
+        "paths": _with_outages(_paths()),
     }

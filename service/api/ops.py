@@ -9,6 +9,7 @@ from sqlalchemy import text
 from service.api.context import runtime
 from service.api.errors import error_response
 from service.api.openapi import openapi_document
+from service.core.broker import ping as broker_ping
 from service.core.storage import StorageError
 
 bp = Blueprint("ops", __name__)
@@ -29,9 +30,8 @@ def readyz() -> Response:
     except Exception as exc:  # any driver error means "not ready"
         failed["database"] = type(exc).__name__
     try:
-        with rt.celery.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-    except Exception as exc:
+        broker_ping(rt.celery)
+    except Exception as exc:  # any client error means "not ready"
         failed["broker"] = type(exc).__name__
     try:
         rt.storage.ping()

@@ -16,6 +16,7 @@ from typing import Any
 from flask import Request
 from pydantic import ValidationError
 
+from service.api.bodies import TooDeep, loads, text_problems
 from service.api.context import ModelInfo
 from service.api.errors import ApiError, validation_error
 from service.api.schemas import SEED_MAX, JobCreate, error_details, input_model
@@ -57,22 +58,25 @@ def _field_error(field: str, message: str) -> ApiError:
     return validation_error([{"field": field, "message": message}])
 
 
+def parse_json(raw: str | bytes, field: str, what: str) -> Any:
+    """JSON from a client: 400 `invalid_json` if it is not JSON (NaN included), 422 if too deep."""
+    try:
+        return loads(raw)
+    except TooDeep as exc:
+        raise _field_error(field, str(exc)) from exc
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        raise ApiError(400, "invalid_json", f"{what} is not valid JSON: {exc}") from exc
+
+
 def _read_body(request: Request) -> tuple[Any, bytes | None]:
     """(job JSON, image bytes from a multipart file part or None)."""
     mimetype = request.mimetype
     if mimetype == "application/json":
-        raw = request.get_data(cache=True)
-        try:
-            return json.loads(raw), None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
+        return parse_json(request.get_data(cache=True), "body", "request body"), None
     if mimetype == "multipart/form-data":
         if "job" not in request.form:
             raise _field_error("job", "multipart requests carry the job JSON in a part named 'job'")
-        try:
-            job = json.loads(request.form["job"])
-        except ValueError as exc:
-            raise ApiError(400, "invalid_json", f"part 'job' is not valid JSON: {exc}") from exc
+        job = parse_json(request.form["job"], "job", "part 'job'")
         upload = request.files.get("image")
         if upload is None:
             raise _field_error("image", "multipart requests carry the image in a file part 'image'")
@@ -146,6 +150,9 @@ def check_job(
     """Validate one job body (an API request or one batch line); raise ApiError if bad."""
     if not isinstance(job, dict):
         raise _field_error("body", "the job must be a JSON object")
+    problems = text_problems(job)  # NUL, lone surrogates, NaN, depth: refused, never stored
+    if problems:
+        raise validation_error(problems)
     try:
         body = JobCreate.model_validate(job)
     except ValidationError as exc:
@@ -202,6 +209,8 @@ def parse_submission(
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= 255):
         raise _field_error("Idempotency-Key", "must be 1 to 255 characters")
+    if key is not None and text_problems(key):
+        raise _field_error("Idempotency-Key", "must not contain NUL or invalid characters")
     request_hash = _canonical_hash(job, image_bytes)
     return Submission(checked.body, checked.input, checked.image, request_hash, key,
                       _cancel_after(request))

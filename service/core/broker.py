@@ -11,6 +11,8 @@ Worker-only configuration (the task, the consumer) lives in `service.workers`.
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
@@ -26,13 +28,28 @@ def queue_name(model: str) -> str:
     return f"model.{model}"
 
 
-def make_celery(settings: Settings) -> Celery:
+# A publisher (the API, the sweeper) waits this long for any one Redis reply. A Redis
+# that accepts connections but never answers must cost a request about a second, not
+# the 40 s and more that retried long timeouts added up to; the row waits for the sweeper.
+PUBLISH_SOCKET_TIMEOUT = 1.0
+# All retries of one publish call together stop after this long.
+PUBLISH_DEADLINE_SECONDS = 1.0
+
+
+def make_celery(settings: Settings, *, publisher: bool = False) -> Celery:
+    """The Celery app; `publisher=True` for processes that only publish (short timeouts).
+
+    Workers keep the longer socket timeout: their consumer blocks on Redis by design.
+    """
     app = Celery("janus", broker=settings.broker_url, set_as_current=False)
     transport: dict[str, object] = {}
     if settings.broker_url.startswith(("redis://", "rediss://")):
         # Fail a publish fast when Redis is away; the sweeper republishes later.
         transport.update(visibility_timeout=settings.visibility_timeout_seconds,
                          socket_connect_timeout=2, socket_timeout=10, retry_on_timeout=True)
+        if publisher:
+            transport.update(socket_connect_timeout=PUBLISH_SOCKET_TIMEOUT,
+                             socket_timeout=PUBLISH_SOCKET_TIMEOUT, retry_on_timeout=False)
         if settings.broker_key_prefix:
             transport["global_keyprefix"] = settings.broker_key_prefix
     # (kombu's SQLAlchemy transport hands its options to create_engine, so it gets none.)
@@ -64,11 +81,20 @@ def publish(celery: Celery, jobs: list[tuple[str, str]], max_retries: int) -> li
     already committed, and the sweeper publishes whatever is left behind.
     """
     done: set[str] = set()
-    policy = {
+    deadline = time.monotonic() + PUBLISH_DEADLINE_SECONDS
+
+    def _give_up_late(exc: BaseException, _interval: float) -> None:
+        # kombu calls this before each retry: a broker that times out (rather than
+        # refusing) would otherwise cost a socket timeout per retry, per request.
+        if time.monotonic() > deadline:
+            raise exc
+
+    policy: dict[str, Any] = {
         "max_retries": max_retries,
         "interval_start": 0,
         "interval_step": 0.3,
         "interval_max": 1.0,
+        "errback": _give_up_late,
     }
     try:
         with celery.producer_or_acquire() as producer:
@@ -89,6 +115,35 @@ def publish(celery: Celery, jobs: list[tuple[str, str]], max_retries: int) -> li
             "broker unavailable, %d job(s) left for the sweeper: %s", len(jobs) - len(done), exc
         )
     return [job_id for job_id, _ in jobs if job_id not in done]
+
+
+def ping(celery: Celery, timeout: float = PUBLISH_SOCKET_TIMEOUT) -> None:
+    """Raise unless the broker answers within about `timeout` seconds (for /readyz)."""
+    url = celery.conf.broker_url or ""
+    if url.startswith(("redis://", "rediss://")):
+        import redis
+
+        # A direct PING: kombu's connection check retries and waits far longer than
+        # a readiness probe may when Redis accepts connections but does not answer.
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+        return
+    with celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+
+
+def queue_depths(celery: Celery, models: list[str]) -> dict[str, int | None]:
+    """Every model's queue depth (for /metrics); all None, in about a second, if the
+    broker does not answer, instead of a connection attempt with retries per model."""
+    try:
+        ping(celery)
+    except Exception as exc:  # noqa: BLE001 - any client error: depth unknown
+        log.debug("queue depths unavailable: %s", exc)
+        return dict.fromkeys(models)
+    return {model: queue_depth(celery, model) for model in models}
 
 
 def queue_depth(celery: Celery, model: str) -> int | None:

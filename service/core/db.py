@@ -29,7 +29,17 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # pre_ping: after a database restart, pooled connections are dead; each checkout
+    # tests its connection and replaces a dead one instead of failing the request.
+    # connect_timeout: a server that does not answer costs seconds, not minutes.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        pool_timeout=10,
+        connect_args={"connect_timeout": 5} if url.startswith("postgresql") else {},
+    )
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -108,7 +108,11 @@ class LocalStorage(Storage):
         return hmac.new(self.signing_key, msg, hashlib.sha256).hexdigest()
 
     def verify(self, key: str, expires: int, signature: str) -> bool:
-        return expires >= time.time() and hmac.compare_digest(self.sign(key, expires), signature)
+        # Bytes: compare_digest refuses non-ASCII str (a `sig=%C3%A9` was a 500).
+        given = signature.encode("utf-8", "surrogateescape")
+        return expires >= time.time() and hmac.compare_digest(
+            self.sign(key, expires).encode(), given
+        )
 
     def url(self, key: str, expires_in: int) -> str:
         expires = int(time.time()) + expires_in

@@ -22,7 +22,7 @@ def run_dispatcher(settings: Settings, stop: threading.Event | None = None) -> N
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     sessions = make_sessionmaker(make_engine(settings.database_url))
-    celery = make_celery(settings)
+    celery = make_celery(settings, publisher=True)  # the sweeper only publishes
     storage = storage_from_settings(settings)
     webhooks = start_webhook_runner(settings, sessions, stop)
     log.info("dispatcher started; sweeping every %.1fs", settings.sweep_interval_seconds)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from typing import Any
 
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 
 from service.core.settings import Settings
@@ -57,8 +59,23 @@ def _child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)  # drops a dead worker's live-gauge files
 
 
+# gunicorn answers what it cannot parse (an over-long request line, a bad header) before
+# the app runs, with an HTML page. Clients are promised one JSON error shape.
+_GUNICORN_CODES = {400: "bad_request", 414: "uri_too_long", 417: "expectation_failed",
+                   431: "headers_too_large", 501: "not_implemented"}
+
+
+def _json_write_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    code = _GUNICORN_CODES.get(status_int, "internal_error" if status_int >= 500 else "bad_request")
+    body = json.dumps({"error": {"code": code, "message": (mesg or reason)[:500]}}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    gunicorn_util.write_nonblock(sock, head.encode("latin1") + body)
+
+
 def serve(settings: Settings, host: str, port: int, workers: int = 2, threads: int = 16) -> None:
     metrics_dir, made_here = _metrics_dir()
+    gunicorn_util.write_error = _json_write_error  # set before the workers fork
     json_logs = {"logger_class": "service.core.logs.GunicornJsonLogger"}
 
     def on_exit(_server: Any) -> None:
@@ -74,6 +91,9 @@ def serve(settings: Settings, host: str, port: int, workers: int = 2, threads: i
             "worker_class": "gthread",
             "timeout": 120,
             "graceful_timeout": 30,
+            # gunicorn's maximum; the app answers its own JSON 414 past 4096 characters
+            # (service/api/guards.py), and _json_write_error covers what is longer still.
+            "limit_request_line": 8190,
             "accesslog": "-",
             "errorlog": "-",
             "loglevel": settings.log_level.lower(),
