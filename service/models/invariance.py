@@ -7,12 +7,13 @@ oneDNN pick kernels, blockings and thread splits by the product's shape, so the 
 times the same weight can round differently when the batch has 1 row or 8 (seen on AVX2
 CPUs: one pixel level off between two identical rows of a JanusFlow batch).
 
-Here every `nn.Linear` and `nn.Conv2d` (and the functional `linear` the Janus decode loop
-calls) runs each sample of the leading batch dimension as a call of its own, shaped exactly
-as when that sample is alone, so the products no longer depend on the batch. Not yet
-covered: elementwise kernels split a large batched tensor between threads at offsets that
-depend on the batch (README, "Reproducibility"). The price is one library call per row
-instead of one per batch, measured in `bench/RESULTS.md` (`bench/invariance.py`).
+Here every `nn.Linear`, `nn.Conv2d` and activation module (and the functional `linear`
+and activation the Janus decode loop calls) runs each sample of the leading batch
+dimension as a call of its own, shaped exactly as when that sample is alone: activations
+too, because a large elementwise op is split between threads at offsets that depend on the
+tensor's size and each share's tail is computed by scalar code. What still differs between
+machines or thread counts is said in README, "Reproducibility". The price is one library
+call per row instead of one per batch, measured in `bench/RESULTS.md`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,24 @@ def _linear_forward(module: nn.Linear) -> Any:
     return forward
 
 
+def per_row(fn: Any) -> Any:
+    """`fn` applied to each leading-dimension sample on its own (activations: a large tensor
+    is split between threads at offsets that depend on its size, and each share's tail is
+    computed by scalar code, so a row's last bits would depend on the batch)."""
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[0] <= 1:
+            return fn(x)
+        return torch.cat([fn(x[i : i + 1]) for i in range(x.shape[0])])
+
+    return apply
+
+
+def _is_activation(module: nn.Module) -> bool:
+    kind = type(module).__module__
+    return kind in ("torch.nn.modules.activation", "transformers.activations")
+
+
 def _conv_forward(module: nn.Conv2d) -> Any:
     plain = module.forward
 
@@ -52,7 +71,8 @@ def _conv_forward(module: nn.Conv2d) -> Any:
 
 
 def make_batch_invariant(model: nn.Module) -> int:
-    """Give every Linear and Conv2d under `model` the per-sample forward; returns how many.
+    """Give every Linear, Conv2d and activation module under `model` a per-sample forward;
+    returns how many.
 
     Done on the loaded module instances (not on torch's functions), so nothing outside
     this model changes behaviour.
@@ -65,11 +85,14 @@ def make_batch_invariant(model: nn.Module) -> int:
         elif isinstance(module, nn.Conv2d):
             module.forward = _conv_forward(module)  # type: ignore[method-assign]
             count += 1
+        elif _is_activation(module):
+            module.forward = per_row(type(module).forward.__get__(module))  # type: ignore
+            count += 1
     return count
 
 
 def undo_batch_invariant(model: nn.Module) -> None:
     """Back to the library's batched forwards (benchmarks compare both in one process)."""
     for module in model.modules():
-        if isinstance(module, nn.Linear | nn.Conv2d) and "forward" in vars(module):
+        if "forward" in vars(module):
             del module.forward

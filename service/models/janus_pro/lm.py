@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.models.invariance import invariant_linear
+from service.models.invariance import invariant_linear, per_row
 
 
 class KVCache:
@@ -95,6 +95,8 @@ class LeanLM:
         act = lm.layers[0].mlp.act_fn
         # The module wrapper costs a Python call per layer per step; SiLU is the Llama default.
         self.act = F.silu if cfg.hidden_act == "silu" else act
+        if batch_invariant:
+            self.act = per_row(self.act)
         self.layers = [self._fuse(layer) for layer in lm.layers]
         # cos and sign-folded sin per position, computed once by the model's own rotary
         # module (its rope type and scaling apply; length-dependent variants would not).

@@ -47,10 +47,11 @@ class _Mlp(nn.Module):
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU()  # a module, so that batch-invariant mode can run it per row
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class _SelfAttention(nn.Module):
@@ -159,13 +160,15 @@ class ConvNextBlock(nn.Module):
         self.channelwise_norm = GlobalResponseNorm(wide)
         self.channelwise_linear_2 = nn.Linear(wide, channels, bias=bias)
         self.cond_embeds_mapper = nn.Linear(hidden_size, 2 * channels, bias=bias)
+        # Modules, not F.gelu/F.silu calls, so that batch-invariant mode can run them per row.
+        self.act, self.cond_act = nn.GELU(), nn.SiLU()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self.depthwise(x).permute(0, 2, 3, 1)
         h = self.channelwise_linear_1(self.norm(h))
-        h = self.channelwise_linear_2(self.channelwise_norm(F.gelu(h)))
+        h = self.channelwise_linear_2(self.channelwise_norm(self.act(h)))
         x = x + h.permute(0, 3, 1, 2)
-        scale, shift = self.cond_embeds_mapper(F.silu(cond)).chunk(2, dim=1)
+        scale, shift = self.cond_embeds_mapper(self.cond_act(cond)).chunk(2, dim=1)
         return x * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
 
 
