@@ -254,3 +254,10 @@ def test_janusflow_background_is_the_mean_in_8_bits(tmp_path: Path) -> None:
     assert settings(image_mean=clip).background == (122, 116, 104)
     assert settings(image_mean=None).background == (127, 127, 127)
     assert settings(image_mean=clip, do_normalize=False).normalize is False
+
+
+def test_a_model_id_alone_guesses_its_family() -> None:
+    # Only used when the API cannot read the checkpoint the workers load.
+    assert [catalog.guess_family(m) for m in (
+        "janus-1.3b", "janus-pro-1b", "janus-pro-7b", "janusflow-1.3b", "my-model"
+    )] == ["janus", "janus-pro", "janus-pro", "janusflow", "janus-pro"]

@@ -35,7 +35,7 @@ def model_catalog(settings: Settings) -> dict[str, ModelInfo]:
             family = catalog.family_of(path)
         except catalog.CheckpointError as exc:
             # The API may not see the workers' disks; the id is the best remaining clue.
-            family = "janusflow" if "flow" in model_id else "janus-pro"
+            family = catalog.guess_family(model_id)
             log.warning("model %s: %s; assuming family %s", model_id, exc, family)
         out[model_id] = ModelInfo(
             model_id, family, catalog.tasks_of(family), catalog.defaults_of(family)

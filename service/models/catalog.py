@@ -175,6 +175,17 @@ def family_of(path: str) -> str:
     return family
 
 
+def guess_family(model_id: str) -> str:
+    """A family from a model id alone (`janusflow-1.3b`, `janus-1.3b`, `janus-pro-7b`): only
+    for an API that cannot read a checkpoint the workers can."""
+    name = model_id.lower()
+    if "flow" in name:
+        return JANUSFLOW
+    if "pro" not in name and name.startswith("janus-1"):
+        return JANUS
+    return JANUS_PRO
+
+
 def tasks_of(family: str) -> tuple[str, ...]:
     try:
         return _TASKS[family]
