@@ -67,6 +67,12 @@ def create_job() -> tuple[Response, int]:
     sub = parse_submission(request, rt.models, rt.settings)
     session = db()
     key = current_key()
+    if session.in_transaction():  # the key was read from the database (a cache miss)
+        session.commit()
+    # Each statement of a submit commits on its own: the INSERT is the one write, so a
+    # transaction around it only added BEGIN and COMMIT round trips. The job is still
+    # committed before it is published, and the count reads committed rows only.
+    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     if sub.idempotency_key:
         existing = crud.find_by_idempotency_key(
             session=session, api_key_id=key.id, key=sub.idempotency_key
@@ -84,10 +90,10 @@ def create_job() -> tuple[Response, int]:
             request_hash=sub.request_hash,
             cancel_after=sub.cancel_after,
         )
-        # Counted in the INSERT's transaction: one connection checkout and transaction
-        # per submit, not a second one (ping, BEGIN, SELECT, ROLLBACK) for the response.
+        # Counted on the same connection: one checkout per submit, not a second one
+        # (ping, BEGIN, SELECT, ROLLBACK) for the response.
         position = crud.queue_position(session=session, job=job)
-        session.commit()
+        session.commit()  # hands the connection back (nothing left to commit)
     except IntegrityError:
         session.rollback()
         existing = crud.find_by_idempotency_key(
