@@ -29,7 +29,7 @@ _WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)")
 def view(job: Job, position: int | None = None) -> JobObject:
     """The job object as clients see it, with its queue position while queued.
 
-    `position`: already counted (a new job counts it in its INSERT's transaction).
+    `position`: already counted (a new job's, counted at submit right after its INSERT).
     """
     rt = runtime()
     if job.status == JobStatus.QUEUED and position is None:

@@ -7,7 +7,7 @@ messages never vary but for the job id and queue, so the API and the sweeper
 (`make_celery(publisher=True)` on a Redis broker) write the same bytes directly:
 Celery's task protocol 2 with a JSON body, in kombu's Redis envelope, pushed to the
 queue's key (which kombu prefixes with `global_keyprefix` like any other key).
-Workers consume them with Celery, unchanged; `tests/test_units.py` checks the
+Workers consume them with Celery, unchanged; `tests/test_publish.py` checks the
 message against the one Celery itself writes, so an upgrade that changes the format
 fails there rather than in production.
 """
@@ -49,7 +49,7 @@ class RedisPublisher:
                 "expires": None, "group": None, "group_index": None, "retries": 0,
                 "timelimit": [None, None], "root_id": task_id, "parent_id": None,
                 "argsrepr": repr([task_id]), "kwargsrepr": "{}",
-                # Read per message: the API builds its app before gunicorn forks.
+                # Read per message: a process forked after this object was made names itself.
                 "origin": f"gen{os.getpid()}@{socket.gethostname()}",
                 "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None,
                 "stamps": {},
