@@ -26,17 +26,21 @@ bp.before_request(require_api_key)
 _WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)")
 
 
-def view(job: Job) -> JobObject:
-    """The job object as clients see it, with its queue position while queued."""
+def view(job: Job, position: int | None = None) -> JobObject:
+    """The job object as clients see it, with its queue position while queued.
+
+    `position`: already counted (a new job's, counted at submit right after its INSERT).
+    """
     rt = runtime()
-    position = None
-    if job.status == JobStatus.QUEUED:
+    if job.status == JobStatus.QUEUED and position is None:
         position = crud.queue_position(session=db(), job=job)
+    elif job.status != JobStatus.QUEUED:
+        position = None
     return job_view(job, rt.storage, rt.settings.url_expiry_seconds, position)
 
 
-def render(job: Job, status: int = 200) -> tuple[Response, int]:
-    return jsonify(public(view(job))), status
+def render(job: Job, status: int = 200, position: int | None = None) -> tuple[Response, int]:
+    return jsonify(public(view(job, position))), status
 
 
 def _owned(job_id: str) -> Job:
@@ -63,6 +67,12 @@ def create_job() -> tuple[Response, int]:
     sub = parse_submission(request, rt.models, rt.settings)
     session = db()
     key = current_key()
+    if session.in_transaction():  # the key was read from the database (a cache miss)
+        session.commit()
+    # Each statement of a submit commits on its own: the INSERT is the one write, so a
+    # transaction around it only added BEGIN and COMMIT round trips. The job is still
+    # committed before it is published, and the count reads committed rows only.
+    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     if sub.idempotency_key:
         existing = crud.find_by_idempotency_key(
             session=session, api_key_id=key.id, key=sub.idempotency_key
@@ -70,17 +80,20 @@ def create_job() -> tuple[Response, int]:
         if existing is not None:
             return _replay(existing, sub)
 
-    job = crud.create_job(
-        session=session,
-        storage=rt.storage,
-        api_key_id=key.id,
-        spec=sub.spec,
-        idempotency_key=sub.idempotency_key,
-        request_hash=sub.request_hash,
-        cancel_after=sub.cancel_after,
-    )
     try:
-        session.commit()
+        job = crud.create_job(
+            session=session,
+            storage=rt.storage,
+            api_key_id=key.id,
+            spec=sub.spec,
+            idempotency_key=sub.idempotency_key,
+            request_hash=sub.request_hash,
+            cancel_after=sub.cancel_after,
+        )
+        # Counted on the same connection: one checkout per submit, not a second one
+        # (ping, BEGIN, SELECT, ROLLBACK) for the response.
+        position = crud.queue_position(session=session, job=job)
+        session.commit()  # hands the connection back (nothing left to commit)
     except IntegrityError:
         session.rollback()
         existing = crud.find_by_idempotency_key(
@@ -98,7 +111,7 @@ def create_job() -> tuple[Response, int]:
         max_retries=rt.settings.publish_max_retries,
     )
     session.commit()
-    return _render_after_wait(job, 202)
+    return _render_after_wait(job, 202, position)
 
 
 def _wait_seconds() -> int:
@@ -108,8 +121,13 @@ def _wait_seconds() -> int:
     return min(int(match.group(1)), runtime().settings.max_wait_seconds)
 
 
-def _render_after_wait(job: Job, status: int = 200) -> tuple[Response, int]:
-    """Honour `Prefer: wait=N`: hold the answer until the job is terminal or N seconds pass."""
+def _render_after_wait(
+    job: Job, status: int = 200, position: int | None = None
+) -> tuple[Response, int]:
+    """Honour `Prefer: wait=N`: hold the answer until the job is terminal or N seconds pass.
+
+    `position`: the new job's queue position, counted at submit; a reload recounts it.
+    """
     wait = _wait_seconds()
     deadline = time.monotonic() + wait
     session = db()
@@ -117,7 +135,8 @@ def _render_after_wait(job: Job, status: int = 200) -> tuple[Response, int]:
         session.rollback()  # hand the connection back while we sleep
         time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
         job = _owned(job.id)
-    response, code = render(job, status)
+        position = None
+    response, code = render(job, status, position)
     if wait:
         response.headers["Preference-Applied"] = f"wait={wait}"
     return response, code

@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.core.broker import publish
@@ -69,7 +69,12 @@ def create_job(
     request_hash: str | None = None,
     cancel_after: float | None = None,
 ) -> Job:
-    """Add a queued job (the caller commits, then publishes with `publish_jobs`)."""
+    """Insert a queued job (the caller commits, then publishes with `publish_jobs`).
+
+    One Core INSERT rather than the ORM's unit of work (the submit path's hottest
+    statement; the flush machinery cost more CPU than the statement). The returned
+    Job is not in the session: it only carries the values for the response.
+    """
     job_id = new_id("job")
     now = utcnow()
     job = Job(
@@ -91,8 +96,19 @@ def create_job(
         enqueued_at=now,
         deadline_at=now + timedelta(seconds=cancel_after) if cancel_after else None,
     )
-    session.add(job)
+    values = {column: getattr(job, attr) for column, attr in _INSERTED.items()}
+    session.connection().execute(_INSERT, values)
     return job
+
+
+# Table column -> Job attribute, for the values create_job sets.
+_INSERTED = {
+    name: "metadata_" if name == "metadata" else name
+    for name in ("id", "api_key_id", "model", "task", "status", "input", "metadata", "webhook",
+                 "webhook_events", "lane", "attempts", "cancel_requested", "idempotency_key",
+                 "request_hash", "created_at", "enqueued_at", "deadline_at")
+}
+_INSERT = insert(Job.__table__)
 
 
 def publish_jobs(
@@ -155,16 +171,26 @@ def list_jobs(
 
 
 def queue_position(*, session: Session, job: Job) -> int:
-    """How many queued jobs of the same model a worker will take before this one."""
-    ahead = or_(Job.lane < job.lane, and_(Job.lane == job.lane, Job.id < job.id))
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.model == job.model, Job.status == JobStatus.QUEUED, ahead)
-        )
-        or 0
+    """How many queued jobs of the same model a worker will take before this one.
+
+    A Core statement on the session's connection (same transaction): the ORM's
+    statement machinery costs more CPU than this count on a short queue.
+    """
+    params = {"model": job.model, "lane": job.lane, "id": job.id}
+    return session.connection().execute(_QUEUE_POSITION, params).scalar() or 0
+
+
+_jobs = Job.__table__.c
+_QUEUE_POSITION = (
+    select(func.count())
+    .select_from(Job.__table__)
+    .where(
+        _jobs.model == bindparam("model"),
+        _jobs.status == JobStatus.QUEUED.value,
+        or_(_jobs.lane < bindparam("lane"),
+            and_(_jobs.lane == bindparam("lane"), _jobs.id < bindparam("id"))),
     )
+)
 
 
 def canceled_now() -> dict[str, Any]:
