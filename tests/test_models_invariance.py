@@ -48,3 +48,22 @@ def test_a_job_is_the_same_alone_and_in_any_batch_and_slot(
             assert set(batched.values()) == {alone}, (seed, batched, alone)
         assert run["text-b5@2"] == run["text-alone"]
     assert runs[0]["s7-alone"] != runs[0]["s8-alone"]  # seeds do matter
+
+
+def test_the_mode_wraps_each_module_once_and_undoes_cleanly() -> None:
+    import torch
+    from torch import nn
+
+    from service.models.invariance import make_batch_invariant, undo_batch_invariant
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GELU(), nn.Flatten(), nn.LazyLinear(5))
+    x = torch.randn(6, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    batched = model(x)
+    assert make_batch_invariant(model) == 3 and make_batch_invariant(model) == 3
+    rows = model(x)
+    # By construction: a row inside the batch is computed exactly as when it is alone.
+    assert all(torch.equal(rows[i], model(x[i : i + 1])[0]) for i in range(6))
+    torch.testing.assert_close(rows, batched)
+    undo_batch_invariant(model)
+    assert all("_batched_forward" not in vars(m) for m in model.modules())
+    assert torch.equal(model(x), batched)

@@ -34,13 +34,6 @@ def invariant_linear(
     return torch.cat([F.linear(x[i : i + 1], weight, bias) for i in range(x.shape[0])])
 
 
-def _linear_forward(module: nn.Linear) -> Any:
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return invariant_linear(x, module.weight, module.bias)
-
-    return forward
-
-
 def per_row(fn: Any) -> Any:
     """`fn` applied to each leading-dimension sample on its own (activations: a large tensor
     is split between threads at offsets that depend on its size, and each share's tail is
@@ -59,40 +52,26 @@ def _is_activation(module: nn.Module) -> bool:
     return kind in ("torch.nn.modules.activation", "transformers.activations")
 
 
-def _conv_forward(module: nn.Conv2d) -> Any:
-    plain = module.forward
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 4 or x.shape[0] <= 1:
-            return plain(x)
-        return torch.cat([plain(x[i : i + 1]) for i in range(x.shape[0])])
-
-    return forward
-
-
 def make_batch_invariant(model: nn.Module) -> int:
     """Give every Linear, Conv2d and activation module under `model` a per-sample forward;
     returns how many.
 
     Done on the loaded module instances (not on torch's functions), so nothing outside
-    this model changes behaviour.
+    this model changes behaviour. The per-sample forward wraps the module's current one
+    (a hook a library placed there keeps working), and doing it twice changes nothing.
     """
     count = 0
     for module in model.modules():
-        if isinstance(module, nn.Linear):
-            module.forward = _linear_forward(module)  # type: ignore[method-assign]
-            count += 1
-        elif isinstance(module, nn.Conv2d):
-            module.forward = _conv_forward(module)  # type: ignore[method-assign]
-            count += 1
-        elif _is_activation(module):
-            module.forward = per_row(type(module).forward.__get__(module))  # type: ignore
+        if isinstance(module, nn.Linear | nn.Conv2d) or _is_activation(module):
+            if "_batched_forward" not in vars(module):
+                module._batched_forward = module.forward  # type: ignore[assignment]
+                module.forward = per_row(module._batched_forward)  # type: ignore[method-assign]
             count += 1
     return count
 
 
 def undo_batch_invariant(model: nn.Module) -> None:
-    """Back to the library's batched forwards (benchmarks compare both in one process)."""
+    """Back to the batched forwards (benchmarks compare both in one process)."""
     for module in model.modules():
-        if "forward" in vars(module):
-            del module.forward
+        if "_batched_forward" in vars(module):
+            module.forward = vars(module).pop("_batched_forward")  # type: ignore[method-assign]
