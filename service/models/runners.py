@@ -29,7 +29,8 @@ def _runner_class(family: str) -> type[ModelRunner]:
 
 
 def load_runner(
-    path: str, device: str = "cpu", model_id: str = "", **options: Any
+    path: str, device: str = "cpu", model_id: str = "", family: str | None = None,
+    **options: Any,
 ) -> ModelRunner:
     """Build the runner for the checkpoint at `path` and load its weights onto `device`.
 
@@ -45,7 +46,9 @@ def load_runner(
         return CheckpointError(f"{label}: {where}{message}")
 
     try:
-        family = family_of(path)
+        # A caller that already read the family passes it: reading it may parse the
+        # multi-megabyte tokenizer.json (Janus-1.3B vs Janus-Pro).
+        family = family or family_of(path)
         if family in (JANUS, JANUS_PRO):
             options = {**options, "family": family}
         runner = _runner_class(family)(path, device, **options)

@@ -62,14 +62,15 @@ def run_worker(
     path = settings.models[model_id]
     started = time.monotonic()
     try:
+        family = family_of(path)
         options = runner_options(
-            family_of(path),
+            family,
             compile=compile,
             upsample_1024=upsample_1024,
             vae_path=settings.vae_path,
             batch_invariant=settings.batch_invariant,
         )
-        runner = load_runner(path, device=device, model_id=model_id, **options)
+        runner = load_runner(path, device=device, model_id=model_id, family=family, **options)
     except CheckpointError as exc:
         message = str(exc)
         if model_id not in message:

@@ -249,7 +249,7 @@ def convert_checkpoint(src_dir: str, dst_dir: str) -> str:
         raise CheckpointError(f"{src_dir}: not an original-layout Janus checkpoint ({layout})")
     if os.path.abspath(src_dir) == os.path.abspath(dst_dir):
         raise CheckpointError(f"{dst_dir}: the converted copy needs its own directory")
-    model, processor = load_original(src_dir, "cpu", None)  # keeps the checkpoint's dtype
+    model, processor = load_original(src_dir, "cpu", None, family)  # keeps its own dtype
     os.makedirs(dst_dir, exist_ok=True)
     model.save_pretrained(dst_dir)
     processor.save_pretrained(dst_dir)

@@ -24,10 +24,12 @@ from service.models.tokens import BOI, EOI, IMAGE, PAD
 log = logging.getLogger(__name__)
 
 
-def load_model_and_processor(path: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def load_model_and_processor(
+    path: str, device: str, dtype: torch.dtype, family: str | None = None
+) -> tuple[Any, Any]:
     config = catalog.read_config(path)
     if config.get("model_type") == "multi_modality":
-        return load_original(_local_dir(path), device, dtype)
+        return load_original(_local_dir(path), device, dtype, family)
     from transformers import JanusForConditionalGeneration, JanusProcessor
 
     processor = JanusProcessor.from_pretrained(path)
@@ -80,7 +82,7 @@ def read_weights(directory: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin weights")
 
 
-def original_processor(directory: str) -> Any:
+def original_processor(directory: str, family: str | None = None) -> Any:
     """A JanusProcessor from DeepSeek's tokenizer.json / processor / preprocessor configs."""
     from transformers import JanusImageProcessorPil, JanusProcessor, PreTrainedTokenizerFast
 
@@ -116,7 +118,7 @@ def original_processor(directory: str) -> Any:
     return JanusProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        chat_template=format_of(catalog.family_of(directory)).chat_template(),
+        chat_template=format_of(family or catalog.family_of(directory)).chat_template(),
         use_default_system_prompt=True,  # DeepSeek's understanding prompt has it
         num_image_tokens=int(chat.get("num_image_tokens", (size // 16) ** 2)),
     )
@@ -136,7 +138,9 @@ def generation_config(tokenizer: Any) -> Any:
     )
 
 
-def load_original(directory: str, device: str, dtype: torch.dtype | None) -> tuple[Any, Any]:
+def load_original(
+    directory: str, device: str, dtype: torch.dtype | None, family: str | None = None
+) -> tuple[Any, Any]:
     """An original-layout checkpoint as (JanusForConditionalGeneration, JanusProcessor).
 
     `dtype` None keeps the checkpoint's own dtype.
@@ -147,7 +151,7 @@ def load_original(directory: str, device: str, dtype: torch.dtype | None) -> tup
     state = read_weights(directory)
     if not os.path.isfile(os.path.join(directory, "tokenizer.json")):
         raise CheckpointError(f"{directory}: no tokenizer.json")
-    processor = original_processor(directory)
+    processor = original_processor(directory, family)
     config = convert.janus_config(original, state, processor.tokenizer)
     converted, unused = convert.convert_state_dict(state)
     del state

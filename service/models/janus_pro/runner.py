@@ -78,7 +78,9 @@ class JanusProRunner(ModelRunner):
     def load(self) -> None:
         from service.models.janus_pro.loading import load_model_and_processor
 
-        model, processor = load_model_and_processor(self.path, self.device, self.dtype)
+        model, processor = load_model_and_processor(
+            self.path, self.device, self.dtype, self.family
+        )
         self.attach(model, processor)
 
     def attach(self, model: Any, processor: Any) -> None:
