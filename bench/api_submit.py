@@ -201,9 +201,11 @@ def main() -> None:  # noqa: PLR0915 - one straight setup, measure, tear down
         for _ in range(args.rounds):
             for conns in (1, 4):
                 for app, url in apps.items():
-                    with psycopg.connect(db_url, autocommit=True) as conn:
+                    with psycopg.connect(db_url) as conn:  # one transaction: counts agree
                         conn.execute("DELETE FROM jobs")
+                        conn.execute("DELETE FROM queue_counts")
                         conn.execute("DELETE FROM floor_jobs")
+                    with psycopg.connect(db_url, autocommit=True) as conn:
                         conn.execute("VACUUM ANALYZE jobs")
                         conn.execute("VACUUM ANALYZE floor_jobs")
                     results.setdefault((app, conns), []).append(

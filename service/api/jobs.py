@@ -69,10 +69,12 @@ def create_job() -> tuple[Response, int]:
     key = current_key()
     if session.in_transaction():  # the key was read from the database (a cache miss)
         session.commit()
-    # Each statement of a submit commits on its own: the INSERT is the one write, so a
-    # transaction around it only added BEGIN and COMMIT round trips. The job is still
-    # committed before it is published, and the count reads committed rows only.
-    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    if session.get_bind().dialect.name == "postgresql":
+        # Each statement of a submit commits on its own: the INSERT (which also counts
+        # the job into its queue and reads its position) is the one write, so a
+        # transaction around it only added BEGIN and COMMIT round trips. The job is
+        # still committed before it is published.
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     if sub.idempotency_key:
         existing = crud.find_by_idempotency_key(
             session=session, api_key_id=key.id, key=sub.idempotency_key
@@ -81,7 +83,7 @@ def create_job() -> tuple[Response, int]:
             return _replay(existing, sub)
 
     try:
-        job = crud.create_job(
+        job, position = crud.create_job(
             session=session,
             storage=rt.storage,
             api_key_id=key.id,
@@ -90,10 +92,7 @@ def create_job() -> tuple[Response, int]:
             request_hash=sub.request_hash,
             cancel_after=sub.cancel_after,
         )
-        # Counted on the same connection: one checkout per submit, not a second one
-        # (ping, BEGIN, SELECT, ROLLBACK) for the response.
-        position = crud.queue_position(session=session, job=job)
-        session.commit()  # hands the connection back (nothing left to commit)
+        session.commit()  # SQLite's transaction; on Postgres, hands the connection back
     except IntegrityError:
         session.rollback()
         existing = crud.find_by_idempotency_key(

@@ -1,12 +1,13 @@
 """The one hook every job status change goes through, inside the changing transaction.
 
 Whatever must stay consistent with a job's status (its webhook event, its
-batch's counters and status) is written here, so no code path can change a
-status and forget the rest. `transition` is the only writer of `jobs.status`:
-a conditional UPDATE from a known status (two processes racing on one job can
-never both win), then the hook, for one job or a whole set at once. Job rows
-are updated first and batch rows second, always in that order, so concurrent
-transitions cannot deadlock.
+batch's counters and status, its model's queue count) is written here, so no
+code path can change a status and forget the rest. `transition` is the only
+writer of `jobs.status`: a conditional UPDATE from a known status (two
+processes racing on one job can never both win), then the hook, for one job or
+a whole set at once. Job rows are updated first, batch rows second, and queue
+counts last, at the commit (service/lifecycle/queues.py), always in that order,
+so concurrent transitions cannot deadlock.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.orm import Session
 
 from service.core.tables import Batch, Job, utcnow
+from service.lifecycle import queues
 from service.lifecycle.outbox import batch_event, job_event
 from service.lifecycle.status import BatchStatus, JobStatus
 
@@ -27,6 +29,8 @@ class Moved(Protocol):
     """What the hook reads of a changed job: an ORM row, or a RETURNING row of a bulk UPDATE."""
 
     id: str
+    model: str
+    lane: int
     batch_id: str | None
     status: str
     webhook: str | None
@@ -34,7 +38,7 @@ class Moved(Protocol):
 
 
 # Columns a bulk transition returns: enough for the hook without loading whole rows.
-MOVED_COLUMNS = (Job.id, Job.batch_id, Job.status, Job.webhook, Job.attempts)
+MOVED_COLUMNS = (Job.id, Job.model, Job.lane, Job.batch_id, Job.status, Job.webhook, Job.attempts)
 
 
 def transition(
@@ -81,8 +85,14 @@ def bulk_transition(
 def jobs_changed(*, session: Session, jobs: Sequence[Moved], previous: str) -> None:
     """The hook: `jobs` (already updated) left `previous` for their current status."""
     moves: dict[str, Counter[tuple[str, str]]] = {}
+    queued: Counter[tuple[str, int]] = Counter()  # (model, lane) -> jobs in (+) or out (-)
     announce: list[Moved] = []
     for job in jobs:
+        if previous != job.status:
+            if previous == JobStatus.QUEUED:
+                queued[(job.model, job.lane)] -= 1
+            elif job.status == JobStatus.QUEUED:
+                queued[(job.model, job.lane)] += 1
         if job.batch_id is not None and previous != job.status:
             moves.setdefault(job.batch_id, Counter())[(previous, job.status)] += 1
         if not job.webhook or job.status == JobStatus.QUEUED:
@@ -98,6 +108,8 @@ def jobs_changed(*, session: Session, jobs: Sequence[Moved], previous: str) -> N
         job_event(session=session, job=job if isinstance(job, Job) else loaded[job.id])
     for batch_id, counts in moves.items():
         batch_counts_moved(session=session, batch_id=batch_id, moves=dict(counts))
+    if queued:
+        queues.moved(session=session, changes=queued)
 
 
 def batch_counts_moved(

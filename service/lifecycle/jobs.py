@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.core.broker import publish
@@ -18,6 +18,7 @@ from service.core.ids import new_id
 from service.core.images import CheckedImage
 from service.core.storage import Storage
 from service.core.tables import Job, utcnow
+from service.lifecycle import queues
 from service.lifecycle.hook import transition
 from service.lifecycle.status import JobStatus
 
@@ -68,12 +69,15 @@ def create_job(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     cancel_after: float | None = None,
-) -> Job:
-    """Insert a queued job (the caller commits, then publishes with `publish_jobs`).
+) -> tuple[Job, int]:
+    """Insert a queued job; returns it and its queue position (then: commit, publish).
 
-    One Core INSERT rather than the ORM's unit of work (the submit path's hottest
-    statement; the flush machinery cost more CPU than the statement). The returned
-    Job is not in the session: it only carries the values for the response.
+    One Core statement rather than the ORM's unit of work (the submit path's hottest
+    statement; the flush machinery cost more CPU than the statement), which also
+    counts the job into its queue and reads its position (service/lifecycle/queues.py).
+    On Postgres run it on an autocommit connection: the job is then committed when
+    this returns. The returned Job is not in the session: it only carries the values
+    for the response.
     """
     job_id = new_id("job")
     now = utcnow()
@@ -96,19 +100,11 @@ def create_job(
         enqueued_at=now,
         deadline_at=now + timedelta(seconds=cancel_after) if cancel_after else None,
     )
-    values = {column: getattr(job, attr) for column, attr in _INSERTED.items()}
-    session.connection().execute(_INSERT, values)
-    return job
-
-
-# Table column -> Job attribute, for the values create_job sets.
-_INSERTED = {
-    name: "metadata_" if name == "metadata" else name
-    for name in ("id", "api_key_id", "model", "task", "status", "input", "metadata", "webhook",
-                 "webhook_events", "lane", "attempts", "cancel_requested", "idempotency_key",
-                 "request_hash", "created_at", "enqueued_at", "deadline_at")
-}
-_INSERT = insert(Job.__table__)
+    values = {
+        name: getattr(job, "metadata_" if name == "metadata" else name)
+        for name in queues.INSERTED
+    }
+    return job, queues.insert_queued(session.connection(), values)
 
 
 def publish_jobs(
@@ -171,26 +167,12 @@ def list_jobs(
 
 
 def queue_position(*, session: Session, job: Job) -> int:
-    """How many queued jobs of the same model a worker will take before this one.
+    """How many queued jobs of the same model a worker takes before this one.
 
-    A Core statement on the session's connection (same transaction): the ORM's
-    statement machinery costs more CPU than this count on a short queue.
+    Read from the kept queue counts (service/lifecycle/queues.py says what exactly
+    it counts), on the session's connection and transaction.
     """
-    params = {"model": job.model, "lane": job.lane, "id": job.id}
-    return session.connection().execute(_QUEUE_POSITION, params).scalar() or 0
-
-
-_jobs = Job.__table__.c
-_QUEUE_POSITION = (
-    select(func.count())
-    .select_from(Job.__table__)
-    .where(
-        _jobs.model == bindparam("model"),
-        _jobs.status == JobStatus.QUEUED.value,
-        or_(_jobs.lane < bindparam("lane"),
-            and_(_jobs.lane == bindparam("lane"), _jobs.id < bindparam("id"))),
-    )
-)
+    return queues.position(session.connection(), model=job.model, lane=job.lane, job_id=job.id)
 
 
 def canceled_now() -> dict[str, Any]:
