@@ -13,6 +13,7 @@ from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError, validation_error
 from service.api.responses import JobList
 from service.api.submit import Submission, parse_submission
+from service.core.broker import publish
 from service.core.storage import StorageError
 from service.core.tables import Job
 from service.lifecycle import jobs as crud
@@ -63,53 +64,46 @@ def _replay(existing: Job, sub: Submission) -> tuple[Response, int]:
 @bp.post("/v1/jobs")
 def create_job() -> tuple[Response, int]:
     rt = runtime()
-    g.rate = rt.limiter.check(current_key().id)
-    sub = parse_submission(request, rt.models, rt.settings)
-    session = db()
     key = current_key()
-    if session.in_transaction():  # the key was read from the database (a cache miss)
-        session.commit()
-    if session.get_bind().dialect.name == "postgresql":
-        # Each statement of a submit commits on its own: the INSERT (which also counts
-        # the job into its queue and reads its position) is the one write, so a
-        # transaction around it only added BEGIN and COMMIT round trips. The job is
-        # still committed before it is published.
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    g.rate = rt.limiter.check(key.id)
+    sub = parse_submission(request, rt.models, rt.settings)
+    if "db" in g and g.db.in_transaction():  # the key was read from the database
+        g.db.commit()  # (a cache miss): hand that connection back first
     if sub.idempotency_key:
         existing = crud.find_by_idempotency_key(
-            session=session, api_key_id=key.id, key=sub.idempotency_key
+            session=db(), api_key_id=key.id, key=sub.idempotency_key
         )
+        db().rollback()  # a read: hand the connection back before the INSERT takes one
         if existing is not None:
             return _replay(existing, sub)
 
+    # No ORM session on this path: one pooled connection, and on Postgres one
+    # statement that inserts, counts the job into its queue and reads its position,
+    # committed on its own (crud.submit_connection). The job is committed before it
+    # is published, as ever.
     try:
-        job, position = crud.create_job(
-            session=session,
-            storage=rt.storage,
-            api_key_id=key.id,
-            spec=sub.spec,
-            idempotency_key=sub.idempotency_key,
-            request_hash=sub.request_hash,
-            cancel_after=sub.cancel_after,
-        )
-        session.commit()  # SQLite's transaction; on Postgres, hands the connection back
+        with crud.submit_connection(rt.engine) as connection:
+            job, position = crud.create_job(
+                connection=connection,
+                storage=rt.storage,
+                api_key_id=key.id,
+                spec=sub.spec,
+                idempotency_key=sub.idempotency_key,
+                request_hash=sub.request_hash,
+                cancel_after=sub.cancel_after,
+            )
     except IntegrityError:
-        session.rollback()
         existing = crud.find_by_idempotency_key(
-            session=session, api_key_id=key.id, key=sub.idempotency_key or ""
+            session=db(), api_key_id=key.id, key=sub.idempotency_key or ""
         )
         if existing is None:
             raise
         return _replay(existing, sub)
 
-    crud.publish_jobs(
-        session=session,
-        celery=rt.celery,
-        wakeups=[(job.id, job.model)],
-        job_ids=[job.id],
-        max_retries=rt.settings.publish_max_retries,
-    )
-    session.commit()
+    unpublished = publish(rt.celery, [(job.id, job.model)], rt.settings.publish_max_retries)
+    if unpublished:  # the broker is away: the sweeper publishes it as soon as it can
+        crud.mark_unpublished(session=db(), job_ids=unpublished)
+        db().commit()
     return _render_after_wait(job, 202, position)
 
 
