@@ -17,6 +17,7 @@ from service.core.broker import publish
 from service.core.storage import StorageError
 from service.core.tables import Job
 from service.lifecycle import jobs as crud
+from service.lifecycle.jobs import NewJob
 from service.lifecycle.retention import NotFinished, remove_job_data
 from service.lifecycle.status import STATUSES, JobStatus, is_terminal
 from service.lifecycle.views import JobObject, job_view, public
@@ -27,7 +28,7 @@ bp.before_request(require_api_key)
 _WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)")
 
 
-def view(job: Job, position: int | None = None) -> JobObject:
+def view(job: Job | NewJob, position: int | None = None) -> JobObject:
     """The job object as clients see it, with its queue position while queued.
 
     `position`: already counted (a new job's, counted at submit right after its INSERT).
@@ -40,7 +41,9 @@ def view(job: Job, position: int | None = None) -> JobObject:
     return job_view(job, rt.storage, rt.settings.url_expiry_seconds, position)
 
 
-def render(job: Job, status: int = 200, position: int | None = None) -> tuple[Response, int]:
+def render(
+    job: Job | NewJob, status: int = 200, position: int | None = None
+) -> tuple[Response, int]:
     return jsonify(public(view(job, position))), status
 
 
@@ -79,19 +82,17 @@ def create_job() -> tuple[Response, int]:
 
     # No ORM session on this path: one pooled connection, and on Postgres one
     # statement that inserts, counts the job into its queue and reads its position,
-    # committed on its own (crud.submit_connection). The job is committed before it
-    # is published, as ever.
+    # committed on its own. The job is committed before it is published, as ever.
     try:
-        with crud.submit_connection(rt.engine) as connection:
-            job, position = crud.create_job(
-                connection=connection,
-                storage=rt.storage,
-                api_key_id=key.id,
-                spec=sub.spec,
-                idempotency_key=sub.idempotency_key,
-                request_hash=sub.request_hash,
-                cancel_after=sub.cancel_after,
-            )
+        job, position = crud.create_job(
+            engine=rt.engine,
+            storage=rt.storage,
+            api_key_id=key.id,
+            spec=sub.spec,
+            idempotency_key=sub.idempotency_key,
+            request_hash=sub.request_hash,
+            cancel_after=sub.cancel_after,
+        )
     except IntegrityError:
         existing = crud.find_by_idempotency_key(
             session=db(), api_key_id=key.id, key=sub.idempotency_key or ""
@@ -115,7 +116,7 @@ def _wait_seconds() -> int:
 
 
 def _render_after_wait(
-    job: Job, status: int = 200, position: int | None = None
+    job: Job | NewJob, status: int = 200, position: int | None = None
 ) -> tuple[Response, int]:
     """Honour `Prefer: wait=N`: hold the answer until the job is terminal or N seconds pass.
 
@@ -123,9 +124,8 @@ def _render_after_wait(
     """
     wait = _wait_seconds()
     deadline = time.monotonic() + wait
-    session = db()
     while not is_terminal(job.status) and time.monotonic() < deadline:
-        session.rollback()  # hand the connection back while we sleep
+        db().rollback()  # hand the connection back while we sleep
         time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
         job = _owned(job.id)
         position = None
