@@ -4,6 +4,7 @@ recount, and every position equals the rows a worker takes first, counted the sl
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import uuid
 from datetime import timedelta
@@ -22,6 +23,7 @@ from service.lifecycle.batches import cancel_batch, create_batch
 from service.lifecycle.claims import claim_next, finish, release
 from service.lifecycle.status import JobStatus
 from service.lifecycle.sweep import SweepReport, expire_deadlines, expire_leases
+from tests.helpers import CLI, settings_env
 
 
 class World:
@@ -210,6 +212,20 @@ def test_recount_repairs_the_counts(world: World) -> None:
         assert (world.model, 0) in queues.drift(session=session)
         queues.recount(session=session)
     world.check()
+
+
+def test_cli_checks_and_recounts(world: World, settings) -> None:  # type: ignore[no-untyped-def]
+    world.submit()
+    with world.engine.begin() as conn:
+        conn.execute(delete(QueueCount).where(QueueCount.model == world.model))
+    env = settings_env(settings)
+    check = subprocess.run([*CLI, "queues", "check"], env=env, capture_output=True, text=True)
+    assert check.returncode == 1 and f"{world.model} lane 0: kept 0, queued rows 1" in check.stdout
+    fixed = subprocess.run([*CLI, "queues", "recount"], env=env, capture_output=True, text=True)
+    assert fixed.returncode == 0, fixed.stderr
+    world.check()
+    again = subprocess.run([*CLI, "queues", "check"], env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "agree" in again.stderr
 
 
 def test_embedded_sqlite_keeps_the_counts_too(sqlite_world: World) -> None:
