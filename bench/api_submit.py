@@ -11,12 +11,17 @@ with the same workers and threads (gthread, access log on):
 Each run posts the same generate body for a fixed time with `wrk` (or, without it, a
 closed-loop Python client on persistent connections). Runs are interleaved (floor, api,
 floor, api, ...) at 1 and 4 connections so machine noise hits both alike, and the
-queued rows are deleted between runs so every run starts from an empty queue (the
-API's queue position counts the queued jobs ahead). Prints a table, then last:
+queued rows (and their queue counts) are deleted between runs so every run starts
+from an empty queue. `--compare NAME=PATH` also serves the API of another checkout
+(e.g. an extracted tree of main) in the same rounds, for a before/after on the same
+load. Each row also shows the CPU time per request of the app's processes, of the
+Postgres backends of the bench database and of the bench's Redis (other work on the
+machine is not counted), which says where a submit's cost lands even when a shared
+machine makes the latencies noisy. Prints a table, then last:
 
     submit_p50_ratio=<api p50 / floor p50 at c1> submit_rps_ratio_c4=<api rps / floor rps at c4>
 
-    python bench/api_submit.py [--seconds 10] [--rounds 2]
+    python bench/api_submit.py [--seconds 10] [--rounds 2] [--compare main=/path/to/tree]
 """
 
 from __future__ import annotations
