@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, has_request_context, jsonify, request
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import exc as sa
 from werkzeug.exceptions import HTTPException
@@ -70,8 +70,14 @@ def validation_error(details: list[dict[str, Any]], message: str | None = None) 
 
 
 def error_response(
-    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+    status: int, code: str, message: str, details: Any = None,
+    headers: dict[str, str] | None = None, param: str | None = None,
 ) -> Response:
+    if has_request_context() and request.path.startswith("/openai/"):
+        # The OpenAI-compatible face answers in OpenAI's error shape (one place, here).
+        from service.api.openai.errors import openai_response
+
+        return openai_response(status, code, message, details, headers, param)
     body = ErrorBody(code=code, message=message)
     if details is not None:  # absent, not null, when there are none
         body.details = details
@@ -131,7 +137,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers,
+                              getattr(exc, "param", None))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
