@@ -148,7 +148,10 @@ def register_error_handlers(app: Flask) -> None:
             headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         message = exc.description or exc.name
         if status == 413:
-            message = f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+            message = f"request body is larger than {request.max_content_length} bytes"
+            # The rest of the body was never read: the connection cannot carry another
+            # request, and a client that reused it would fail on its next call.
+            headers["Connection"] = "close"
         return error_response(
             status, _HTTP_CODES.get(status, "http_error"), message, headers=headers
         )
