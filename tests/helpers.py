@@ -198,13 +198,21 @@ class Control:
         self.stop_index, self.after = stop_index, after
         self.asked: dict[int, int] = {}
         self.progress: dict[int, list[float]] = {}
+        self.steps: dict[int, list[tuple[int | None, int | None]]] = {}
+        self.texts: dict[int, list[str]] = {}
 
     def should_stop(self, index: int) -> bool:
         self.asked[index] = self.asked.get(index, 0) + 1
         return index == self.stop_index and self.asked[index] > self.after
 
-    def report_progress(self, index: int, fraction: float) -> None:
+    def report_progress(
+        self, index: int, fraction: float, step: int | None = None, steps: int | None = None
+    ) -> None:
         self.progress.setdefault(index, []).append(fraction)
+        self.steps.setdefault(index, []).append((step, steps))
+
+    def report_text(self, index: int, text_so_far: str) -> None:
+        self.texts.setdefault(index, []).append(text_so_far)
 
 
 def assert_error_shape(response, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ from service.api.ratelimit import RateLimiter
 from service.api.ratelimit import headers as rate_headers
 from service.core.broker import make_celery, queue_depths
 from service.core.db import make_engine, make_sessionmaker
+from service.core.events import announce_on_commit, event_log
 from service.core.keyversion import KeyVersion
 from service.core.settings import Settings, load_settings
 from service.core.storage import storage_from_settings
@@ -63,7 +64,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         models=model_catalog(settings),
         limiter=RateLimiter(settings),
         keys=KeyCache(KeyVersion(settings)),
+        events=event_log(settings),
     )
+    announce_on_commit(rt.sessions, rt.events)  # a cancel wakes the job's watchers
     app.extensions["janus"] = rt
     metrics = ApiMetrics()
     app.extensions["janus_metrics"] = metrics

@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     # Wake-up messages published per upload; each passes the baton while work remains.
     batch_wakeups: int = Field(64, ge=1)
 
+    # Live job events (GET /v1/jobs/{id}/events, Prefer: wait): events kept per job
+    # (the oldest go first), how long after the job ends they are kept, the least time
+    # between two progress events of one job, and the heartbeat of an idle stream.
+    events_max_len: int = Field(2000, ge=10, le=1_000_000)
+    events_ttl_seconds: int = Field(3600, ge=1)
+    events_progress_seconds: float = Field(0.25, ge=0)
+    events_heartbeat_seconds: float = Field(15.0, gt=0, le=300)
+
     webhook_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_allow_private: bool = False
     # Delivery (docs/WEBHOOKS.md). The schedule is the wait before each try,

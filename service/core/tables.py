@@ -187,6 +187,27 @@ class Worker(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class LiveEvent(Base):
+    """Live job events in the embedded mode (no Redis): service/core/events_sql.py.
+
+    Ids only grow (SQLite AUTOINCREMENT never reuses one), so "after id N" is a cursor.
+    `stream` is a job or batch id; no foreign key, the rows expire on their own.
+    """
+
+    __tablename__ = "live_events"
+    __table_args__ = (
+        Index("ix_live_events_stream", "stream", "id"),
+        Index("ix_live_events_expires", "expires_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stream: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class OpenAIFile(Base):
     """A file of the OpenAI-compatible face (/openai/v1/files): an uploaded batch input, or
     a batch's output or error file. The bytes live in object storage under `key`."""

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.orm import Session
 
+from service.core import events
 from service.core.tables import Batch, Job, utcnow
 from service.lifecycle.outbox import batch_event, job_event
 from service.lifecycle.status import BatchStatus, JobStatus
@@ -85,6 +86,7 @@ def jobs_changed(*, session: Session, jobs: Sequence[Moved], previous: str) -> N
     for job in jobs:
         if job.batch_id is not None and previous != job.status:
             moves.setdefault(job.batch_id, Counter())[(previous, job.status)] += 1
+        _announce(session, job.id, previous, job.status)
         if not job.webhook or job.status == JobStatus.QUEUED:
             continue
         if job.status == JobStatus.RUNNING and job.attempts > 1:
@@ -98,6 +100,15 @@ def jobs_changed(*, session: Session, jobs: Sequence[Moved], previous: str) -> N
         job_event(session=session, job=job if isinstance(job, Job) else loaded[job.id])
     for batch_id, counts in moves.items():
         batch_counts_moved(session=session, batch_id=batch_id, moves=dict(counts))
+        events.note_after_commit(session, batch_id, events.COUNTS, {})
+
+
+def _announce(session: Session, job_id: str, previous: str, status: str) -> None:
+    """The job's live event for this move, written once the transaction commits."""
+    if status == JobStatus.RUNNING and previous != status:
+        events.note_after_commit(session, job_id, events.STARTED, {})
+    elif JobStatus(status).is_terminal and previous != status:
+        events.note_after_commit(session, job_id, events.STATUS, {"status": str(status)})
 
 
 def batch_counts_moved(
@@ -148,3 +159,4 @@ def finish_batch_if_done(*, session: Session, batch_id: str) -> None:
     )
     if batch is not None:
         batch_event(session=session, batch=batch)
+        events.note_after_commit(session, batch_id, events.STATUS, {"status": str(final)})
