@@ -16,6 +16,7 @@ import requests
 from openai import OpenAI
 from PIL import Image
 
+from service.core.events import event_log
 from tests.helpers import (
     TEST_IMAGE_SIZE,
     TINY,
@@ -80,7 +81,7 @@ def test_images_generate_as_urls_and_as_base64(oai: OpenAI) -> None:
     assert [img.tobytes() for img in decoded] == [img.tobytes() for img in fetched]
 
 
-def test_chat_completion_and_its_stream_give_the_same_answer(oai: OpenAI) -> None:
+def test_chat_completion_and_its_stream_give_the_same_answer(oai: OpenAI, settings) -> None:  # type: ignore[no-untyped-def]
     params = {"model": TINY, "messages": ask("What is in the picture?"), "seed": 3,
               "max_tokens": 12, "temperature": 1.0}
     answer = oai.chat.completions.create(**params)
@@ -102,6 +103,11 @@ def test_chat_completion_and_its_stream_give_the_same_answer(oai: OpenAI) -> Non
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] == "stop" and set(finishes[:-1]) == {None}
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0
+    # The deltas are the worker's token events, read from the job's live event channel.
+    job_id = chunks[0].id.removeprefix("chatcmpl-")
+    tokens = [e.data["text"] for e in event_log(settings).read(job_id, None, 0)
+              if e.kind == "token"]
+    assert tokens and [c.choices[0].delta.content for c in chunks[1:-2]] == tokens
 
     # A system prompt and earlier turns are accepted and answered.
     turns = [{"role": "system", "content": "Answer briefly."},

@@ -1,24 +1,30 @@
 """Submitting one checked job as /v1 does, and holding the request until it ends.
 
-`wait_terminal` polls the job's row (one indexed SELECT every quarter second, the
-connection handed back in between), as `Prefer: wait` on /v1 does. `TextStream`
-yields an understanding job's text as it is decoded; see its docstring for where
-the text comes from.
+Both wait on the job's live event channel (service/core/events.py): `wait_terminal`
+for its terminal `status` event, `TextStream` for its `token` events as the worker
+decodes. The job's row stays the truth: it is read again after a status event, and
+at least every RECHECK_SECONDS should an event be lost.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
 from service.api.context import current_key, db, runtime
 from service.api.openai.errors import OpenAIError
 from service.api.submit import CheckedJob
+from service.core import events
+from service.core.events import Event
 from service.core.tables import Job
 from service.lifecycle import jobs as crud
 from service.lifecycle.status import JobStatus, is_terminal
 
-POLL_SECONDS = 0.25
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.25  # only while the event store cannot be read
+RECHECK_SECONDS = 2.0  # the row is read at least this often, should an event be lost
 HEARTBEAT_SECONDS = 10.0  # an SSE comment this often keeps proxies from closing the stream
 
 
@@ -42,30 +48,52 @@ def load(job_id: str) -> Job:
     return job
 
 
+def _next_events(job_id: str, after: str | None, timeout: float) -> tuple[list[Event], str | None]:
+    """The job's live events after `after`, waiting up to `timeout` (service/core/events.py).
+
+    The event store is best effort: if it fails, this sleeps a poll interval and the
+    caller's check of the job's row carries on alone.
+    """
+    try:
+        found = runtime().events.read(job_id, after, timeout)
+    except Exception:  # noqa: BLE001 - the row is the truth; events only wake us sooner
+        log.warning("live events unreadable for %s; polling its row", job_id, exc_info=True)
+        time.sleep(min(POLL_SECONDS, timeout))
+        return [], after
+    return found, (found[-1].id if found else after)
+
+
 def wait_terminal(job_id: str, seconds: float) -> Job | None:
-    """The job once terminal, or None when `seconds` pass first."""
+    """The job once terminal, or None when `seconds` pass first.
+
+    Woken by the job's terminal `status` event; its row is read again at least every
+    RECHECK_SECONDS in case that event was dropped.
+    """
     deadline = time.monotonic() + seconds
     session = db()
+    after: str | None = None
     while True:
         job = load(job_id)
         if is_terminal(job.status):
             return job
-        session.rollback()  # hand the connection back while we sleep
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        time.sleep(min(POLL_SECONDS, left))
+        session.rollback()  # hand the connection back while we wait
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            found, after = _next_events(job_id, after, min(left, RECHECK_SECONDS))
+            if not found or any(e.kind == events.STATUS for e in found):
+                break  # a status, or a quiet spell: read the row
 
 
 class TextStream:
     """An understanding job's answer as text deltas; `None` items are heartbeats.
 
     After iteration, `job` is the terminal job, or None if `seconds` passed first.
-
-    The deltas come from the job's row: when the job ends, its whole answer is one
-    delta. This is the one place to change when the worker publishes its tokens on a
-    live event channel: read `token` events there instead of polling, and keep the
-    final check below (text the channel missed is sent before the stream ends).
+    Deltas are the worker's `token` events on the job's live event channel, so they
+    arrive as the worker decodes. The row is the truth: once the job is terminal, any
+    text the channel missed (a dropped event) is sent before the stream ends, so the
+    deltas always join to the job's `output.text`.
     """
 
     def __init__(self, job_id: str, seconds: float) -> None:
@@ -77,20 +105,31 @@ class TextStream:
         deadline = time.monotonic() + self.seconds
         beat = time.monotonic() + HEARTBEAT_SECONDS
         session = db()
-        sent = ""
+        sent, after, check = "", None, True
         while True:
-            job = load(self.job_id)
-            if is_terminal(job.status):
-                self.job = job
-                break
-            session.rollback()
+            if check:
+                job = load(self.job_id)
+                if is_terminal(job.status):
+                    break
+                session.rollback()
             now = time.monotonic()
             if now >= deadline:
                 return
             if now >= beat:
                 beat = now + HEARTBEAT_SECONDS
                 yield None
-            time.sleep(min(POLL_SECONDS, deadline - now))
+            found, after = _next_events(self.job_id, after,
+                                        min(deadline - now, RECHECK_SECONDS, beat - now))
+            check = not found
+            for event in found:
+                if event.kind == events.TOKEN and isinstance(event.data.get("text"), str):
+                    sent += event.data["text"]
+                    yield event.data["text"]
+                elif event.kind == events.STATUS:
+                    check = True
+        self.job = job
         text = (job.output or {}).get("text", "") if job.status == JobStatus.SUCCEEDED else ""
         if text.startswith(sent) and len(text) > len(sent):
             yield text[len(sent):]
+        elif not text.startswith(sent):
+            log.warning("job %s: streamed text is not a prefix of its answer", self.job_id)
