@@ -72,7 +72,8 @@ def _check_line(record: Any, number: int, endpoint: str, seen: dict[str, int]
         return _error("invalid_method", "method must be POST", number, "method")
     url = record.get("url")
     if url != endpoint:
-        return _error("mismatched_endpoint" if url in ENDPOINTS else "invalid_url",
+        known = isinstance(url, str) and url in ENDPOINTS
+        return _error("mismatched_endpoint" if known else "invalid_url",
                       f"url must be the batch's endpoint {endpoint}", number, "url")
     body = record.get("body")
     if not isinstance(body, dict):

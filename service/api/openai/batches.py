@@ -21,6 +21,7 @@ from typing import Any
 
 from flask import Response, g, jsonify, request
 
+from service.api.bodies import text_problems
 from service.api.context import current_key, db, runtime
 from service.api.openai.batch_lines import ENDPOINTS, parse_lines
 from service.api.openai.batch_output import finalize
@@ -107,6 +108,8 @@ def _metadata(value: Any) -> dict[str, str]:
     ok = isinstance(value, dict) and len(value) <= METADATA_KEYS and all(
         isinstance(k, str) and len(k) <= METADATA_KEY_CHARS and isinstance(v, str)
         and len(v) <= METADATA_VALUE_CHARS for k, v in value.items())
+    if ok and text_problems(value):
+        raise bad_request("metadata must not contain NUL or invalid characters", "metadata")
     if not ok:
         raise bad_request(f"metadata holds at most {METADATA_KEYS} string values "
                           f"(keys up to {METADATA_KEY_CHARS} characters, values up to "
@@ -124,10 +127,10 @@ def create_batch() -> Response:
             raise bad_request(f"Unrecognized request argument supplied: {str(name)[:100]}",
                               name)
     endpoint = body.get("endpoint")
-    if endpoint not in ENDPOINTS:
+    if not isinstance(endpoint, str) or endpoint not in ENDPOINTS:
         raise bad_request(f"endpoint must be one of: {', '.join(ENDPOINTS)}", "endpoint")
     window = body.get("completion_window")
-    if window not in records.COMPLETION_WINDOWS:
+    if not isinstance(window, str) or window not in records.COMPLETION_WINDOWS:
         raise bad_request("completion_window must be 24h", "completion_window")
     metadata = _metadata(body.get("metadata"))
     file_id = body.get("input_file_id")

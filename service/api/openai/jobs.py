@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25  # only while the event store cannot be read
 RECHECK_SECONDS = 2.0  # the row is read at least this often, should an event be lost
-HEARTBEAT_SECONDS = 10.0  # an SSE comment this often keeps proxies from closing the stream
 
 
 def submit(checked: CheckedJob) -> Job:
@@ -103,7 +102,8 @@ class TextStream:
 
     def __iter__(self) -> Iterator[str | None]:
         deadline = time.monotonic() + self.seconds
-        beat = time.monotonic() + HEARTBEAT_SECONDS
+        every = runtime().settings.events_heartbeat_seconds  # keeps proxies from closing
+        beat = time.monotonic() + every
         session = db()
         sent, after, check = "", None, True
         while True:
@@ -116,7 +116,7 @@ class TextStream:
             if now >= deadline:
                 return
             if now >= beat:
-                beat = now + HEARTBEAT_SECONDS
+                beat = now + every
                 yield None
             found, after = _next_events(self.job_id, after,
                                         min(deadline - now, RECHECK_SECONDS, beat - now))
