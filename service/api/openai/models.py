@@ -24,6 +24,6 @@ def list_models() -> Response:
     return jsonify({"object": "list", "data": data})
 
 
-@bp.get("/models/<path:model_id>")
+@bp.get("/models/<model_id>")
 def read_model(model_id: str) -> Response:
     return jsonify(model_object(model_info(model_id)))
