@@ -39,7 +39,7 @@ def data_url() -> str:
 def live(settings, tmp_path_factory):  # type: ignore[no-untyped-def]
     # Batch files past 64 KiB are refused here, so the 413 is cheap to provoke.
     api, base = start_api(settings, tmp_path_factory.mktemp("openai") / "api.log",
-                          JANUS_BATCH_MAX_BYTES="65536")
+                          JANUS_BATCH_MAX_BYTES="65536", JANUS_WEBHOOK_ALLOWLIST="127.0.0.1")
     yield base
     api.stop()
 
@@ -366,7 +366,8 @@ def test_a_batch_with_bad_lines_fails_validation_listing_them(oai: OpenAI, engin
 
     for bad, param in (({"endpoint": "/v1/embeddings"}, "endpoint"),
                        ({"completion_window": "1h"}, "completion_window"),
-                       ({"metadata": {"k": "v" * 600}}, "metadata")):
+                       ({"metadata": {"k": "v" * 600}}, "metadata"),
+                       ({"extra_body": {"webhook": "http://169.254.169.254/x"}}, "webhook")):
         kwargs = {"input_file_id": source.id, "endpoint": "/v1/images/generations",
                   "completion_window": "24h", **bad}
         with pytest.raises(openai.BadRequestError) as caught:
@@ -387,13 +388,15 @@ def test_cancel_a_batch_tenancy_and_the_shared_v1_view(
 ) -> None:
     source = upload(oai, [image_line(f"c{i}") for i in range(3)])
     batch = oai.batches.create(input_file_id=source.id, endpoint="/v1/images/generations",
-                               completion_window="24h", metadata={"project": "cancel"})
+                               completion_window="24h", metadata={"project": "cancel"},
+                               extra_body={"webhook": "http://127.0.0.1:9/hooks"})
     assert batch.status == "in_progress" and batch.request_counts.total == 3
     conforms(schemas.OpenAIBatch, batch)
     assert batch.metadata == {"project": "cancel"}
     ours = requests.get(f"{live}/v1/batches/{batch.id}", timeout=10,
                         headers={"Authorization": f"Bearer {api_key}"}).json()
     assert ours["counts"]["queued"] == 3 and ours["metadata"] == {"project": "cancel"}
+    assert ours["webhook"] == "http://127.0.0.1:9/hooks"
     assert batch.id in [b.id for b in oai.batches.list()]
     assert batch.id not in [b.id for b in stranger.batches.list()]
     for call in (stranger.batches.retrieve, stranger.batches.cancel):

@@ -23,11 +23,13 @@ from flask import Response, g, jsonify, request
 
 from service.api.bodies import text_problems
 from service.api.context import current_key, db, runtime
+from service.api.errors import ApiError
 from service.api.openai.batch_lines import ENDPOINTS, parse_lines
 from service.api.openai.batch_output import finalize
 from service.api.openai.blueprint import bp, json_body
 from service.api.openai.errors import OpenAIError, bad_request
 from service.api.openai.files import owned_file
+from service.api.submit import check_webhook
 from service.core.ids import new_id
 from service.core.tables import Batch, OpenAIBatch, utcnow
 from service.lifecycle import batches as crud
@@ -35,7 +37,8 @@ from service.lifecycle import openai_records as records
 from service.lifecycle.jobs import publish_jobs
 from service.lifecycle.status import BatchStatus
 
-CREATE_KEYS = {"input_file_id", "endpoint", "completion_window", "metadata"}
+# `webhook` is ours (`extra_body` in the client): the batch's `batch.completed` event.
+CREATE_KEYS = {"input_file_id", "endpoint", "completion_window", "metadata", "webhook"}
 METADATA_KEYS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512  # OpenAI's limits
 
 
@@ -117,6 +120,20 @@ def _metadata(value: Any) -> dict[str, str]:
     return value
 
 
+def _webhook(value: Any) -> str | None:
+    """The SSRF guard /v1 applies at submit (service/webhooks/ssrf.py)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 2048 or text_problems(value):
+        raise bad_request("webhook must be a URL of at most 2048 characters", "webhook")
+    try:
+        check_webhook(value, runtime().settings)
+    except ApiError as exc:
+        raise bad_request(f"webhook: {exc.details[0]['message'] if exc.details else exc}",
+                          "webhook") from exc
+    return value
+
+
 @bp.post("/batches")
 def create_batch() -> Response:
     rt = runtime()
@@ -133,6 +150,7 @@ def create_batch() -> Response:
     if not isinstance(window, str) or window not in records.COMPLETION_WINDOWS:
         raise bad_request("completion_window must be 24h", "completion_window")
     metadata = _metadata(body.get("metadata"))
+    webhook = _webhook(body.get("webhook"))
     file_id = body.get("input_file_id")
     if not isinstance(file_id, str) or not file_id:
         raise bad_request("input_file_id is required", "input_file_id")
@@ -154,7 +172,7 @@ def create_batch() -> Response:
     batch, ids = crud.create_batch(session=session, storage=rt.storage,
                                    api_key_id=current_key().id,
                                    specs=[line.spec for line in lines], input_format="jsonl",
-                                   webhook=None, metadata=metadata)
+                                   webhook=webhook, metadata=metadata)
     record = records.create_record(record_id=batch.id, batch_id=batch.id, **fields)
     session.commit()
     publish_jobs(session=session, celery=rt.celery,

@@ -190,6 +190,8 @@ class BatchCreate(_Shape):
     endpoint: Literal["/v1/images/generations", "/v1/chat/completions"]
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = None
+    webhook: str | None = Field(None, description="ours (extra_body): batch.completed is "
+                                "delivered there, as for /v1/batches")
 
 
 class BatchLineError(_Shape):

@@ -20,7 +20,7 @@ from service.api.submit import CheckedJob, check_job
 IMAGE_EXTRAS = ("seed", "guidance", "temperature", "steps")
 # Accepted and ignored: they describe OpenAI's models or accounts, not ours.
 IMAGE_IGNORED = {"quality", "style", "moderation", "output_compression"}
-CHAT_IGNORED = {"store", "service_tier", "prompt_cache_key", "parallel_tool_calls", "name"}
+CHAT_IGNORED = {"store", "service_tier", "prompt_cache_key", "parallel_tool_calls"}
 # Accepted only at a value that asks for nothing we cannot do.
 IMAGE_DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
     "stream": (False,), "partial_images": (0,), "output_format": ("png",),
