@@ -143,10 +143,17 @@ def live_api(settings, tmp_path_factory):  # type: ignore[no-untyped-def]
     api.stop()
 
 
+# A fixed default (var/ is git-ignored): under xdist a worker's printed line is not
+# shown, so the folder must be findable without it.
+SHOTS = Path(__file__).resolve().parent.parent / "var" / "console-screenshots"
+
+
 @pytest.fixture()
-def shots(tmp_path, capsys):  # type: ignore[no-untyped-def]
-    folder = Path(os.environ.get("JANUS_CONSOLE_SCREENSHOTS") or tmp_path / "screenshots")
+def shots(capsys):  # type: ignore[no-untyped-def]
+    folder = Path(os.environ.get("JANUS_CONSOLE_SCREENSHOTS") or SHOTS)
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
     with capsys.disabled():
         print(f"\nconsole screenshots: {folder}")
     return folder

@@ -152,7 +152,9 @@ export async function renderBatch(main, { id }) {
       } else if (name === "completed") {
         batch = data.counts ? data : batch;
         if (!data.counts) {
-          api(`v1/batches/${batch.id}`).then((b) => { batch = b; draw(); });
+          api(`v1/batches/${batch.id}`)
+            .then((b) => { batch = b; draw(); })
+            .catch((error) => replace(problems, errorBox(error)));
         } else {
           draw();
         }
