@@ -163,6 +163,9 @@ def _paths() -> dict[str, Any]:
                              "responses": {"200": {"description": "Prometheus text"}}}},
         "/openapi.json": {"get": {**open_op,
                                   "responses": {"200": {"description": "this document"}}}},
+        "/console": {"get": {**open_op, "summary": "The web console (its files: /console/*)",
+                             "responses": {"200": {"description": "HTML", "content": {
+                                 "text/html": {"schema": {"type": "string"}}}}}}},
     }
 
 
