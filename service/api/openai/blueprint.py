@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, current_app, request
 
 from service.api.auth import require_api_key
 from service.api.context import ModelInfo, runtime
@@ -62,7 +62,7 @@ def model_info(model: Any, param: str = "model") -> ModelInfo:
 
 def image_size(model_id: str) -> int:
     """Pixels a side of the model's images, read once from its config.json."""
-    cache: dict[str, int] = runtime().__dict__.setdefault("openai_image_sizes", {})
+    cache: dict[str, int] = current_app.extensions.setdefault("janus_openai_sizes", {})
     if model_id not in cache:
         cache[model_id] = _read_size(runtime().settings.models.get(model_id, ""))
     return cache[model_id]
