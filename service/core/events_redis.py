@@ -27,7 +27,7 @@ WRITE_TIMEOUT = 1.0
 # One XREAD BLOCK waits at most this long; longer reads loop. The socket timeout
 # leaves room above it so a healthy blocked read never times out at the socket.
 READ_CHUNK = 20.0
-_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")  # ASCII: \d takes other scripts
 
 
 class RedisEventLog(EventLog):
