@@ -27,6 +27,9 @@ WRITE_TIMEOUT = 1.0
 # One XREAD BLOCK waits at most this long; longer reads loop. The socket timeout
 # leaves room above it so a healthy blocked read never times out at the socket.
 READ_CHUNK = 20.0
+# A blocked read holds its connection: one per waiting request or stream. (redis-py's
+# default pool stops at 100 and then fails the read.)
+MAX_READERS = 100_000
 _ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")  # ASCII: \d takes other scripts
 
 
@@ -67,7 +70,7 @@ class RedisEventLog(EventLog):
         if self._reader is None or self._reader_pid != os.getpid():
             self._reader = redis.Redis.from_url(
                 self.url, decode_responses=True, socket_connect_timeout=WRITE_TIMEOUT,
-                socket_timeout=READ_CHUNK + 10)
+                socket_timeout=READ_CHUNK + 10, max_connections=MAX_READERS)
             self._reader_pid = os.getpid()
         return self._reader
 
