@@ -27,7 +27,7 @@ from service.api import jobs, waiting
 from service.api.auth import require_api_key
 from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError
-from service.core.events import QUEUED, START, STATUS
+from service.core.events import QUEUED, START, STARTED, STATUS
 from service.core.tables import Batch, Job
 from service.lifecycle import batches as batch_crud
 from service.lifecycle import jobs as crud
@@ -90,28 +90,23 @@ def job_events(job_id: str) -> Response:
 
 def _job_stream(job_id: str, cursor: str) -> Iterator[str]:
     yield ": stream open\n\n"  # headers and a first byte now: the client knows it is live
-    stored, _ = waiting.read(job_id, cursor, 0)
-    for event in stored:
-        if event.kind != STATUS:
-            yield sse(event.kind, event.data, event.id)
-        cursor = event.id
-    job = _job(job_id)  # read after the log: an end committed later is in the log after `cursor`
-    heartbeat = runtime().settings.events_heartbeat_seconds
+    job = _job(job_id)
+    status, heartbeat = job.status, runtime().settings.events_heartbeat_seconds
     position: int | None = None
     quiet_since = time.monotonic()
-    while not is_terminal(job.status):
-        queued = job.status == JobStatus.QUEUED
-        if queued and (count := crud.queue_position(session=db(), job=job)) != position:
+    while not is_terminal(status):
+        if status == JobStatus.QUEUED and (
+            count := crud.queue_position(session=db(), job=job)
+        ) != position:
             position = count
             yield sse(QUEUED, {"queue_position": position}, cursor)
-        db().rollback()
+        db().rollback()  # no connection held while waiting (this also expires `job`)
+        queued = status == JobStatus.QUEUED
         timeout = min(QUEUE_POSITION_SECONDS, heartbeat) if queued else heartbeat
         events, _ = waiting.read(job_id, cursor, timeout)
-        ended = False
         for event in events:
             cursor = event.id
             if event.kind == STATUS:
-                ended = True
                 break
             yield sse(event.kind, event.data, event.id)
         if events:
@@ -119,9 +114,19 @@ def _job_stream(job_id: str, cursor: str) -> Iterator[str]:
         elif time.monotonic() - quiet_since >= heartbeat:
             yield ": keep-alive\n\n"
             quiet_since = time.monotonic()
-        if ended or not events:  # the end, or the safety net and recount of a quiet period
-            job = _job(job_id)
-    yield sse("completed", public(jobs.view(job)), END)
+        if not events or any(e.kind == STATUS for e in events):
+            job = _job(job_id)  # the end, or the safety net and recount of a quiet period
+            status = job.status
+        elif any(e.kind == STARTED for e in events):
+            status = JobStatus.RUNNING
+    # Whatever the worker wrote before the end and is not sent yet (the end may have been
+    # seen in the database first), then the job itself.
+    while events := waiting.read(job_id, cursor, 0)[0]:
+        for event in events:
+            cursor = event.id
+            if event.kind != STATUS:
+                yield sse(event.kind, event.data, event.id)
+    yield sse("completed", public(jobs.view(_job(job_id))), END)
 
 
 @bp.get("/v1/batches/<batch_id>/events")
