@@ -103,7 +103,7 @@ def test_a_read_with_nothing_new_returns_empty_after_its_timeout(log: EventLog) 
 
 
 def test_hostile_ids_are_refused(backend, log: EventLog) -> None:
-    for bad in ("x", "1-2-3", "-1", "1" * 30, "", " 1", "1\n"):
+    for bad in ("x", "1-2-3", "-1", "1" * 30, "", " 1", "1\n", "\u0663"):
         if bad == "":
             continue  # empty means "from the start"
         with pytest.raises(ValueError):

@@ -37,9 +37,12 @@ def data_url() -> str:
 
 @pytest.fixture(scope="module")
 def live(settings, tmp_path_factory):  # type: ignore[no-untyped-def]
-    # Batch files past 64 KiB are refused here, so the 413 is cheap to provoke.
+    # Batch files past 64 KiB are refused here, so the 413 is cheap to provoke. Jobs ended
+    # by `finish` below announce no event: a waiter finds them at its once-a-heartbeat
+    # check of the row, so the heartbeat is short.
     api, base = start_api(settings, tmp_path_factory.mktemp("openai") / "api.log",
-                          JANUS_BATCH_MAX_BYTES="65536", JANUS_WEBHOOK_ALLOWLIST="127.0.0.1")
+                          JANUS_BATCH_MAX_BYTES="65536", JANUS_WEBHOOK_ALLOWLIST="127.0.0.1",
+                          JANUS_EVENTS_HEARTBEAT_SECONDS="1")
     yield base
     api.stop()
 

@@ -7,7 +7,17 @@ import time
 
 from flask import Flask, g, request
 
-from service.api import batches, catalog, console, deliveries, files, guards, jobs, ops
+from service.api import (
+    batches,
+    catalog,
+    console,
+    deliveries,
+    files,
+    guards,
+    jobs,
+    ops,
+    streams,
+)
 from service.api import openai as openai_face
 from service.api.auth import KeyCache
 from service.api.context import ModelInfo, Runtime, close_db
@@ -111,7 +121,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.teardown_appcontext(close_db)
     register_error_handlers(app)
-    for blueprint in (jobs.bp, batches.bp, deliveries.bp, catalog.bp, ops.bp, files.bp,
-                      console.bp, openai_face.bp):
+    blueprints = (jobs.bp, streams.bp, batches.bp, deliveries.bp, catalog.bp, ops.bp, files.bp)
+    for blueprint in (*blueprints, console.bp, openai_face.bp):
         app.register_blueprint(blueprint)
     return app

@@ -8,6 +8,7 @@ import time
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy.exc import IntegrityError
 
+from service.api import waiting
 from service.api.auth import require_api_key
 from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError, validation_error
@@ -126,15 +127,18 @@ def _render_after_wait(
 ) -> tuple[Response, int]:
     """Honour `Prefer: wait=N`: hold the answer until the job is terminal or N seconds pass.
 
-    `position`: the new job's queue position, counted at submit; a reload recounts it.
+    The end is pushed by the job's event log (service/api/waiting.py), not polled;
+    no connection is held while waiting. `position`: the new job's queue position,
+    counted at submit; a reload recounts it.
     """
     wait = _wait_seconds()
-    deadline = time.monotonic() + wait
-    session = db()
-    while not is_terminal(job.status) and time.monotonic() < deadline:
-        session.rollback()  # hand the connection back while we sleep
-        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-        job = _owned(job.id)
+    if wait and not is_terminal(job.status):
+        job_id = job.id  # before the rollback: reading it after would reload the row
+        db().rollback()  # hand the connection back while we wait (and expire `job`)
+        waiting.wait_until_ended(
+            job_id, time.monotonic() + wait, lambda: waiting.job_ended(job_id)
+        )
+        job = _owned(job_id)
         position = None
     response, code = render(job, status, position)
     if wait:

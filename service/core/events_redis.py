@@ -24,10 +24,14 @@ from service.core.settings import Settings
 LIVE_TTL_SECONDS = 24 * 3600
 # The writer waits this long for any one Redis reply before dropping the batch.
 WRITE_TIMEOUT = 1.0
-# One XREAD BLOCK waits at most this long; longer reads loop. The socket timeout
-# leaves room above it so a healthy blocked read never times out at the socket.
-READ_CHUNK = 20.0
-_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+# One XREAD BLOCK waits at most this long; longer reads loop. Blocking reads use a
+# socket timeout just above it (a healthy blocked read never times out at the socket,
+# a frozen Redis costs a waiter seconds, not minutes); other calls use WRITE_TIMEOUT.
+READ_CHUNK = 5.0
+# A blocked read holds its connection: one per waiting request or stream. (redis-py's
+# default pool stops at 100 and then fails the read.)
+MAX_READERS = 100_000
+_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")  # ASCII: \d takes other scripts
 
 
 class RedisEventLog(EventLog):
@@ -35,7 +39,7 @@ class RedisEventLog(EventLog):
         super().__init__(settings)
         self.url = settings.broker_url
         self.prefix = f"{settings.broker_key_prefix}events:"
-        self._reader: redis.Redis | None = None
+        self._readers: dict[bool, redis.Redis] = {}
         self._reader_pid = -1
         self._writer_client: redis.Redis | None = None
 
@@ -63,13 +67,15 @@ class RedisEventLog(EventLog):
         pipe.execute()
 
     # -- reading -----------------------------------------------------------------------
-    def _client(self) -> redis.Redis:
-        if self._reader is None or self._reader_pid != os.getpid():
-            self._reader = redis.Redis.from_url(
+    def _client(self, blocking: bool = False) -> redis.Redis:
+        if self._reader_pid != os.getpid():
+            self._readers, self._reader_pid = {}, os.getpid()
+        if blocking not in self._readers:
+            self._readers[blocking] = redis.Redis.from_url(
                 self.url, decode_responses=True, socket_connect_timeout=WRITE_TIMEOUT,
-                socket_timeout=READ_CHUNK + 10)
-            self._reader_pid = os.getpid()
-        return self._reader
+                socket_timeout=READ_CHUNK + 2 if blocking else WRITE_TIMEOUT,
+                max_connections=MAX_READERS)
+        return self._readers[blocking]
 
     def valid_id(self, value: str) -> bool:
         return bool(_ID.fullmatch(value))
@@ -84,8 +90,8 @@ class RedisEventLog(EventLog):
             block = int(min(left, READ_CHUNK) * 1000)
             try:
                 # BLOCK 0 would wait forever: a non-blocking read when no time is left.
-                reply = self._client().xread({self.key(job_id): after}, count=1000,
-                                             block=block if block > 0 else None)
+                reply = self._client(block > 0).xread({self.key(job_id): after}, count=1000,
+                                                      block=block if block > 0 else None)
             except redis.ResponseError as exc:  # e.g. an id past 2**64
                 raise ValueError(f"not an event id: {after[:40]!r}") from exc
             if reply:

@@ -23,7 +23,7 @@ from service.core.tables import LiveEvent, utcnow
 POLL_SECONDS = 0.2
 LIVE_TTL = timedelta(days=1)
 PURGE_EVERY_SECONDS = 60.0
-_ID = re.compile(r"\d{1,18}")
+_ID = re.compile(r"[0-9]{1,18}")  # ASCII: \d takes other scripts
 
 
 class SqlEventLog(EventLog):

@@ -31,8 +31,11 @@ class RedisPublisher:
     """Job-id messages straight to the Redis queues (the publisher side only)."""
 
     def __init__(self, url: str, key_prefix: str, socket_timeout: float) -> None:
+        # max_connections: under gevent one API process serves hundreds of requests at
+        # once; redis-py's default pool stops at 100 and then fails the call.
         self.redis = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+            max_connections=10_000,
         )
         self.key_prefix = key_prefix
         self.reply_to = str(uuid.uuid4())  # Celery's per-process oid; nothing replies

@@ -33,8 +33,11 @@ class KeyVersion:
         self.name = f"{settings.broker_key_prefix}keys:revocation-version"
         self.redis: redis.Redis | None = None
         if settings.broker_url.startswith(("redis://", "rediss://")):
+            # max_connections: under gevent one API process serves hundreds of requests
+            # at once; redis-py's default pool stops at 100 and then fails the call.
             self.redis = redis.Redis.from_url(
-                settings.broker_url, socket_timeout=0.5, socket_connect_timeout=0.5
+                settings.broker_url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                max_connections=10_000,
             )
         self._down_until = 0.0
 

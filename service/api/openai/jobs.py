@@ -1,9 +1,10 @@
 """Submitting one checked job as /v1 does, and holding the request until it ends.
 
-Both wait on the job's live event channel (service/core/events.py): `wait_terminal`
-for its terminal `status` event, `TextStream` for its `token` events as the worker
-decodes. The job's row stays the truth: it is read again after a status event, and
-at least every RECHECK_SECONDS should an event be lost.
+Both wait on the job's live event channel (service/core/events.py) through
+service/api/waiting.py, as `Prefer: wait` and the /v1 event streams do:
+`wait_terminal` for its terminal `status` event, `TextStream` for its `token` events
+as the worker decodes. The job's row stays the truth, checked once per heartbeat
+period should an event be lost.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterator
 
+from service.api import waiting
 from service.api.context import current_key, db, runtime
 from service.api.openai.errors import OpenAIError
 from service.api.submit import CheckedJob
@@ -22,9 +24,6 @@ from service.lifecycle import jobs as crud
 from service.lifecycle.status import JobStatus, is_terminal
 
 log = logging.getLogger(__name__)
-
-POLL_SECONDS = 0.25  # only while the event store cannot be read
-RECHECK_SECONDS = 2.0  # the row is read at least this often, should an event be lost
 
 
 def submit(checked: CheckedJob) -> Job:
@@ -47,52 +46,25 @@ def load(job_id: str) -> Job:
     return job
 
 
-def _next_events(job_id: str, after: str | None, timeout: float) -> tuple[list[Event], str | None]:
-    """The job's live events after `after`, waiting up to `timeout` (service/core/events.py).
-
-    The event store is best effort: if it fails, this sleeps a poll interval and the
-    caller's check of the job's row carries on alone.
-    """
-    try:
-        found = runtime().events.read(job_id, after, timeout)
-    except Exception:  # noqa: BLE001 - the row is the truth; events only wake us sooner
-        log.warning("live events unreadable for %s; polling its row", job_id, exc_info=True)
-        time.sleep(min(POLL_SECONDS, timeout))
-        return [], after
-    return found, (found[-1].id if found else after)
-
-
 def wait_terminal(job_id: str, seconds: float) -> Job | None:
-    """The job once terminal, or None when `seconds` pass first.
-
-    Woken by the job's terminal `status` event; its row is read again at least every
-    RECHECK_SECONDS in case that event was dropped.
-    """
-    deadline = time.monotonic() + seconds
-    session = db()
-    after: str | None = None
-    while True:
-        job = load(job_id)
-        if is_terminal(job.status):
-            return job
-        session.rollback()  # hand the connection back while we wait
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            found, after = _next_events(job_id, after, min(left, RECHECK_SECONDS))
-            if not found or any(e.kind == events.STATUS for e in found):
-                break  # a status, or a quiet spell: read the row
+    """The job once terminal, or None when `seconds` pass first (service.api.waiting:
+    woken by the job's terminal event, the row checked once per heartbeat period)."""
+    db().rollback()  # hand the connection back while we wait
+    waiting.wait_until_ended(job_id, time.monotonic() + seconds,
+                             lambda: waiting.job_ended(job_id))
+    job = load(job_id)
+    return job if is_terminal(job.status) else None
 
 
 class TextStream:
     """An understanding job's answer as text deltas; `None` items are heartbeats.
 
     After iteration, `job` is the terminal job, or None if `seconds` passed first.
-    Deltas are the worker's `token` events on the job's live event channel, so they
-    arrive as the worker decodes. The row is the truth: once the job is terminal, any
-    text the channel missed (a dropped event) is sent before the stream ends, so the
-    deltas always join to the job's `output.text`.
+    Deltas are the worker's `token` events on the job's live event channel, read from
+    its first event on, so they arrive as the worker decodes. The row is the truth:
+    when a quiet heartbeat period finds the job ended (its status event lost), what
+    the log holds is drained first; and any text the channel missed is sent before
+    the stream ends, so the deltas always join to the job's `output.text`.
     """
 
     def __init__(self, job_id: str, seconds: float) -> None:
@@ -100,34 +72,38 @@ class TextStream:
         self.seconds = seconds
         self.job: Job | None = None
 
+    def _tokens(self, found: list[Event]) -> Iterator[str]:
+        for event in found:
+            text = event.data.get("text")
+            if event.kind == events.TOKEN and isinstance(text, str) and text:
+                yield text
+
     def __iter__(self) -> Iterator[str | None]:
         deadline = time.monotonic() + self.seconds
-        every = runtime().settings.events_heartbeat_seconds  # keeps proxies from closing
-        beat = time.monotonic() + every
-        session = db()
-        sent, after, check = "", None, True
+        every = runtime().settings.events_heartbeat_seconds
+        db().rollback()  # no connection held while the stream is open
+        sent, after = "", events.START
         while True:
-            if check:
-                job = load(self.job_id)
-                if is_terminal(job.status):
-                    break
-                session.rollback()
-            now = time.monotonic()
-            if now >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return
-            if now >= beat:
-                beat = now + every
+            found, _ = waiting.read(self.job_id, after, min(left, every))
+            if found:
+                after = found[-1].id
+            for text in self._tokens(found):
+                sent += text
+                yield text
+            if any(e.kind == events.STATUS for e in found):
+                break
+            if not found:  # a quiet heartbeat period
+                if waiting.job_ended(self.job_id):
+                    drained, _ = waiting.read(self.job_id, after, 0)
+                    for text in self._tokens(drained):
+                        sent += text
+                        yield text
+                    break
                 yield None
-            found, after = _next_events(self.job_id, after,
-                                        min(deadline - now, RECHECK_SECONDS, beat - now))
-            check = not found
-            for event in found:
-                if event.kind == events.TOKEN and isinstance(event.data.get("text"), str):
-                    sent += event.data["text"]
-                    yield event.data["text"]
-                elif event.kind == events.STATUS:
-                    check = True
-        self.job = job
+        job = self.job = load(self.job_id)
         text = (job.output or {}).get("text", "") if job.status == JobStatus.SUCCEEDED else ""
         if text.startswith(sent) and len(text) > len(sent):
             yield text[len(sent):]
