@@ -224,3 +224,21 @@ def assert_error_shape(response, status: int, code: str) -> dict:  # type: ignor
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     assert "Traceback" not in response.get_data(as_text=True)
     return body["error"]
+
+
+def start_api(settings: Settings, log: Path, **env: str) -> tuple[Proc, str]:
+    """`janus-service api` (gunicorn, one process) on a free port; (process, base URL)."""
+    port = free_port()
+    api = Proc(["api", "--port", str(port), "--workers", "1"], settings_env(settings, **env),
+               log)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert api.alive(), api.output()
+        try:
+            return requests.get(f"{base}/healthz", timeout=1).ok
+        except requests.RequestException:  # not listening yet
+            return False
+
+    wait_for(up, 60, what="api")
+    return api, base

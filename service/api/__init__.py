@@ -18,6 +18,7 @@ from service.api import (
     ops,
     streams,
 )
+from service.api import openai as openai_face
 from service.api.auth import KeyCache
 from service.api.context import ModelInfo, Runtime, close_db
 from service.api.errors import register_error_handlers
@@ -121,6 +122,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.teardown_appcontext(close_db)
     register_error_handlers(app)
     blueprints = (jobs.bp, streams.bp, batches.bp, deliveries.bp, catalog.bp, ops.bp, files.bp)
-    for blueprint in (*blueprints, console.bp):
+    for blueprint in (*blueprints, console.bp, openai_face.bp):
         app.register_blueprint(blueprint)
     return app

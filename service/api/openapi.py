@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from service.api.openai import openapi as openai_paths
+from service.api.openai import schemas as openai_schemas
 from service.api.responses import (
     BatchList,
     ErrorResponse,
@@ -24,10 +26,11 @@ from service.api.responses import (
 from service.api.schemas import GenerateInput, JobCreate, UnderstandInput
 from service.lifecycle.views import BatchObject, JobObject, ResultLine
 
-REQUESTS: tuple[type[BaseModel], ...] = (JobCreate, GenerateInput, UnderstandInput)
+REQUESTS: tuple[type[BaseModel], ...] = (
+    JobCreate, GenerateInput, UnderstandInput, *openai_schemas.REQUESTS)
 RESPONSES: tuple[type[BaseModel], ...] = (
     JobObject, JobList, BatchObject, BatchList, ResultLine, ModelList, WebhookDeliveryList,
-    ErrorResponse,
+    ErrorResponse, *openai_schemas.RESPONSES,
 )
 # Component names clients know (class names say which layer a model lives in).
 RENAMED = {"JobObject": "Job", "BatchObject": "Batch", "ErrorResponse": "Error"}
@@ -218,5 +221,5 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
-        "paths": _with_outages(_paths()),
+        "paths": {**_with_outages(_paths()), **openai_paths.paths()},
     }

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
     max_wait_seconds: int = Field(60, ge=0, le=60)
+    # /openai/v1 image generations and chat completions answer only once their job has
+    # ended: the request is held at most this long, then answers 504 naming the job id
+    # (the job keeps running). 0 answers 504 at once.
+    openai_wait_seconds: int = Field(300, ge=0, le=3600)
     # Submissions (POST /v1/jobs, POST /v1/batches) per API key per minute; 0 = no limit.
     rate_limit_per_minute: int = Field(600, ge=0)
     # When the limiter's Redis is away: "open" lets submissions through, "closed"
