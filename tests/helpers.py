@@ -198,13 +198,21 @@ class Control:
         self.stop_index, self.after = stop_index, after
         self.asked: dict[int, int] = {}
         self.progress: dict[int, list[float]] = {}
+        self.steps: dict[int, list[tuple[int | None, int | None]]] = {}
+        self.texts: dict[int, list[str]] = {}
 
     def should_stop(self, index: int) -> bool:
         self.asked[index] = self.asked.get(index, 0) + 1
         return index == self.stop_index and self.asked[index] > self.after
 
-    def report_progress(self, index: int, fraction: float) -> None:
+    def report_progress(
+        self, index: int, fraction: float, step: int | None = None, steps: int | None = None
+    ) -> None:
         self.progress.setdefault(index, []).append(fraction)
+        self.steps.setdefault(index, []).append((step, steps))
+
+    def report_text(self, index: int, text_so_far: str) -> None:
+        self.texts.setdefault(index, []).append(text_so_far)
 
 
 def assert_error_shape(response, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
@@ -216,3 +224,21 @@ def assert_error_shape(response, status: int, code: str) -> dict:  # type: ignor
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     assert "Traceback" not in response.get_data(as_text=True)
     return body["error"]
+
+
+def start_api(settings: Settings, log: Path, **env: str) -> tuple[Proc, str]:
+    """`janus-service api` (gunicorn, one process) on a free port; (process, base URL)."""
+    port = free_port()
+    api = Proc(["api", "--port", str(port), "--workers", "1"], settings_env(settings, **env),
+               log)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert api.alive(), api.output()
+        try:
+            return requests.get(f"{base}/healthz", timeout=1).ok
+        except requests.RequestException:  # not listening yet
+            return False
+
+    wait_for(up, 60, what="api")
+    return api, base

@@ -85,6 +85,29 @@ def test_embedded_end_to_end(tmp_path, tiny_checkpoint, spawn) -> None:
     gone = requests.get(done["output"]["images"][0]["url"], timeout=10)
     assert gone.status_code == 404
 
+    # The OpenAI-compatible face on SQLite and local files: a streamed answer (the live
+    # events come from the SQL event log) and a batch file run to its output file.
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base}/openai/v1", api_key=created["key"], max_retries=0)
+    messages = [{"role": "user", "content": [
+        {"type": "text", "text": "what?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + image}}]}]
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, seed=1,
+                                                 max_tokens=6, stream=True))
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    line = {"custom_id": "one", "method": "POST", "url": "/v1/images/generations",
+            "body": {"model": "tiny", "prompt": "a fox", "response_format": "b64_json"}}
+    source = client.files.create(file=("in.jsonl", io.BytesIO(json.dumps(line).encode())),
+                                 purpose="batch")
+    batch = client.batches.create(input_file_id=source.id, completion_window="24h",
+                                  endpoint="/v1/images/generations")
+    batch = wait_for(lambda: (b := client.batches.retrieve(batch.id)).status == "completed"
+                     and b, 180, 0.5, what="the OpenAI batch")
+    [result] = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
+    png = base64.b64decode(result["response"]["body"]["data"][0]["b64_json"])
+    assert Image.open(io.BytesIO(png)).size == (TEST_IMAGE_SIZE, TEST_IMAGE_SIZE)
+
 
 def test_embedded_dispatcher_expires_data(tmp_path, tiny_checkpoint, spawn) -> None:
     """The dispatcher's retention sweep on SQLite and local files, as `make run` runs it."""

@@ -39,6 +39,7 @@ def fuzz_app(settings):  # type: ignore[no-untyped-def]
         "models": {IDLE: settings.models[IDLE]},
         "rate_limit_per_minute": 0,
         "max_wait_seconds": 0,
+        "openai_wait_seconds": 0,
     }))
     yield app
     app.extensions["janus"].engine.dispose()
@@ -62,7 +63,7 @@ def _operations() -> list[tuple[str, str]]:
             for method in ops]
 
 
-# 15 operations x 25 cases: a few hundred requests, all answered in-process.
+# Every operation (/v1 and /openai/v1) x 25 cases: several hundred requests, in-process.
 @pytest.mark.parametrize(("method", "path"), _operations(), ids=lambda v: str(v))
 def test_openapi_operations_never_answer_5xx(api_schema, fuzz_auth, method, path) -> None:
     operation = api_schema[path][method]

@@ -7,7 +7,18 @@ import time
 
 from flask import Flask, g, request
 
-from service.api import batches, catalog, deliveries, files, guards, jobs, ops
+from service.api import (
+    batches,
+    catalog,
+    console,
+    deliveries,
+    files,
+    guards,
+    jobs,
+    ops,
+    streams,
+)
+from service.api import openai as openai_face
 from service.api.auth import KeyCache
 from service.api.context import ModelInfo, Runtime, close_db
 from service.api.errors import register_error_handlers
@@ -16,6 +27,7 @@ from service.api.ratelimit import RateLimiter
 from service.api.ratelimit import headers as rate_headers
 from service.core.broker import make_celery, queue_depths
 from service.core.db import make_engine, make_sessionmaker
+from service.core.events import announce_on_commit, event_log
 from service.core.keyversion import KeyVersion
 from service.core.settings import Settings, load_settings
 from service.core.storage import storage_from_settings
@@ -62,7 +74,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         models=model_catalog(settings),
         limiter=RateLimiter(settings),
         keys=KeyCache(KeyVersion(settings)),
+        events=event_log(settings),
     )
+    announce_on_commit(rt.sessions, rt.events)  # a cancel wakes the job's watchers
     app.extensions["janus"] = rt
     metrics = ApiMetrics()
     app.extensions["janus_metrics"] = metrics
@@ -107,6 +121,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.teardown_appcontext(close_db)
     register_error_handlers(app)
-    for blueprint in (jobs.bp, batches.bp, deliveries.bp, catalog.bp, ops.bp, files.bp):
+    blueprints = (jobs.bp, streams.bp, batches.bp, deliveries.bp, catalog.bp, ops.bp, files.bp)
+    for blueprint in (*blueprints, console.bp, openai_face.bp):
         app.register_blueprint(blueprint)
     return app

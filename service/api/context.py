@@ -38,6 +38,7 @@ class Runtime:
     models: dict[str, ModelInfo] = field(default_factory=dict)
     limiter: Any = None  # service.api.ratelimit.RateLimiter
     keys: Any = None  # service.api.auth.KeyCache
+    events: Any = None  # service.core.events.EventLog: live job events
 
 
 def runtime() -> Runtime:

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, has_request_context, jsonify, request
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import exc as sa
 from werkzeug.exceptions import HTTPException
@@ -70,8 +70,14 @@ def validation_error(details: list[dict[str, Any]], message: str | None = None) 
 
 
 def error_response(
-    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+    status: int, code: str, message: str, details: Any = None,
+    headers: dict[str, str] | None = None, param: str | None = None,
 ) -> Response:
+    if has_request_context() and request.path.startswith("/openai/"):
+        # The OpenAI-compatible face answers in OpenAI's error shape (one place, here).
+        from service.api.openai.errors import openai_response
+
+        return openai_response(status, code, message, details, headers, param)
     body = ErrorBody(code=code, message=message)
     if details is not None:  # absent, not null, when there are none
         body.details = details
@@ -131,7 +137,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers,
+                              getattr(exc, "param", None))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -141,7 +148,8 @@ def register_error_handlers(app: Flask) -> None:
             headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         message = exc.description or exc.name
         if status == 413:
-            message = f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+            message = f"request body is larger than {request.max_content_length} bytes"
+            _drain_body()
         return error_response(
             status, _HTTP_CODES.get(status, "http_error"), message, headers=headers
         )
@@ -149,6 +157,24 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _any_error(exc: Exception) -> Response:
         return _unexpected(exc)
+
+
+# A refused body is read and dropped up to this much, so the client, still sending, gets
+# the 413 rather than a connection reset (the server would close a socket with unread
+# bytes in it); past it the connection is closed, as it must be.
+DRAIN_BYTES = 16 * 1024 * 1024
+
+
+def _drain_body() -> None:
+    stream = request.environ.get("wsgi.input")
+    if stream is None or (request.content_length or 0) > DRAIN_BYTES:
+        return
+    left = DRAIN_BYTES
+    try:
+        while left > 0 and (chunk := stream.read(min(65536, left))):
+            left -= len(chunk)
+    except Exception:  # noqa: BLE001 - the client went away: nothing left to answer
+        log.debug("draining a refused body failed", exc_info=True)
 
 
 def _unexpected(exc: Exception) -> Response:

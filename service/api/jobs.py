@@ -8,6 +8,7 @@ import time
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy.exc import IntegrityError
 
+from service.api import waiting
 from service.api.auth import require_api_key
 from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError, validation_error
@@ -17,7 +18,7 @@ from service.core.broker import publish
 from service.core.storage import StorageError
 from service.core.tables import Job
 from service.lifecycle import jobs as crud
-from service.lifecycle.jobs import NewJob
+from service.lifecycle.jobs import JobSpec, NewJob
 from service.lifecycle.retention import NotFinished, remove_job_data
 from service.lifecycle.status import STATUSES, JobStatus, is_terminal
 from service.lifecycle.views import JobObject, job_view, public
@@ -64,14 +65,45 @@ def _replay(existing: Job, sub: Submission) -> tuple[Response, int]:
     return render(existing, 200)
 
 
+def insert_and_publish(
+    spec: JobSpec,
+    *,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    cancel_after: float | None = None,
+) -> tuple[NewJob, int]:
+    """Insert and commit a checked job, then publish it; returns it and its position.
+
+    No ORM session on this path: one pooled connection, and on Postgres one statement
+    that inserts, counts the job into its queue and reads its position, committed on
+    its own. The job is committed before it is published, as ever; if the broker is
+    away the row is marked for the sweeper. (POST /v1/jobs and the OpenAI face.)
+    """
+    rt = runtime()
+    if "db" in g and g.db.in_transaction():  # the key was read from the database
+        g.db.commit()  # (a cache miss): hand that connection back first
+    job, position = crud.create_job(
+        engine=rt.engine,
+        storage=rt.storage,
+        api_key_id=current_key().id,
+        spec=spec,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        cancel_after=cancel_after,
+    )
+    unpublished = publish(rt.celery, [(job.id, job.model)], rt.settings.publish_max_retries)
+    if unpublished:  # the broker is away: the sweeper publishes it as soon as it can
+        crud.mark_unpublished(session=db(), job_ids=unpublished)
+        db().commit()
+    return job, position
+
+
 @bp.post("/v1/jobs")
 def create_job() -> tuple[Response, int]:
     rt = runtime()
     key = current_key()
     g.rate = rt.limiter.check(key.id)
     sub = parse_submission(request, rt.models, rt.settings)
-    if "db" in g and g.db.in_transaction():  # the key was read from the database
-        g.db.commit()  # (a cache miss): hand that connection back first
     if sub.idempotency_key:
         existing = crud.find_by_idempotency_key(
             session=db(), api_key_id=key.id, key=sub.idempotency_key
@@ -79,32 +111,20 @@ def create_job() -> tuple[Response, int]:
         db().rollback()  # a read: hand the connection back before the INSERT takes one
         if existing is not None:
             return _replay(existing, sub)
-
-    # No ORM session on this path: one pooled connection, and on Postgres one
-    # statement that inserts, counts the job into its queue and reads its position,
-    # committed on its own. The job is committed before it is published, as ever.
     try:
-        job, position = crud.create_job(
-            engine=rt.engine,
-            storage=rt.storage,
-            api_key_id=key.id,
-            spec=sub.spec,
+        job, position = insert_and_publish(
+            sub.spec,
             idempotency_key=sub.idempotency_key,
             request_hash=sub.request_hash,
             cancel_after=sub.cancel_after,
         )
-    except IntegrityError:
+    except IntegrityError:  # the same Idempotency-Key committed since our lookup
         existing = crud.find_by_idempotency_key(
             session=db(), api_key_id=key.id, key=sub.idempotency_key or ""
         )
         if existing is None:
             raise
         return _replay(existing, sub)
-
-    unpublished = publish(rt.celery, [(job.id, job.model)], rt.settings.publish_max_retries)
-    if unpublished:  # the broker is away: the sweeper publishes it as soon as it can
-        crud.mark_unpublished(session=db(), job_ids=unpublished)
-        db().commit()
     return _render_after_wait(job, 202, position)
 
 
@@ -120,14 +140,18 @@ def _render_after_wait(
 ) -> tuple[Response, int]:
     """Honour `Prefer: wait=N`: hold the answer until the job is terminal or N seconds pass.
 
-    `position`: the new job's queue position, counted at submit; a reload recounts it.
+    The end is pushed by the job's event log (service/api/waiting.py), not polled;
+    no connection is held while waiting. `position`: the new job's queue position,
+    counted at submit; a reload recounts it.
     """
     wait = _wait_seconds()
-    deadline = time.monotonic() + wait
-    while not is_terminal(job.status) and time.monotonic() < deadline:
-        db().rollback()  # hand the connection back while we sleep
-        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-        job = _owned(job.id)
+    if wait and not is_terminal(job.status):
+        job_id = job.id  # before the rollback: reading it after would reload the row
+        db().rollback()  # hand the connection back while we wait (and expire `job`)
+        waiting.wait_until_ended(
+            job_id, time.monotonic() + wait, lambda: waiting.job_ended(job_id)
+        )
+        job = _owned(job_id)
         position = None
     response, code = render(job, status, position)
     if wait:

@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from service.api.openai import openapi as openai_paths
+from service.api.openai import schemas as openai_schemas
 from service.api.responses import (
     BatchList,
     ErrorResponse,
@@ -24,10 +26,11 @@ from service.api.responses import (
 from service.api.schemas import GenerateInput, JobCreate, UnderstandInput
 from service.lifecycle.views import BatchObject, JobObject, ResultLine
 
-REQUESTS: tuple[type[BaseModel], ...] = (JobCreate, GenerateInput, UnderstandInput)
+REQUESTS: tuple[type[BaseModel], ...] = (
+    JobCreate, GenerateInput, UnderstandInput, *openai_schemas.REQUESTS)
 RESPONSES: tuple[type[BaseModel], ...] = (
     JobObject, JobList, BatchObject, BatchList, ResultLine, ModelList, WebhookDeliveryList,
-    ErrorResponse,
+    ErrorResponse, *openai_schemas.RESPONSES,
 )
 # Component names clients know (class names say which layer a model lives in).
 RENAMED = {"JobObject": "Job", "BatchObject": "Batch", "ErrorResponse": "Error"}
@@ -57,6 +60,24 @@ def _path(name: str) -> dict[str, Any]:
 def _multipart(required: list[str], **properties: dict[str, Any]) -> dict[str, Any]:
     schema = {"type": "object", "required": required, "properties": properties}
     return {"multipart/form-data": {"schema": schema}}
+
+
+_JOB_EVENTS = (
+    "Every event has an `id:`, an `event:` name and a JSON `data:` line. `queued` "
+    "{queue_position} (while queued), `started` {}, `progress` {step, steps, fraction}, "
+    "`token` {text} (the new text of an understanding answer; all token texts joined equal "
+    "`output.text`), `preview` (generation, when asked for), and last `completed`, whose data "
+    "is the job object exactly as GET /v1/jobs/{job_id} returns it; then the stream ends. "
+    "A job already ended answers its `completed` at once. Comment lines are heartbeats. "
+    "`Last-Event-ID` resumes right after that event, with no loss and no repeats."
+)
+_LAST_EVENT_ID = {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"},
+                  "description": "resume after this event id (400 if not one this API sent)"}
+
+
+def _event_stream(events: str) -> dict[str, Any]:
+    return {"description": f"text/event-stream: {events}",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}}}
 
 
 def components() -> dict[str, Any]:
@@ -115,6 +136,21 @@ def _paths() -> dict[str, Any]:
         "/v1/jobs/{job_id}/cancel": {"post": {
             "summary": "Cancel a job", "parameters": [job_id],
             "responses": {"200": _json("Job", "the job"), **_errors(401, 404)}}},
+        "/v1/jobs/{job_id}/events": {"get": {
+            "summary": "The job's live events (server-sent events) until it ends",
+            "description": _JOB_EVENTS,
+            "parameters": [job_id, _LAST_EVENT_ID],
+            "responses": {"200": _event_stream("`queued` `started` `progress` `token` "
+                                               "`preview`, last `completed`"),
+                          "204": {"description": "Last-Event-ID was `end`: nothing follows"},
+                          **_errors(400, 401, 404)}}},
+        "/v1/batches/{batch_id}/events": {"get": {
+            "summary": "The batch's counts as they change (server-sent events) until it ends",
+            "description": "`counts` (the batch's `counts` object; at most one a second, on "
+                           "change), then `completed` (the batch object) and the stream ends.",
+            "parameters": [batch_id, _LAST_EVENT_ID],
+            "responses": {"200": _event_stream("`counts`, last `completed`"),
+                          **_errors(400, 401, 404)}}},
         "/v1/jobs/{job_id}/webhook-deliveries": {"get": {
             "summary": "Every webhook delivery attempt for the job, oldest first",
             "parameters": [job_id],
@@ -160,6 +196,9 @@ def _paths() -> dict[str, Any]:
                              "responses": {"200": {"description": "Prometheus text"}}}},
         "/openapi.json": {"get": {**open_op,
                                   "responses": {"200": {"description": "this document"}}}},
+        "/console": {"get": {**open_op, "summary": "The web console (its files: /console/*)",
+                             "responses": {"200": {"description": "HTML", "content": {
+                                 "text/html": {"schema": {"type": "string"}}}}}}},
     }
 
 
@@ -182,5 +221,5 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
-        "paths": _with_outages(_paths()),
+        "paths": {**_with_outages(_paths()), **openai_paths.paths()},
     }

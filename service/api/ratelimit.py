@@ -70,8 +70,10 @@ class RateLimiter:
         self.clock = clock
         self.redis: redis.Redis | None = None
         if settings.broker_url.startswith(("redis://", "rediss://")):
+            # max_connections: under gevent one process serves hundreds of requests at
+            # once; redis-py's default pool stops at 100 and then fails the call.
             self.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=0.5,
-                                              socket_connect_timeout=0.5)
+                                              socket_connect_timeout=0.5, max_connections=10_000)
             self._script = self.redis.register_script(_SLIDING_LOG)
         self._local: dict[str, deque[float]] = {}
         self._lock = threading.Lock()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +11,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+
+from service.core.sockets import readable
 
 
 def make_engine(url: str) -> Engine:
@@ -56,11 +57,11 @@ def _check_on_checkout(engine: Engine) -> None:
     about 0.1 ms of CPU on each request, the submit path's largest cost after its
     INSERT. A server that ends a connection (restart, shutdown, a proxy cut, an idle
     timeout) says so on the socket: it sends its FATAL notice and closes, so the idle
-    socket turns readable, which a zero-timeout poll sees for free. An idle connection
-    has nothing else to read (we never LISTEN). So the ping is sent only when the
-    socket is readable, or the connection has been idle long enough that a silent
-    drop (a firewall's) is possible; a failed ping makes the pool replace the
-    connection, as pre-ping did. A connection that dies between the check and its
+    socket turns readable, which a zero-timeout poll sees for free (core/sockets.py).
+    An idle connection has nothing else to read (we never LISTEN). So the ping is
+    sent only when the socket is readable, or the connection has been idle long
+    enough that a silent drop (a firewall's) is possible; a failed ping makes the
+    pool replace the connection, as pre-ping did. A connection that dies between the check and its
     use fails that one request (503) and the pool is invalidated, as before.
     """
 
@@ -74,10 +75,8 @@ def _check_on_checkout(engine: Engine) -> None:
         idle_since = record.info.get("idle_since")
         if idle_since is not None and time.monotonic() - idle_since < PING_IDLE_SECONDS:
             try:
-                poller = select.poll()
-                poller.register(dbapi_conn.fileno(), select.POLLIN)
-                quiet = not poller.poll(0)
-            except Exception:  # noqa: BLE001 - closed, or no socket to poll: ping it
+                quiet = not readable(dbapi_conn.fileno())
+            except Exception:  # noqa: BLE001 - closed, no socket to poll: ping it
                 quiet = False
             if quiet:
                 return

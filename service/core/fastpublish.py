@@ -34,7 +34,8 @@ class RedisPublisher:
     """Job-id messages straight to the Redis queues (the publisher side only)."""
 
     def __init__(self, url: str, key_prefix: str, socket_timeout: float) -> None:
-        # One LPUSH per submit: the lean client costs a tenth of redis-py's CPU.
+        # One LPUSH per submit: the lean client costs a tenth of redis-py's CPU, and has
+        # no connection cap (under gevent one process serves hundreds at once).
         self.redis = lean_redis(url, timeout=socket_timeout)
         self.key_prefix = key_prefix
         self.reply_to = str(uuid.uuid4())  # Celery's per-process oid; nothing replies

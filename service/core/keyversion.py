@@ -34,7 +34,8 @@ class KeyVersion:
         self.name = f"{settings.broker_key_prefix}keys:revocation-version"
         self.redis: LeanRedis | redis.Redis | None = None
         if settings.broker_url.startswith(("redis://", "rediss://")):
-            # Read on every request: the lean client costs a tenth of redis-py's CPU.
+            # Read on every request: the lean client costs a tenth of redis-py's CPU, and
+            # has no connection cap (under gevent one process serves hundreds at once).
             self.redis = lean_redis(settings.broker_url, timeout=0.5)
         self._down_until = 0.0
 

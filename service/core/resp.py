@@ -22,13 +22,14 @@ connections but does not answer costs one socket timeout, not two.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import threading
 from typing import Any
 
 import redis
 from redis.connection import parse_url
+
+from service.core.sockets import readable
 
 _MAX_IDLE = 32
 
@@ -41,10 +42,8 @@ class _Conn:
     def stale(self) -> bool:
         """Readable while idle: the server closed it (or sent what we never asked for)."""
         try:
-            poller = select.poll()
-            poller.register(self.sock.fileno(), select.POLLIN)
-            return bool(poller.poll(0))
-        except (OSError, ValueError):
+            return readable(self.sock.fileno())
+        except OSError:  # already closed
             return True
 
     def close(self) -> None:

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
     max_wait_seconds: int = Field(60, ge=0, le=60)
+    # /openai/v1 image generations and chat completions answer only once their job has
+    # ended: the request is held at most this long, then answers 504 naming the job id
+    # (the job keeps running). 0 answers 504 at once.
+    openai_wait_seconds: int = Field(300, ge=0, le=3600)
     # Submissions (POST /v1/jobs, POST /v1/batches) per API key per minute; 0 = no limit.
     rate_limit_per_minute: int = Field(600, ge=0)
     # When the limiter's Redis is away: "open" lets submissions through, "closed"
@@ -69,6 +73,14 @@ class Settings(BaseSettings):
     batch_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     # Wake-up messages published per upload; each passes the baton while work remains.
     batch_wakeups: int = Field(64, ge=1)
+
+    # Live job events (GET /v1/jobs/{id}/events, Prefer: wait): events kept per job
+    # (the oldest go first), how long after the job ends they are kept, the least time
+    # between two progress events of one job, and the heartbeat of an idle stream.
+    events_max_len: int = Field(2000, ge=10, le=1_000_000)
+    events_ttl_seconds: int = Field(3600, ge=1)
+    events_progress_seconds: float = Field(0.25, ge=0)
+    events_heartbeat_seconds: float = Field(15.0, gt=0, le=300)
 
     webhook_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_allow_private: bool = False

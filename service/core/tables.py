@@ -204,3 +204,68 @@ class Worker(Base):
     max_batch: Mapped[int] = mapped_column(Integer, default=1)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LiveEvent(Base):
+    """Live job events in the embedded mode (no Redis): service/core/events_sql.py.
+
+    Ids only grow (SQLite AUTOINCREMENT never reuses one), so "after id N" is a cursor.
+    `stream` is a job or batch id; no foreign key, the rows expire on their own.
+    """
+
+    __tablename__ = "live_events"
+    __table_args__ = (
+        Index("ix_live_events_stream", "stream", "id"),
+        Index("ix_live_events_expires", "expires_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stream: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OpenAIFile(Base):
+    """A file of the OpenAI-compatible face (/openai/v1/files): an uploaded batch input, or
+    a batch's output or error file. The bytes live in object storage under `key`."""
+
+    __tablename__ = "openai_files"
+    __table_args__ = (Index("ix_openai_files_key_id", "api_key_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # file-…
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    purpose: Mapped[str] = mapped_column(String(32))  # batch | batch_output
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    key: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class OpenAIBatch(Base):
+    """What an OpenAI batch adds to one of our batches: its input file, endpoint, window,
+    timestamps and result files. `batch_id` is NULL for a batch that failed validation
+    (nothing was enqueued); otherwise the two share one id."""
+
+    __tablename__ = "openai_batches"
+    __table_args__ = (Index("ix_openai_batches_key_id", "api_key_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # batch_…
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    # Validation failures: {"object": "list", "data": [{code, message, param, line}]}.
+    errors: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    output_file_id: Mapped[str | None] = mapped_column(String(40))
+    error_file_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Set once the output and error files are written: the batch is then terminal.
+    finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

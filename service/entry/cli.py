@@ -124,7 +124,8 @@ def cmd_keys_rotate_secret(args: argparse.Namespace) -> None:
 def cmd_api(args: argparse.Namespace) -> None:
     from service.entry.server import serve
 
-    serve(_settings(), host=args.host, port=args.port, workers=args.workers, threads=args.threads)
+    serve(_settings(), host=args.host, port=args.port, workers=args.workers, threads=args.threads,
+          worker_class=args.worker_class, connections=args.connections)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -257,7 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=16,
-        help="per process; Prefer: wait holds a thread while it waits",
+        help="per process, with --worker-class gthread (where Prefer: wait holds a thread)",
+    )
+    api.add_argument(
+        "--worker-class",
+        choices=["gevent", "gthread"],
+        default="gevent",
+        help="gevent: waits and event streams park a greenlet, not a thread",
+    )
+    api.add_argument(
+        "--connections", type=int, default=1000, help="open requests per gevent process"
     )
     api.set_defaults(func=cmd_api)
 

@@ -112,6 +112,7 @@ Janus job service is up: {public_url}
   API key (dev):  {key}
   models:         {", ".join(models)}
   data:           {settings.data_dir.resolve()}
+  web console:    {public_url}/console  (paste the key)
 
 Try it:
   curl -s {public_url}/v1/jobs -H "Authorization: Bearer {key}" \\

@@ -1,8 +1,18 @@
-"""Running the API under gunicorn (threads: `Prefer: wait` holds a request open)."""
+"""Running the API under gunicorn, gevent workers by default.
+
+`Prefer: wait` and the event streams hold a request open for up to a minute or
+more. Under gevent each open request is a greenlet parked on a socket (Redis
+XREAD BLOCK, the client's connection), not an OS thread, so one process holds
+thousands of them while /healthz and submissions are served in between; psycopg
+and redis-py cooperate once gevent has patched the standard library, which the
+gevent worker does before the app is built. `gthread` remains for comparison
+(docs/OPERATIONS.md, "Serving model").
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -12,6 +22,8 @@ from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 
 from service.core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class _Gunicorn(BaseApplication):
@@ -28,7 +40,20 @@ class _Gunicorn(BaseApplication):
         from service.api import create_app
 
         # Built in each gunicorn worker after fork: engines and pools are per process.
-        return create_app(self.settings)
+        app = create_app(self.settings)
+        if self.options.get("worker_class") == "gevent":
+            _check_cooperative()
+        return app
+
+
+def _check_cooperative() -> None:
+    """psycopg picks its wait function at import: imported before gevent patched the
+    standard library, every query would block the whole process."""
+    import psycopg.waiting
+
+    if psycopg.waiting.wait.__name__ == "wait_c":
+        log.warning("psycopg was imported before gevent patched the standard library: "
+                    "database calls block every request of this process")
 
 
 def _metrics_dir() -> tuple[str, bool]:
@@ -73,7 +98,15 @@ def _json_write_error(sock: Any, status_int: int, reason: str, mesg: str) -> Non
     gunicorn_util.write_nonblock(sock, head.encode("latin1") + body)
 
 
-def serve(settings: Settings, host: str, port: int, workers: int = 2, threads: int = 16) -> None:
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int = 2,
+    threads: int = 16,
+    worker_class: str = "gevent",
+    connections: int = 1000,
+) -> None:
     metrics_dir, made_here = _metrics_dir()
     gunicorn_util.write_error = _json_write_error  # set before the workers fork
     json_logs = {"logger_class": "service.core.logs.GunicornJsonLogger"}
@@ -87,8 +120,9 @@ def serve(settings: Settings, host: str, port: int, workers: int = 2, threads: i
         {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "threads": threads,
-            "worker_class": "gthread",
+            "threads": threads,  # gthread only
+            "worker_class": worker_class,
+            "worker_connections": connections,  # gevent: open requests per process
             "timeout": 120,
             "graceful_timeout": 30,
             # gunicorn's maximum; the app answers its own JSON 414 past 4096 characters

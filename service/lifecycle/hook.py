@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.orm import Session
 
+from service.core import events
 from service.core.tables import Batch, Job, utcnow
 from service.lifecycle import queues
 from service.lifecycle.outbox import batch_event, job_event
@@ -95,6 +96,7 @@ def jobs_changed(*, session: Session, jobs: Sequence[Moved], previous: str) -> N
                 queued[(job.model, job.lane)] += 1
         if job.batch_id is not None and previous != job.status:
             moves.setdefault(job.batch_id, Counter())[(previous, job.status)] += 1
+        _announce(session, job.id, previous, job.status)
         if not job.webhook or job.status == JobStatus.QUEUED:
             continue
         if job.status == JobStatus.RUNNING and job.attempts > 1:
@@ -108,8 +110,17 @@ def jobs_changed(*, session: Session, jobs: Sequence[Moved], previous: str) -> N
         job_event(session=session, job=job if isinstance(job, Job) else loaded[job.id])
     for batch_id, counts in moves.items():
         batch_counts_moved(session=session, batch_id=batch_id, moves=dict(counts))
+        events.note_after_commit(session, batch_id, events.COUNTS, {})
     if queued:
         queues.moved(session=session, changes=queued)
+
+
+def _announce(session: Session, job_id: str, previous: str, status: str) -> None:
+    """The job's live event for this move, written once the transaction commits."""
+    if status == JobStatus.RUNNING and previous != status:
+        events.note_after_commit(session, job_id, events.STARTED, {})
+    elif JobStatus(status).is_terminal and previous != status:
+        events.note_after_commit(session, job_id, events.STATUS, {"status": str(status)})
 
 
 def batch_counts_moved(
@@ -160,3 +171,4 @@ def finish_batch_if_done(*, session: Session, batch_id: str) -> None:
     )
     if batch is not None:
         batch_event(session=session, batch=batch)
+        events.note_after_commit(session, batch_id, events.STATUS, {"status": str(final)})

@@ -75,14 +75,25 @@ class RunControl(Protocol):
 
     def should_stop(self, index: int) -> bool: ...
 
-    def report_progress(self, index: int, fraction: float) -> None: ...
+    def report_progress(
+        self, index: int, fraction: float, step: int | None = None, steps: int | None = None
+    ) -> None: ...
+
+    def report_text(self, index: int, text_so_far: str) -> None:
+        """The answer decoded so far (an understanding row, each step): for live watchers."""
+        ...
 
 
 class NullControl:
     def should_stop(self, index: int) -> bool:
         return False
 
-    def report_progress(self, index: int, fraction: float) -> None:
+    def report_progress(
+        self, index: int, fraction: float, step: int | None = None, steps: int | None = None
+    ) -> None:
+        return None
+
+    def report_text(self, index: int, text_so_far: str) -> None:
         return None
 
 

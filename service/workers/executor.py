@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.db import session_scope
+from service.core.events import EventLog
 from service.core.images import open_rgb
 from service.core.logs import job_fields, log_context
 from service.core.settings import Settings
@@ -57,6 +58,7 @@ class Executor:
     # Publishes one wake-up for this model. Set by the worker; the executor only
     # decides when (see `_keep_draining`).
     wake: Callable[[], None] | None = None
+    events: EventLog | None = None  # live job events (progress, text); set by the worker
 
     def run(self, job_id: str) -> None:
         try:
@@ -140,6 +142,8 @@ class Executor:
             self.settings.lease_seconds,
             [j.id for j in runnable],
             [j.deadline_at for j in runnable],
+            self.events,
+            self.settings.events_progress_seconds,
         )
         log.info("running %d %s job(s): %s", len(runnable), task, [j.id for j in runnable])
         with keeper:
@@ -208,6 +212,7 @@ class Executor:
                 run_seconds=elapsed,
             )
         elif isinstance(result, UnderstandResult):
+            keeper.live.final_text(index, result.text)  # the live token stream's last delta
             self._finish(
                 job.id,
                 JobStatus.SUCCEEDED,

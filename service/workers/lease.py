@@ -10,8 +10,10 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.db import session_scope
+from service.core.events import EventLog
 from service.core.tables import utcnow
 from service.lifecycle import claims
+from service.workers.live import LiveReporter
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ class LeaseKeeper:
         lease_seconds: float,
         job_ids: list[str],
         deadlines: list[datetime | None],
+        events: EventLog | None = None,
+        progress_seconds: float = 0.25,
     ) -> None:
         self.sessions = sessions
         self.worker_id = worker_id
@@ -39,6 +43,7 @@ class LeaseKeeper:
         self.progress: dict[str, float] = {job_id: 0.0 for job_id in job_ids}
         self.canceled: set[str] = set()
         self.lost: set[str] = set()
+        self.live = LiveReporter(events, job_ids, progress_seconds)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
 
@@ -50,8 +55,15 @@ class LeaseKeeper:
         deadline = self.deadlines[index]
         return deadline is not None and utcnow() >= deadline
 
-    def report_progress(self, index: int, fraction: float) -> None:
-        self.progress[self.job_ids[index]] = max(0.0, min(1.0, float(fraction)))
+    def report_progress(
+        self, index: int, fraction: float, step: int | None = None, steps: int | None = None
+    ) -> None:
+        fraction = max(0.0, min(1.0, float(fraction)))
+        self.progress[self.job_ids[index]] = fraction
+        self.live.progress(index, fraction, step, steps)
+
+    def report_text(self, index: int, text_so_far: str) -> None:
+        self.live.text(index, text_so_far)
 
     def deadline_passed(self, index: int) -> bool:
         deadline = self.deadlines[index]

@@ -21,6 +21,7 @@ from sqlalchemy import delete, update
 
 from service.core.broker import make_celery, publish, queue_name
 from service.core.db import make_engine, make_sessionmaker, session_scope
+from service.core.events import announce_on_commit, event_log
 from service.core.ids import new_id
 from service.core.logs import adopt_library_logs, set_process_context
 from service.core.settings import Settings
@@ -96,6 +97,8 @@ def run_worker(
     executor = Executor(
         settings, sessions, storage_from_settings(settings), runner, model_id, worker_id, max_batch
     )
+    executor.events = event_log(settings)
+    announce_on_commit(sessions, executor.events)  # started and terminal statuses
     app = make_celery(settings)
     executor.wake = lambda: _wake(app, settings, model_id)
     register_tasks(app, executor)

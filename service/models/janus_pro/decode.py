@@ -37,6 +37,8 @@ class JanusDecoder:
         # Polling `should_stop` is a host call; on a GPU, checking for finished text rows
         # also syncs. Every `poll_every` steps keeps the device queue full in between.
         self.poll_every = max(1, poll_every)
+        # Token ids -> text, for `report_text` (live watchers); set by the runner.
+        self.detokenize: Any = None
 
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.lm.device).manual_seed(seed)
@@ -163,7 +165,7 @@ class JanusDecoder:
             elif finished is not None and finished[k]:
                 leaving.add(k)
             else:
-                control.report_progress(index, min(done / units[k], 1.0))
+                control.report_progress(index, min(done / units[k], 1.0), done, units[k])
                 keep.extend(range(start, end))
         if not leaving:
             return None
@@ -231,6 +233,8 @@ class JanusDecoder:
                         else:
                             texts[k].append(t)
                             ended[k] = len(texts[k]) >= jobs[k].max_new_tokens
+                    if self.detokenize is not None and row:  # the answer so far, live
+                        control.report_text(jobs[k].index, self.detokenize(texts[k]))
                 keep = self._poll(jobs, rows, control, step + 1, results, units, ended)
                 if last or (keep is not None and not rows.live):
                     break

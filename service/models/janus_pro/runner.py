@@ -103,6 +103,8 @@ class JanusProRunner(ModelRunner):
             eos_token_id=processor.tokenizer.eos_token_id,
             poll_every=CUDA_POLL_EVERY if self.cuda else 1,
         )
+        self.decoder.detokenize = lambda ids: processor.tokenizer.decode(
+            ids, skip_special_tokens=True)
 
     def warmup(self) -> None:
         # Two prompts of different lengths: padding, per-job sampling, and (when compiled)
@@ -212,7 +214,8 @@ class JanusProRunner(ModelRunner):
                 if isinstance(item, ModelError):
                     return item
                 images.append(item)
-            control.report_progress(job.index, (self.num_image_tokens + n + 1) / job.units)
+            done = self.num_image_tokens + n + 1
+            control.report_progress(job.index, done / job.units, done, job.units)
         stats["seconds"] = round(time.monotonic() - started, 3)
         return GenerateResult(images=images, stats=stats)
 

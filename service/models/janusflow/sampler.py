@@ -187,7 +187,8 @@ class FlowSampler:
                     vj = job.guidance * vj - (job.guidance - 1.0) * vu
                 job.z = job.z + vj * (1.0 / job.steps)
                 # The VAE decode is the last share of the job's progress.
-                control.report_progress(job.index, (step + 1) / (job.steps + 1))
+                control.report_progress(
+                    job.index, (step + 1) / (job.steps + 1), step + 1, job.steps + 1)
             step += 1
             for job in active:
                 if job.steps == step:

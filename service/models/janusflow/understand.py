@@ -33,14 +33,18 @@ class Stop(Exception):
 class StepHook(StoppingCriteria):
     """Called once per new token: checks for cancellation, reports progress, never stops."""
 
-    def __init__(self, control: RunControl, index: int, total: int) -> None:
+    def __init__(self, control: RunControl, index: int, total: int, decode: Any = None) -> None:
         self.control, self.index, self.total, self.done = control, index, max(total, 1), 0
+        self.decode = decode  # token ids -> text, for live watchers
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         if self.control.should_stop(self.index):
             raise Stop
         self.done += 1
-        self.control.report_progress(self.index, min(self.done / self.total, 1.0))
+        self.control.report_progress(self.index, min(self.done / self.total, 1.0),
+                                     self.done, self.total)
+        if self.decode is not None:  # inputs_embeds only: input_ids holds the new tokens
+            self.control.report_text(self.index, self.decode(input_ids[0].tolist()))
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
@@ -107,7 +111,9 @@ def understand_one(
         pad_token_id=ids_of[EOS],
         bos_token_id=ids_of[BOS],
         eos_token_id=ids_of[EOS],
-        stopping_criteria=StoppingCriteriaList([StepHook(control, index, max_new)]),
+        stopping_criteria=StoppingCriteriaList([StepHook(
+            control, index, max_new,
+            lambda ids: runner.tokenizer.decode(ids, skip_special_tokens=True))]),
         **sampling,
     )
     new_tokens = out[0].tolist()

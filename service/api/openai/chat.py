@@ -1,0 +1,76 @@
+"""POST /openai/v1/chat/completions: one understand job; a `chat.completion` once it has
+ended, or with `stream: true` server-sent `chat.completion.chunk`s and `data: [DONE]`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response, g, jsonify, stream_with_context
+
+from service.api.context import current_key, runtime
+from service.api.openai.blueprint import bp, hold_seconds, json_body
+from service.api.openai.errors import error_body
+from service.api.openai.jobs import TextStream, submit, wait_terminal
+from service.api.openai.render import (
+    JOB_HEADER,
+    chat_completion,
+    chunk,
+    created,
+    finish_reason,
+    job_error,
+    timeout_error,
+    usage,
+)
+from service.api.openai.translate import chat_request
+from service.core.tables import Job
+from service.lifecycle.status import JobStatus
+
+
+def _event(body: dict[str, Any]) -> str:
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def _stream(job: Job, seconds: int, include_usage: bool) -> Iterator[str]:
+    at = created(job)
+    yield _event(chunk(job.id, job.model, at, {"role": "assistant", "content": ""}))
+    text = TextStream(job.id, seconds)
+    for delta in text:
+        if delta is None:
+            yield ": keep-alive\n\n"  # a comment line; clients skip it
+        else:
+            yield _event(chunk(job.id, job.model, at, {"content": delta}))
+    done = text.job
+    if done is None or done.status != JobStatus.SUCCEEDED:
+        error = timeout_error(job.id, seconds) if done is None else job_error(done)
+        # OpenAI's clients raise on a data line that holds an error object.
+        yield _event(error_body(error.message, error.status, None, error.code))
+        return
+    yield _event(chunk(job.id, job.model, at, {}, finish_reason(done)))
+    if include_usage:
+        yield _event(chunk(job.id, job.model, at, {}, usage_=usage(done), choices=False))
+    yield "data: [DONE]\n\n"
+
+
+@bp.post("/chat/completions")
+def create_chat_completion() -> Response:
+    rt = runtime()
+    g.rate = rt.limiter.check(current_key().id)
+    request = chat_request(json_body())
+    job = submit(request.job)
+    seconds = hold_seconds()
+    if request.stream:
+        response = Response(stream_with_context(_stream(job, seconds, request.include_usage)),
+                            mimetype="text/event-stream")
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"  # nginx: pass events on at once
+    else:
+        done = wait_terminal(job.id, seconds)
+        if done is None:
+            raise timeout_error(job.id, seconds)
+        if done.status != JobStatus.SUCCEEDED:
+            raise job_error(done)
+        response = jsonify(chat_completion(done))
+    response.headers[JOB_HEADER] = job.id
+    return response

@@ -1,0 +1,86 @@
+"""What a running job tells its watchers: progress (throttled) and the new text of an answer.
+
+`started` and the terminal status are announced by the lifecycle hook after the
+commits that make them (service/core/events.py), so only what happens between
+those two comes from here. Everything is an `EventLog.emit`: a queue append,
+never a network wait, never an exception.
+"""
+
+from __future__ import annotations
+
+import time
+
+from service.core import events
+from service.core.events import EventLog
+
+# Held back from a token event until more text follows: a partly decoded character
+# (the tokenizer's replacement mark) and trailing whitespace, which the final answer
+# strips. The concatenated token texts then equal the job's `output.text`.
+_REPLACEMENT = "\ufffd"
+
+
+class LiveReporter:
+    """Turns a runner's per-step reports into live events for the jobs of one batch."""
+
+    def __init__(self, log: EventLog | None, job_ids: list[str], progress_seconds: float) -> None:
+        self.log = log
+        self.job_ids = job_ids
+        self.every = progress_seconds
+        self._last_progress: dict[str, float] = {}
+        self._done: dict[str, bool] = {}  # the last report sent said 1.0
+        self._steps: dict[str, int] = {}  # the last known step count, per job
+        self._sent: dict[str, str] = {}  # text already sent, per job
+
+    def progress(self, index: int, fraction: float, step: int | None, steps: int | None) -> None:
+        if self.log is None:
+            return
+        job_id = self.job_ids[index]
+        if steps is not None:
+            self._steps[job_id] = steps
+        elif fraction >= 1.0 and job_id in self._steps:  # "done" reported without counts
+            step = steps = self._steps[job_id]
+        now = time.monotonic()
+        last = self._last_progress.get(job_id)
+        # Always the first and the last report; in between, at most one per `every` s.
+        if last is not None and (fraction < 1.0 and now - last < self.every
+                                 or self._done.get(job_id)):
+            return
+        self._last_progress[job_id] = now
+        self._done[job_id] = fraction >= 1.0
+        self.log.emit(job_id, events.PROGRESS,
+                      {"step": step, "steps": steps, "fraction": round(fraction, 4)})
+
+    def text(self, index: int, text_so_far: str) -> None:
+        if self.log is None:
+            return
+        job_id = self.job_ids[index]
+        sent = self._sent.get(job_id, "")
+        shown = visible(text_so_far)
+        if len(shown) <= len(sent) or not shown.startswith(sent):
+            # Nothing new, or the decoder rewrote text already sent (it cannot be taken
+            # back): wait until the text extends what was sent.
+            return
+        self._sent[job_id] = shown
+        self.log.emit(job_id, events.TOKEN, {"text": shown[len(sent):]})
+
+
+    def final_text(self, index: int, answer: str) -> None:
+        """The job's answer is known: send what was held back (a trailing half character is
+        final now). After this the joined token texts equal `answer`."""
+        if self.log is None:
+            return
+        job_id = self.job_ids[index]
+        sent = self._sent.get(job_id, "")
+        if answer.startswith(sent) and len(answer) > len(sent):
+            self._sent[job_id] = answer
+            self.log.emit(job_id, events.TOKEN, {"text": answer[len(sent):]})
+
+
+def visible(text: str) -> str:
+    """The part of a partial answer that is final: no leading or trailing whitespace
+    (the answer is stripped) and no half-decoded character at the end."""
+    text = text.lstrip()
+    cut = len(text)
+    while cut and text[cut - 1] == _REPLACEMENT:
+        cut -= 1
+    return text[:cut].rstrip()
