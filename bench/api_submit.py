@@ -1,8 +1,9 @@
 """POST /v1/jobs against a bare floor app, served the same way, measured side by side.
 
 Starts, on this machine: a fresh Postgres database (migrated), a private Redis
-(`redis-server --port 6393`, stopped at the end), and two HTTP apps under gunicorn
-with the same workers and threads (gthread, access log on):
+(`redis-server --port 6393`, or BENCH_REDIS_PORT; stopped at the end), and two HTTP
+apps under gunicorn with the same workers and worker class (`--worker-class`: gevent,
+as `janus-service api` serves by default, or gthread with 16 threads; access log on):
 
 - `api`: the real service, `janus-service api`, a tiny janus-pro checkpoint in
   JANUS_MODELS (the API reads only its config), rate limiting off, no worker;
@@ -193,6 +194,9 @@ def main() -> None:  # noqa: PLR0915 - one straight setup, measure, tear down
     parser.add_argument("--api-port", type=int, default=8771)
     parser.add_argument("--floor-port", type=int, default=8772)
     parser.add_argument("--python-client", action="store_true", help="even if wrk is there")
+    parser.add_argument("--worker-class", choices=["gevent", "gthread"], default="gevent",
+                        help="for every app (`janus-service api` serves with gevent by "
+                             "default)")
     parser.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
                         help="also serve the API of another checkout (e.g. main's tree) as "
                              "app NAME, measured in the same rounds")
@@ -233,10 +237,11 @@ def main() -> None:  # noqa: PLR0915 - one straight setup, measure, tear down
         log = open(work / "services.log", "w")  # noqa: SIM115
         procs.append(subprocess.Popen(
             [*cli, "api", "--port", str(args.api_port), "--workers", str(WORKERS),
-             "--threads", str(THREADS)], env=env, stdout=log, stderr=log))
+             "--threads", str(THREADS), "--worker-class", args.worker_class], env=env,
+            stdout=log, stderr=log))
         procs.append(subprocess.Popen(
             [str(bindir / "gunicorn"), "-b", f"127.0.0.1:{args.floor_port}", "-w", str(WORKERS),
-             "--threads", str(THREADS), "-k", "gthread", "--access-logfile", "-",
+             "--threads", str(THREADS), "-k", args.worker_class, "--access-logfile", "-",
              "bench.api_submit:floor_app()"], env=env, stdout=log, stderr=log, cwd=ROOT))
         apps = {"floor": f"http://127.0.0.1:{args.floor_port}/v1/jobs",
                 "api": f"http://127.0.0.1:{args.api_port}/v1/jobs"}
@@ -244,7 +249,8 @@ def main() -> None:  # noqa: PLR0915 - one straight setup, measure, tear down
             port = args.api_port + 10 + i
             procs.append(subprocess.Popen(
                 [sys.executable, "-c", "from service.entry.cli import main; main()", "api",
-                 "--port", str(port), "--workers", str(WORKERS), "--threads", str(THREADS)],
+                 "--port", str(port), "--workers", str(WORKERS), "--threads", str(THREADS),
+                 "--worker-class", args.worker_class],
                 env={**env, "PYTHONPATH": path}, stdout=log, stderr=log, cwd=path))
             apps[app] = f"http://127.0.0.1:{port}/v1/jobs"
         wait_http(f"http://127.0.0.1:{args.api_port}/readyz", procs[0])
@@ -279,7 +285,8 @@ def main() -> None:  # noqa: PLR0915 - one straight setup, measure, tear down
                     results.setdefault((app, conns), []).append(result)
 
         up = os.getloadavg()
-        print(f"# {WORKERS} gunicorn workers x {THREADS} threads each, Postgres + Redis on "
+        print(f"# {WORKERS} gunicorn {args.worker_class} workers ({THREADS} threads each with "
+              f"gthread), Postgres + Redis on "
               f"loopback, {os.cpu_count()} CPUs, client {load.__name__}, {args.seconds:.0f} s "
               f"per run, {args.rounds} rounds interleaved, load average {up[0]:.1f}")
         print()
