@@ -263,8 +263,8 @@ class Steps:
         self.find("#submit-job").click()
         self.job_page("queued")
         self.wait(lambda: self.text("#live-note").startswith("Queued"), "the queue note")
-        self.wait(lambda: self.text("#live-mode") in ("(streaming)", "(polling every second)"),
-                  "the live view to start")
+        # The API serves /v1/jobs/{id}/events, so the live view must stream, not poll.
+        self.wait(lambda: self.text("#live-mode") == "(streaming)", "the live view to stream")
         self.shot("queued")
         self.find("#cancel-job").click()
         self.wait(lambda: self.text("#job-status") == "canceled", "the cancel")
