@@ -179,3 +179,38 @@ def test_keys_cli_create_list_revoke(client, settings) -> None:
     again = subprocess.run([*cli, "revoke", "--key-id", mine[0]["id"]], env=env,
                            capture_output=True, text=True)
     assert again.returncode != 0 and "no active key" in again.stderr
+
+
+def test_idempotency_race_replays_the_job_that_won(client, app, auth, monkeypatch) -> None:
+    """A concurrent submit with the same key commits between our lookup and our INSERT:
+    the INSERT fails on the unique key (an IntegrityError, though it goes straight to the
+    driver) and the winner is replayed; nothing is counted twice in the queue."""
+    from service.api.submit import _canonical_hash
+    from service.core.tables import QueueCount
+    from service.lifecycle import jobs as crud
+
+    def counted() -> int:
+        with app.extensions["janus"].sessions() as session:
+            return session.scalar(select(func.coalesce(func.sum(QueueCount.n), 0)).where(
+                QueueCount.model == IDLE, QueueCount.lane == 0))
+
+    before = counted()
+    body = gen_body(seed=3)
+    real = crud.find_by_idempotency_key
+    won: dict = {}
+
+    def lookup_then_lose(*, session, api_key_id, key):  # type: ignore[no-untyped-def]
+        if not won:  # the first lookup misses; the other request commits right after it
+            spec = crud.JobSpec(model=IDLE, task="generate", input=dict(body["input"]))
+            won["job"], _ = crud.create_job(
+                engine=app.extensions["janus"].engine, storage=app.extensions["janus"].storage,
+                api_key_id=api_key_id, spec=spec, idempotency_key=key,
+                request_hash=_canonical_hash(body, None))
+            return None
+        return real(session=session, api_key_id=api_key_id, key=key)
+
+    monkeypatch.setattr(crud, "find_by_idempotency_key", lookup_then_lose)
+    r = client.post("/v1/jobs", json=body, headers={**auth, "Idempotency-Key": "race-1"})
+    assert r.status_code == 200 and r.json["id"] == won["job"].id
+    assert counted() == before + 1  # the winner only: the failed statement counted nothing
+    client.post(f"/v1/jobs/{won['job'].id}/cancel", headers=auth)

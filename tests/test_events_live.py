@@ -138,7 +138,8 @@ def embedded(tmp_path: Path) -> Settings:
 
 def test_started_and_terminal_statuses_are_announced_after_commit(embedded: Settings) -> None:
     log = event_log(embedded)
-    sessions = make_sessionmaker(make_engine(embedded.database_url))
+    engine = make_engine(embedded.database_url)
+    sessions = make_sessionmaker(engine)
     announce_on_commit(sessions, log)
     make_key(embedded)
     storage = storage_from_settings(embedded)
@@ -147,9 +148,8 @@ def test_started_and_terminal_statuses_are_announced_after_commit(embedded: Sett
     spec = JobSpec(model="m", task="generate", input={"prompt": "p", "seed": 1})
     ids = []
     for _ in range(3):
-        with session_scope(sessions) as session:
-            ids.append(create_job(session=session, storage=storage, api_key_id=key_id,
-                                  spec=spec).id)
+        job, _ = create_job(engine=engine, storage=storage, api_key_id=key_id, spec=spec)
+        ids.append(job.id)
     a, b, c = ids
     # A cancel that rolls back announces nothing.
     session = sessions()

@@ -62,7 +62,7 @@ def test_database_outage_is_a_503_and_the_app_recovers(db_proxy, auth, settings)
     assert set(error["details"]["failed"]) == {"database"}
     assert api.get("/metrics").status_code in (200, 503)  # never a 500
 
-    proxy.restore()  # it is back: the pool's pre-ping replaces the dead connections
+    proxy.restore()  # it is back: the pool replaces the dead connections (core/db.py)
     with engine.connect() as conn:  # the refused submission stored nothing
         assert conn.scalar(select(func.count()).select_from(Job)) == stored
     engine.dispose()

@@ -14,9 +14,11 @@ from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError, validation_error
 from service.api.responses import JobList
 from service.api.submit import Submission, parse_submission
+from service.core.broker import publish
 from service.core.storage import StorageError
 from service.core.tables import Job
 from service.lifecycle import jobs as crud
+from service.lifecycle.jobs import JobSpec, NewJob
 from service.lifecycle.retention import NotFinished, remove_job_data
 from service.lifecycle.status import STATUSES, JobStatus, is_terminal
 from service.lifecycle.views import JobObject, job_view, public
@@ -27,7 +29,7 @@ bp.before_request(require_api_key)
 _WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)")
 
 
-def view(job: Job, position: int | None = None) -> JobObject:
+def view(job: Job | NewJob, position: int | None = None) -> JobObject:
     """The job object as clients see it, with its queue position while queued.
 
     `position`: already counted (a new job's, counted at submit right after its INSERT).
@@ -40,7 +42,9 @@ def view(job: Job, position: int | None = None) -> JobObject:
     return job_view(job, rt.storage, rt.settings.url_expiry_seconds, position)
 
 
-def render(job: Job, status: int = 200, position: int | None = None) -> tuple[Response, int]:
+def render(
+    job: Job | NewJob, status: int = 200, position: int | None = None
+) -> tuple[Response, int]:
     return jsonify(public(view(job, position))), status
 
 
@@ -61,57 +65,66 @@ def _replay(existing: Job, sub: Submission) -> tuple[Response, int]:
     return render(existing, 200)
 
 
+def insert_and_publish(
+    spec: JobSpec,
+    *,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    cancel_after: float | None = None,
+) -> tuple[NewJob, int]:
+    """Insert and commit a checked job, then publish it; returns it and its position.
+
+    No ORM session on this path: one pooled connection, and on Postgres one statement
+    that inserts, counts the job into its queue and reads its position, committed on
+    its own. The job is committed before it is published, as ever; if the broker is
+    away the row is marked for the sweeper. (POST /v1/jobs and the OpenAI face.)
+    """
+    rt = runtime()
+    if "db" in g and g.db.in_transaction():  # the key was read from the database
+        g.db.commit()  # (a cache miss): hand that connection back first
+    job, position = crud.create_job(
+        engine=rt.engine,
+        storage=rt.storage,
+        api_key_id=current_key().id,
+        spec=spec,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        cancel_after=cancel_after,
+    )
+    unpublished = publish(rt.celery, [(job.id, job.model)], rt.settings.publish_max_retries)
+    if unpublished:  # the broker is away: the sweeper publishes it as soon as it can
+        crud.mark_unpublished(session=db(), job_ids=unpublished)
+        db().commit()
+    return job, position
+
+
 @bp.post("/v1/jobs")
 def create_job() -> tuple[Response, int]:
     rt = runtime()
-    g.rate = rt.limiter.check(current_key().id)
-    sub = parse_submission(request, rt.models, rt.settings)
-    session = db()
     key = current_key()
-    if session.in_transaction():  # the key was read from the database (a cache miss)
-        session.commit()
-    # Each statement of a submit commits on its own: the INSERT is the one write, so a
-    # transaction around it only added BEGIN and COMMIT round trips. The job is still
-    # committed before it is published, and the count reads committed rows only.
-    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    g.rate = rt.limiter.check(key.id)
+    sub = parse_submission(request, rt.models, rt.settings)
     if sub.idempotency_key:
         existing = crud.find_by_idempotency_key(
-            session=session, api_key_id=key.id, key=sub.idempotency_key
+            session=db(), api_key_id=key.id, key=sub.idempotency_key
         )
+        db().rollback()  # a read: hand the connection back before the INSERT takes one
         if existing is not None:
             return _replay(existing, sub)
-
     try:
-        job = crud.create_job(
-            session=session,
-            storage=rt.storage,
-            api_key_id=key.id,
-            spec=sub.spec,
+        job, position = insert_and_publish(
+            sub.spec,
             idempotency_key=sub.idempotency_key,
             request_hash=sub.request_hash,
             cancel_after=sub.cancel_after,
         )
-        # Counted on the same connection: one checkout per submit, not a second one
-        # (ping, BEGIN, SELECT, ROLLBACK) for the response.
-        position = crud.queue_position(session=session, job=job)
-        session.commit()  # hands the connection back (nothing left to commit)
-    except IntegrityError:
-        session.rollback()
+    except IntegrityError:  # the same Idempotency-Key committed since our lookup
         existing = crud.find_by_idempotency_key(
-            session=session, api_key_id=key.id, key=sub.idempotency_key or ""
+            session=db(), api_key_id=key.id, key=sub.idempotency_key or ""
         )
         if existing is None:
             raise
         return _replay(existing, sub)
-
-    crud.publish_jobs(
-        session=session,
-        celery=rt.celery,
-        wakeups=[(job.id, job.model)],
-        job_ids=[job.id],
-        max_retries=rt.settings.publish_max_retries,
-    )
-    session.commit()
     return _render_after_wait(job, 202, position)
 
 
@@ -123,7 +136,7 @@ def _wait_seconds() -> int:
 
 
 def _render_after_wait(
-    job: Job, status: int = 200, position: int | None = None
+    job: Job | NewJob, status: int = 200, position: int | None = None
 ) -> tuple[Response, int]:
     """Honour `Prefer: wait=N`: hold the answer until the job is terminal or N seconds pass.
 

@@ -142,6 +142,25 @@ class Job(Base):
     data_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class QueueCount(Base):
+    """How many jobs are queued per model and lane: the sum of a few shard rows.
+
+    Kept in the same transactions as the jobs' status changes (service/lifecycle/
+    queues.py), so any snapshot agrees with the jobs table; a queue position is then
+    read from a handful of rows instead of counting the queue. Shards spread the
+    writers: each submit adds 1 to a random shard, so concurrent submits rarely wait
+    on one row lock held through a commit. A shard can go negative; only sums mean
+    anything.
+    """
+
+    __tablename__ = "queue_counts"
+
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    lane: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class WebhookEvent(Base):
     """Outbox: written in the transaction that changes a job's state, delivered later."""
 

@@ -188,6 +188,25 @@ def cmd_dev(args: argparse.Namespace) -> None:
     run_dev(_settings(), port=args.port)
 
 
+def cmd_queues(args: argparse.Namespace) -> None:
+    """Compare the kept queue counts with the jobs table; with `recount`, reset them."""
+    from service.core.db import make_engine, make_sessionmaker, session_scope
+    from service.lifecycle.queues import drift, recount
+
+    sessions = make_sessionmaker(make_engine(_settings().database_url))
+    with session_scope(sessions) as session:
+        if args.queues_command == "recount":
+            recount(session=session)
+    with session_scope(sessions) as session:
+        found = drift(session=session)
+    for (model, lane), (kept, counted) in found.items():
+        print(f"{model} lane {lane}: kept {kept}, queued rows {counted}")
+    if not found:
+        print("queue counts agree with the jobs table", file=sys.stderr)
+    elif args.queues_command == "check":
+        sys.exit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="janus-service", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--name")
     rotate.add_argument("--json", action="store_true", help="print only a JSON object")
     rotate.set_defaults(func=cmd_keys_rotate_secret)
+
+    queues = sub.add_parser(
+        "queues", help="the queued-job counts behind queue positions"
+    ).add_subparsers(dest="queues_command", required=True)
+    queues.add_parser("check", help="exit 1 if they differ from the jobs table").set_defaults(
+        func=cmd_queues
+    )
+    queues.add_parser(
+        "recount", help="set them from the jobs table (after old processes ran)"
+    ).set_defaults(func=cmd_queues)
 
     api = sub.add_parser("api", help="serve the HTTP API (gunicorn)")
     api.add_argument("--host", default="127.0.0.1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 from service.core.ids import new_id, new_ids
 from service.core.storage import Storage
 from service.core.tables import Batch, Job, utcnow
+from service.lifecycle import queues
 from service.lifecycle.hook import bulk_transition, finish_batch_if_done
 from service.lifecycle.jobs import JobSpec, canceled_now, store_input_image
 from service.lifecycle.status import BatchStatus, JobStatus
@@ -71,6 +73,7 @@ def create_batch(
     session.add(batch)
     session.flush()
     session.execute(insert(Job), rows)
+    queues.moved(session=session, changes=Counter((row["model"], BULK_LANE) for row in rows))
     return batch, ids
 
 

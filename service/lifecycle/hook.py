@@ -1,12 +1,13 @@
 """The one hook every job status change goes through, inside the changing transaction.
 
 Whatever must stay consistent with a job's status (its webhook event, its
-batch's counters and status) is written here, so no code path can change a
-status and forget the rest. `transition` is the only writer of `jobs.status`:
-a conditional UPDATE from a known status (two processes racing on one job can
-never both win), then the hook, for one job or a whole set at once. Job rows
-are updated first and batch rows second, always in that order, so concurrent
-transitions cannot deadlock.
+batch's counters and status, its model's queue count) is written here, so no
+code path can change a status and forget the rest. `transition` is the only
+writer of `jobs.status`: a conditional UPDATE from a known status (two
+processes racing on one job can never both win), then the hook, for one job or
+a whole set at once. Job rows are updated first, batch rows second, and queue
+counts last, at the commit (service/lifecycle/queues.py), always in that order,
+so concurrent transitions cannot deadlock.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from service.core import events
 from service.core.tables import Batch, Job, utcnow
+from service.lifecycle import queues
 from service.lifecycle.outbox import batch_event, job_event
 from service.lifecycle.status import BatchStatus, JobStatus
 
@@ -28,6 +30,8 @@ class Moved(Protocol):
     """What the hook reads of a changed job: an ORM row, or a RETURNING row of a bulk UPDATE."""
 
     id: str
+    model: str
+    lane: int
     batch_id: str | None
     status: str
     webhook: str | None
@@ -35,7 +39,7 @@ class Moved(Protocol):
 
 
 # Columns a bulk transition returns: enough for the hook without loading whole rows.
-MOVED_COLUMNS = (Job.id, Job.batch_id, Job.status, Job.webhook, Job.attempts)
+MOVED_COLUMNS = (Job.id, Job.model, Job.lane, Job.batch_id, Job.status, Job.webhook, Job.attempts)
 
 
 def transition(
@@ -82,8 +86,14 @@ def bulk_transition(
 def jobs_changed(*, session: Session, jobs: Sequence[Moved], previous: str) -> None:
     """The hook: `jobs` (already updated) left `previous` for their current status."""
     moves: dict[str, Counter[tuple[str, str]]] = {}
+    queued: Counter[tuple[str, int]] = Counter()  # (model, lane) -> jobs in (+) or out (-)
     announce: list[Moved] = []
     for job in jobs:
+        if previous != job.status:
+            if previous == JobStatus.QUEUED:
+                queued[(job.model, job.lane)] -= 1
+            elif job.status == JobStatus.QUEUED:
+                queued[(job.model, job.lane)] += 1
         if job.batch_id is not None and previous != job.status:
             moves.setdefault(job.batch_id, Counter())[(previous, job.status)] += 1
         _announce(session, job.id, previous, job.status)
@@ -101,6 +111,8 @@ def jobs_changed(*, session: Session, jobs: Sequence[Moved], previous: str) -> N
     for batch_id, counts in moves.items():
         batch_counts_moved(session=session, batch_id=batch_id, moves=dict(counts))
         events.note_after_commit(session, batch_id, events.COUNTS, {})
+    if queued:
+        queues.moved(session=session, changes=queued)
 
 
 def _announce(session: Session, job_id: str, previous: str, status: str) -> None:

@@ -6,11 +6,11 @@ Every status change goes through `service.lifecycle.hook.transition`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from service.core.broker import publish
@@ -18,6 +18,7 @@ from service.core.ids import new_id
 from service.core.images import CheckedImage
 from service.core.storage import Storage
 from service.core.tables import Job, utcnow
+from service.lifecycle import queues
 from service.lifecycle.hook import transition
 from service.lifecycle.status import JobStatus
 
@@ -59,56 +60,86 @@ def store_input_image(storage: Storage, job_id: str, spec: JobSpec) -> dict[str,
     return stored
 
 
+@dataclass(slots=True)
+class NewJob:
+    """A job just inserted by `create_job`: its values, outside the ORM.
+
+    It has every attribute of `Job` that the job object shows (the views read either):
+    an ORM instance's attribute instrumentation cost more than the rest of the
+    response on the submit path.
+    """
+
+    id: str
+    api_key_id: str
+    model: str
+    task: str
+    input: dict[str, Any]
+    metadata_: dict[str, Any]
+    webhook: str | None
+    webhook_events: list[str]
+    idempotency_key: str | None
+    request_hash: str | None
+    created_at: datetime
+    enqueued_at: datetime
+    deadline_at: datetime | None
+    status: str = JobStatus.QUEUED.value
+    lane: int = INTERACTIVE_LANE
+    attempts: int = 0
+    cancel_requested: bool = False
+    output: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    batch_id: str | None = None
+    custom_id: str | None = None
+    line_no: int | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    run_seconds: float | None = None
+    progress: float | None = None
+    data_removed_at: datetime | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The INSERT's values, by column name."""
+        return {
+            name: getattr(self, "metadata_" if name == "metadata" else name)
+            for name in queues.INSERTED
+        }
+
+
 def create_job(
     *,
-    session: Session,
+    engine: Engine,
     storage: Storage,
     api_key_id: str,
     spec: JobSpec,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     cancel_after: float | None = None,
-) -> Job:
-    """Insert a queued job (the caller commits, then publishes with `publish_jobs`).
+) -> tuple[NewJob, int]:
+    """Insert and commit a queued job; returns it and its queue position (then publish).
 
-    One Core INSERT rather than the ORM's unit of work (the submit path's hottest
-    statement; the flush machinery cost more CPU than the statement). The returned
-    Job is not in the session: it only carries the values for the response.
+    Takes the engine, not a session: on the submit path the ORM's session and unit
+    of work cost more CPU than the statement. On Postgres one statement inserts the
+    row, counts the job into its queue and reads its position, committed on its own
+    (service/lifecycle/queues.py, `insert_queued`).
     """
     job_id = new_id("job")
     now = utcnow()
-    job = Job(
+    job = NewJob(
         id=job_id,
         api_key_id=api_key_id,
         model=spec.model,
         task=spec.task,
-        status=JobStatus.QUEUED,
         input=store_input_image(storage, job_id, spec),
         metadata_=spec.metadata,
         webhook=spec.webhook,
         webhook_events=spec.webhook_events or ["completed"],
-        lane=INTERACTIVE_LANE,
-        attempts=0,
-        cancel_requested=False,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         created_at=now,
         enqueued_at=now,
         deadline_at=now + timedelta(seconds=cancel_after) if cancel_after else None,
     )
-    values = {column: getattr(job, attr) for column, attr in _INSERTED.items()}
-    session.connection().execute(_INSERT, values)
-    return job
-
-
-# Table column -> Job attribute, for the values create_job sets.
-_INSERTED = {
-    name: "metadata_" if name == "metadata" else name
-    for name in ("id", "api_key_id", "model", "task", "status", "input", "metadata", "webhook",
-                 "webhook_events", "lane", "attempts", "cancel_requested", "idempotency_key",
-                 "request_hash", "created_at", "enqueued_at", "deadline_at")
-}
-_INSERT = insert(Job.__table__)
+    return job, queues.insert_queued(engine, job.row())
 
 
 def publish_jobs(
@@ -170,27 +201,13 @@ def list_jobs(
     return rows[:limit], len(rows) > limit
 
 
-def queue_position(*, session: Session, job: Job) -> int:
-    """How many queued jobs of the same model a worker will take before this one.
+def queue_position(*, session: Session, job: Job | NewJob) -> int:
+    """How many queued jobs of the same model a worker takes before this one.
 
-    A Core statement on the session's connection (same transaction): the ORM's
-    statement machinery costs more CPU than this count on a short queue.
+    Read from the kept queue counts (service/lifecycle/queues.py says what exactly
+    it counts), on the session's connection and transaction.
     """
-    params = {"model": job.model, "lane": job.lane, "id": job.id}
-    return session.connection().execute(_QUEUE_POSITION, params).scalar() or 0
-
-
-_jobs = Job.__table__.c
-_QUEUE_POSITION = (
-    select(func.count())
-    .select_from(Job.__table__)
-    .where(
-        _jobs.model == bindparam("model"),
-        _jobs.status == JobStatus.QUEUED.value,
-        or_(_jobs.lane < bindparam("lane"),
-            and_(_jobs.lane == bindparam("lane"), _jobs.id < bindparam("id"))),
-    )
-)
+    return queues.position(session.connection(), model=job.model, lane=job.lane, job_id=job.id)
 
 
 def canceled_now() -> dict[str, Any]:

@@ -11,13 +11,16 @@ keys until delivery.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from service.core.storage import Storage
 from service.core.tables import Batch, Job
 from service.lifecycle.status import BatchStatus, JobStatus
+
+if TYPE_CHECKING:
+    from service.lifecycle.jobs import NewJob  # jobs imports nothing of this module
 
 
 def iso(value: datetime | None) -> str | None:
@@ -151,7 +154,7 @@ def _output_with_urls(
 
 
 def job_view(
-    job: Job, storage: Storage | None, expires_in: int, queue_position: int | None = None
+    job: Job | NewJob, storage: Storage | None, expires_in: int, queue_position: int | None = None
 ) -> JobObject:
     """The job object. With `storage=None`, blobs keep their storage `key`."""
     data_in = dict(job.input)
@@ -197,7 +200,7 @@ def job_view(
 
 
 def job_object(
-    job: Job, storage: Storage | None, expires_in: int, queue_position: int | None = None
+    job: Job | NewJob, storage: Storage | None, expires_in: int, queue_position: int | None = None
 ) -> dict[str, Any]:
     return public(job_view(job, storage, expires_in, queue_position))
 

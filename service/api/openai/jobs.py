@@ -15,27 +15,22 @@ from collections.abc import Iterator
 
 from service.api import waiting
 from service.api.context import current_key, db, runtime
+from service.api.jobs import insert_and_publish
 from service.api.openai.errors import OpenAIError
 from service.api.submit import CheckedJob
 from service.core import events
 from service.core.events import Event
 from service.core.tables import Job
 from service.lifecycle import jobs as crud
+from service.lifecycle.jobs import NewJob
 from service.lifecycle.status import JobStatus, is_terminal
 
 log = logging.getLogger(__name__)
 
 
-def submit(checked: CheckedJob) -> Job:
+def submit(checked: CheckedJob) -> NewJob:
     """Create and publish an interactive job (lane 0), exactly as POST /v1/jobs does."""
-    rt = runtime()
-    session = db()
-    job = crud.create_job(session=session, storage=rt.storage, api_key_id=current_key().id,
-                          spec=checked.spec)
-    session.commit()  # committed before it is published: a worker always finds the row
-    crud.publish_jobs(session=session, celery=rt.celery, wakeups=[(job.id, job.model)],
-                      job_ids=[job.id], max_retries=rt.settings.publish_max_retries)
-    session.commit()
+    job, _ = insert_and_publish(checked.spec)
     return job
 
 
