@@ -27,6 +27,7 @@ from service.core.settings import Settings
 from service.core.storage import storage_from_settings
 from service.core.tables import Worker, utcnow
 from service.workers import metrics as worker_metrics
+from service.workers.engine import EngineLoop
 from service.workers.executor import Executor
 from service.workers.tasks import register_tasks
 
@@ -98,7 +99,15 @@ def run_worker(
     )
     app = make_celery(settings)
     executor.wake = lambda: _wake(app, settings, model_id)
-    register_tasks(app, executor)
+    loop = None
+    if settings.engine == "continuous":
+        from service.models.engine import size_slots
+
+        slots, why = size_slots(runner, device, max_batch, settings.engine_memory_fraction)
+        log.info("continuous engine: %s; claims every %d steps", why,
+                 settings.engine_admit_every)
+        loop = EngineLoop(executor, slots, settings.engine_admit_every)
+    register_tasks(app, executor, loop)
 
     with session_scope(sessions) as session:
         session.merge(
