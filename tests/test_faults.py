@@ -64,8 +64,9 @@ def test_worker_killed_mid_job_is_recovered(slow_client, auth, settings, slow_se
 
 
 # Loaded by a worker's interpreter at start (sitecustomize): the worker SIGKILLs itself
-# whenever it is about to run a batch holding a job whose prompt is "poison", as a
-# segfault or the kernel's OOM killer would, after the claim is committed.
+# whenever it is about to run a batch holding a job whose prompt is "poison" (or, in the
+# continuous engine, to admit such a job), as a segfault or the kernel's OOM killer would,
+# after the claim is committed.
 POISON_HOOK = textwrap.dedent("""
     import os, signal
     from service.workers import executor
@@ -78,6 +79,17 @@ POISON_HOOK = textwrap.dedent("""
         return _run_batch(self, batch, started)
 
     executor.Executor._run_batch = _poisoned
+
+    from service.workers import engine  # the continuous engine's one admission point
+
+    _row_started = engine.EngineLoop._row_started
+
+    def _poisoned_row(self, job, keeper):
+        if job.input.get("prompt") == "poison":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _row_started(self, job, keeper)
+
+    engine.EngineLoop._row_started = _poisoned_row
 """)
 
 

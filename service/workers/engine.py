@@ -50,6 +50,15 @@ class EngineLoop:
         self.engines: dict[str, Engine | None] = {}
         self.jobs: dict[str, Job] = {}  # running in an engine, by id
         self.started: dict[str, float] = {}  # monotonic admission time, for run_seconds
+        # A job claimed before (it lost a worker) runs alone: it waits for the running rows
+        # to finish, then runs as the engine's only row.
+        self.waiting: Job | None = None
+        self.solo: str | None = None
+        self.stopping = False  # a warm shutdown: finish the running rows, claim no more
+
+    def stop(self) -> None:
+        """Called on the worker's warm shutdown (any thread): stop claiming."""
+        self.stopping = True
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -62,19 +71,27 @@ class EngineLoop:
             except BaseException:
                 # Whatever broke the loop (a database outage, a bug, a shutdown), the jobs
                 # still in the engine go back to the queue now rather than at lease expiry.
-                self._release(list(self.jobs), keeper)
+                waiting = {self.waiting.id: self.waiting} if self.waiting else {}
+                self.waiting = None
+                self._release([*self.jobs, *waiting], keeper, waiting)
                 raise
         x._keep_draining()
 
     def _loop(self, keeper: LeaseKeeper) -> None:
         steps = 0
         while True:
-            if not self.jobs or steps % self.admit_every == 0:
+            if self.waiting is not None and not self.jobs:
+                job, self.waiting = self.waiting, None
+                self._admit([job], keeper)
+                self.solo = job.id if job.id in self.jobs else None
+            claimed = 0
+            alone = self.waiting is not None or self.solo is not None
+            if not alone and not self.stopping and (not self.jobs or steps % self.admit_every == 0):
                 claimed = self._fill(keeper)
-                if not self.jobs:
-                    if claimed:
-                        continue  # all claimed jobs ended at once (deadline, bad input)
-                    return
+            if not self.jobs and self.waiting is None:
+                if claimed:
+                    continue  # all claimed jobs ended at once (deadline, bad input)
+                return
             self._stops(keeper)
             if self.jobs:
                 self._step(keeper)
@@ -101,31 +118,44 @@ class EngineLoop:
             return 0
         if not claimed:
             return 0
-        task = claimed[0].task  # claim_next returns one task's jobs
-        engine = self._engine(task)
-        if engine is None:
+        if self._engine(claimed[0].task) is None:  # claim_next returns one task's jobs
             self._static(claimed)
-            return len(claimed)
+        elif claimed[0].attempts > 1:
+            # Claimed before: it lost a worker, perhaps by killing it. As on the static
+            # path it runs alone (claim_next gives it no batch mates): the running rows
+            # finish first, and nothing joins it (its lease is kept meanwhile).
+            self.waiting = claimed[0]
+            keeper.add(self.waiting.id, self.waiting.deadline_at)
+        else:
+            self._admit(claimed, keeper)
+        return len(claimed)
+
+    def _admit(self, claimed: list[Job], keeper: LeaseKeeper) -> None:
+        engine = self._engine(claimed[0].task)
+        assert engine is not None
         items: list[tuple[str, Any]] = []
+        by_id = {job.id: job for job in claimed}
         for job in claimed:
             try:
                 items.append((job.id, self.x._request(job)))
             except ModelError as exc:
-                self.x._finish(job.id, JobStatus.FAILED,
-                               error={"code": exc.code, "message": str(exc)})
+                self._refused(job.id, exc, keeper)
             except StorageError:
-                self._release([job.id], keeper, {job.id: job})
-        by_id = {job.id: job for job in claimed}
+                self._release([job.id], keeper, by_id)
         refused = dict(engine.admit(items))
         for key, _ in items:
-            job = by_id[key]
             if key in refused:
-                error = refused[key]
-                self.x._finish(key, JobStatus.FAILED, error={"code": error.code,
-                                                            "message": str(error)})
+                self._refused(key, refused[key], keeper)
             else:
-                self._row_started(job, keeper)
-        return len(claimed)
+                self._row_started(by_id[key], keeper)
+
+    def _refused(self, job_id: str, error: ModelError, keeper: LeaseKeeper) -> None:
+        keeper.remove(job_id)
+        try:
+            self.x._finish(job_id, JobStatus.FAILED,
+                           error={"code": error.code, "message": str(error)})
+        except OperationalError as exc:
+            log.warning("job %s: committing failed (%s); its lease will expire", job_id, exc)
 
     def _row_started(self, job: Job, keeper: LeaseKeeper) -> None:
         """The one place a job enters the engine (it is running from here on)."""
@@ -146,6 +176,12 @@ class EngineLoop:
 
     def _stops(self, keeper: LeaseKeeper) -> None:
         """Cancel requests, passed deadlines and lost leases leave before the next step."""
+        waiting = self.waiting
+        if waiting is not None and keeper.should_stop(waiting.id):
+            self.waiting = None
+            keeper.remove(waiting.id)
+            if waiting.id not in keeper.lost:
+                self.x._complete(waiting, waiting.id, Canceled("canceled"), keeper, 0.0)  # type: ignore[arg-type]
         for job_id in [j for j in self.jobs if keeper.should_stop(j)]:
             engine = self.engines[self.jobs[job_id].task]
             engine.drop(job_id)  # type: ignore[union-attr]
@@ -194,6 +230,8 @@ class EngineLoop:
         self._forget(job_id, keeper)
 
     def _forget(self, job_id: str, keeper: LeaseKeeper) -> None:
+        if self.solo == job_id:
+            self.solo = None
         self.jobs.pop(job_id, None)
         self.started.pop(job_id, None)
         keeper.remove(job_id)

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 
+from celery.signals import worker_shutting_down
 from sqlalchemy import delete, update
 
 from service.core.broker import make_celery, publish, queue_name
@@ -107,6 +108,9 @@ def run_worker(
         log.info("continuous engine: %s; claims every %d steps", why,
                  settings.engine_admit_every)
         loop = EngineLoop(executor, slots, settings.engine_admit_every)
+        # A warm shutdown lets the running rows finish but admits nothing more; without
+        # this the loop would keep claiming while anything is queued.
+        worker_shutting_down.connect(lambda **_: loop.stop(), weak=False)
     register_tasks(app, executor, loop)
 
     with session_scope(sessions) as session:
