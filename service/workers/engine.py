@@ -120,12 +120,14 @@ class EngineLoop:
             return 0
         if self._engine(claimed[0].task) is None:  # claim_next returns one task's jobs
             self._static(claimed)
-        elif claimed[0].attempts > 1:
+            return len(claimed)
+        for job in claimed:  # renewed from now on: admission (prefill, image tower) takes time
+            keeper.add(job.id, job.deadline_at)
+        if claimed[0].attempts > 1:
             # Claimed before: it lost a worker, perhaps by killing it. As on the static
             # path it runs alone (claim_next gives it no batch mates): the running rows
             # finish first, and nothing joins it (its lease is kept meanwhile).
             self.waiting = claimed[0]
-            keeper.add(self.waiting.id, self.waiting.deadline_at)
         else:
             self._admit(claimed, keeper)
         return len(claimed)
@@ -161,7 +163,6 @@ class EngineLoop:
         """The one place a job enters the engine (it is running from here on)."""
         self.jobs[job.id] = job
         self.started[job.id] = time.monotonic()
-        keeper.add(job.id, job.deadline_at)
         log.info("job %s joined the %s engine (%d running)", job.id, job.task, len(self.jobs))
 
     def _static(self, batch: list[Job]) -> None:

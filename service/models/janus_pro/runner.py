@@ -136,7 +136,8 @@ class JanusProRunner(ModelRunner):
 
     def open_engine(self, task: str, slots: int) -> Any:
         """Continuous batching for both tasks (`janus_pro.engine`)."""
-        from service.models.janus_pro.engine import ImageEngine, TextEngine
+        from service.models.janus_pro.engine import ImageEngine
+        from service.models.janus_pro.text_engine import TextEngine
 
         return ImageEngine(self, slots) if task == "generate" else TextEngine(self, slots)
 
