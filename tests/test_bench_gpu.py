@@ -14,6 +14,7 @@ pytest.importorskip("torch")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.timeout(900)  # the script bounds itself; the suite default is 300 s
 def test_gpu_script_dry_run_on_cpu(tmp_path: Path) -> None:
     env = {**os.environ, "OUT": str(tmp_path), "PY": sys.executable, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(

@@ -16,6 +16,7 @@ pytest.importorskip("torch")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("family", ["janus-pro", "janusflow"])
 def test_serve_benchmark_quick(family: str, pg_url: str) -> None:
     admin = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -30,6 +30,7 @@ def _digests(family: str, checkpoint: str, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("family", ["janus-pro", "janusflow"])
 def test_a_job_is_the_same_alone_and_joining_any_crowd_at_any_step(

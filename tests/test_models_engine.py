@@ -13,6 +13,7 @@ from service.models.base import (
     GenerateRequest,
     GenerateResult,
     InvalidInput,
+    OutOfMemory,
     UnderstandRequest,
     UnderstandResult,
 )
@@ -113,3 +114,24 @@ def test_janusflow_jobs_with_their_own_steps_join_and_leave(flow) -> None:
     for key, request in (("a", a), ("b", b)):
         assert _pixels(results[key]) == _pixels(flow.generate([request])[0])
     assert flow.open_engine("understand", 2) is None  # keeps the static path
+
+
+def test_janus_pro_out_of_memory_steps_each_job_alone_and_fails_only_one_too_big(pro) -> None:
+    import torch
+
+    small = [GenerateRequest(f"job {i}", seed=i) for i in range(2)]  # 2 rows each
+    big = GenerateRequest("big", num_images=2, seed=9)  # 4 rows
+    engine = pro.open_engine("generate", 4)
+    step = engine.cache.step
+
+    def tight(x, lo=0, hi=None):  # type: ignore[no-untyped-def]
+        rows = (engine.cache.rows if hi is None else hi) - lo
+        if rows > 2:  # the device's own error type, where a real one would come from
+            raise torch.OutOfMemoryError("injected: more than 2 rows")
+        return step(x, lo, hi)
+
+    engine.cache.step = tight
+    results, _ = _run(engine, {0: [("a", small[0]), ("big", big), ("b", small[1])]})
+    assert isinstance(results["big"], OutOfMemory)
+    for key, request in (("a", small[0]), ("b", small[1])):
+        assert _pixels(results[key]) == _pixels(pro.generate([request])[0])
