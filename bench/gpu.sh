@@ -9,8 +9,9 @@
 #                                 # script cannot rot (tests/test_bench_gpu.py)
 #
 # The GPU image needs torch and transformers (it has them); JanusFlow also needs diffusers,
-# whose steps report "skipped" without it (carry its wheel to run them). Not here yet:
-# static vs continuous batching (the continuous engine of issue 12 does not exist yet).
+# whose steps report "skipped" without it (carry its wheel to run them). Static vs
+# continuous batching runs `bench/serve.py --no-db` (the machine has no Postgres: an
+# in-memory queue drives the runner and its engine under Poisson arrivals).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,9 +27,11 @@ export PYTHONUNBUFFERED=1
 if [ "$DRY" = 1 ]; then
   DEVICE=cpu; SHAPES="small"; JOBS=1; REF=1; FLOW_SHAPE=small; FLOW_JOBS=1; LIMIT=600
   INV_SIZES=1,2; INV_FAMILIES=janusflow
+  SERVE="--quick"
 else
   DEVICE=cuda; SHAPES="1b 7b"; JOBS=64; REF=2; FLOW_SHAPE=1b; FLOW_JOBS=8; LIMIT=240
   INV_SIZES=1,4,16; INV_FAMILIES=janus-pro,janusflow
+  SERVE="--shape 1b --jobs 32 --max-batch 16 --loads 0.6"
 fi
 
 failed=0
@@ -53,6 +56,8 @@ for shape in $SHAPES; do
   step "janus-pro-$shape" "$PY" bench/generate.py --family janus-pro --shape "$shape" \
     --jobs "$JOBS" --reference-jobs "$REF" --device "$DEVICE"
 done
+# shellcheck disable=SC2086  # SERVE is a list of flags
+step serve-janus-pro "$PY" bench/serve.py --family janus-pro --device "$DEVICE" --no-db $SERVE
 if "$PY" -c "import diffusers" 2>/dev/null; then
   step "janusflow-$FLOW_SHAPE" "$PY" bench/generate.py --family janusflow --shape "$FLOW_SHAPE" \
     --jobs "$FLOW_JOBS" --device "$DEVICE" --steps 4

@@ -11,6 +11,8 @@ GPU, `cpu` for the dry run CI does). Each check prints one table row; the last l
   OutOfMemoryError type for batches above 2 jobs must still give every job its images,
   bit-identical to running it alone.
 - compile: `--compile` (CUDA only) gives the same greedy image tokens as eager.
+- continuous: the continuous engine (invariant products on): a job joining crowds at
+  steps 0 and 3, first and last, a neighbour dropped mid-run, gives its images alone.
 - janusflow: the seeds check for JanusFlow (needs diffusers; reported as skipped without).
 """
 
@@ -93,6 +95,36 @@ def oom(checkpoint: str, device: str) -> None:
            f"{got == alone}")
 
 
+def continuous(family: str, checkpoint: str, device: str, steps: dict) -> None:
+    runner = load_runner(checkpoint, device=device, batch_invariant=True)
+    target = GenerateRequest("a red fox in the snow", num_images=2, seed=7, **steps)
+
+    def drive(schedule: list[tuple[int, str, Any]]) -> str:
+        engine, step, out = runner.open_engine("generate", 8), 0, {}
+        while schedule or engine.active():
+            assert not engine.admit([(k, r) for at, k, r in schedule if at <= step])
+            schedule = [item for item in schedule if item[0] > step]
+            if step == 2 and "o0" in engine.active():
+                engine.drop("o0")
+            out.update(engine.step())
+            step += 1
+        return _digest(out["t"])
+
+    alone = drive([(0, "t", target)])
+    differing = []
+    for n in (3, 5, 8):
+        others = [(i % 3, f"o{i}", GenerateRequest(f"prompt {i}", num_images=1 + i % 3,
+                                                   guidance=[None, 1.0][i % 2], seed=100 + i,
+                                                   **steps)) for i in range(n - 1)]
+        for join in (0, 3):
+            for slot in (0, n - 1):
+                if drive(others[:slot] + [(join, "t", target)] + others[slot:]) != alone:
+                    differing.append(f"b{n}-j{join}@{slot}")
+    detail = f"{family}: " + (", ".join(differing) + " differ" if differing else
+                              "alone == every crowd, join step and slot")
+    report(f"continuous/{family}", not differing, detail)
+
+
 def compiled(checkpoint: str, device: str) -> None:
     if not device.startswith("cuda"):
         report("compile/janus-pro", None, "CUDA only")
@@ -122,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         pro = write_tiny_checkpoint("janus-pro", f"{tmp}/pro", image_size=64)
         for invariant in (True, False):
             seeds("janus-pro", pro, args.device, invariant, {})
+        continuous("janus-pro", pro, args.device, {})
         oom(pro, args.device)
         compiled(pro, args.device)
         try:
@@ -132,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             flow = write_tiny_checkpoint("janusflow", f"{tmp}/flow", image_size=64)
             for invariant in (True, False):
                 seeds("janusflow", flow, args.device, invariant, {"steps": 4})
+            continuous("janusflow", flow, args.device, {"steps": 4})
     print(f"checks_failed={len(FAILED)}")
     sys.exit(1 if FAILED else 0)
 

@@ -14,6 +14,7 @@ pytest.importorskip("torch")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.timeout(900)  # the script bounds itself; the suite default is 300 s
 def test_gpu_script_dry_run_on_cpu(tmp_path: Path) -> None:
     env = {**os.environ, "OUT": str(tmp_path), "PY": sys.executable, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
@@ -26,6 +27,9 @@ def test_gpu_script_dry_run_on_cpu(tmp_path: Path) -> None:
     assert "checks_failed=0" in checks and "| oom-split/janus-pro | pass |" in checks
     generate = (tmp_path / "janus-pro-small.txt").read_text()
     assert "speedup_batched_vs_transformers=" in generate
+    serve = (tmp_path / "serve-janus-pro.txt").read_text()
+    assert serve.strip().splitlines()[-1].startswith("p50_latency_ratio_static_vs_continuous=")
+    assert "| continuous/janus-pro | pass |" in checks
     assert "torch" in (tmp_path / "env.txt").read_text()
     if (tmp_path / "janusflow-small.txt").exists():  # diffusers is a models extra: it is
         assert "max_invariance_cost=" in (tmp_path / "invariance.txt").read_text()

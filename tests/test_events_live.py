@@ -46,12 +46,12 @@ def test_visible_text_holds_back_what_may_still_change() -> None:
 
 def test_token_deltas_join_to_the_stripped_answer() -> None:
     log = Recorder()
-    live = LiveReporter(log, ["job_a", "job_b"], 0.25)  # type: ignore[arg-type]
+    live = LiveReporter(log, 0.25)  # type: ignore[arg-type]
     for text in [" ", " The", " The", " The caf\ufffd", " The café", " The café is ",
                  " The café is. \ufffd"]:
-        live.text(0, text)
-    live.final_text(0, "The café is. \ufffd")
-    live.text(1, "other")
+        live.text("job_a", text)
+    live.final_text("job_a", "The café is. \ufffd")
+    live.text("job_b", "other")
     deltas = [d["text"] for j, k, d in log.events if j == "job_a"]
     assert "".join(deltas) == "The café is. \ufffd"
     assert all(deltas) and "\ufffd" not in "".join(deltas[:-1])
@@ -60,27 +60,30 @@ def test_token_deltas_join_to_the_stripped_answer() -> None:
 
 def test_progress_is_throttled_but_keeps_the_first_and_the_last() -> None:
     log = Recorder()
-    live = LiveReporter(log, ["job_a"], 3600.0)  # type: ignore[arg-type]
+    live = LiveReporter(log, 3600.0)  # type: ignore[arg-type]
     for step in range(1, 101):
-        live.progress(0, step / 101, step, 101)
-    live.progress(0, 1.0, None, None)  # "done", without counts
-    live.progress(0, 1.0, None, None)  # said twice: sent once
+        live.progress("job_a", step / 101, step, 101)
+    live.progress("job_a", 1.0, None, None)  # "done", without counts
+    live.progress("job_a", 1.0, None, None)  # said twice: sent once
     sent = log.kinds("progress")
     assert sent[0] == {"step": 1, "steps": 101, "fraction": round(1 / 101, 4)}
     assert sent[-1] == {"step": 101, "steps": 101, "fraction": 1.0}
     assert len(sent) == 2
 
     log = Recorder()
-    live = LiveReporter(log, ["job_a"], 0.0)
+    live = LiveReporter(log, 0.0)
     for step in range(1, 11):
-        live.progress(0, step / 10, step, 10)
+        live.progress("job_a", step / 10, step, 10)
     assert [d["step"] for d in log.kinds("progress")] == list(range(1, 11))
 
 
 def test_without_a_log_nothing_is_reported() -> None:
-    live = LiveReporter(None, ["job_a"], 0.0)
-    live.progress(0, 0.5, 1, 2)
-    live.text(0, "hi")
+    live = LiveReporter(None, 0.0)
+    live.progress("job_a", 0.5, 1, 2)
+    live.text("job_a", "hi")
+
+
+JOB_IDS = ["job_a", "job_b"]  # the job of each batch position in LiveControl
 
 
 class LiveControl(Control):
@@ -92,11 +95,11 @@ class LiveControl(Control):
 
     def report_progress(self, index: int, fraction: float, step=None, steps=None) -> None:  # type: ignore[no-untyped-def,override]
         super().report_progress(index, fraction, step, steps)
-        self.live.progress(index, fraction, step, steps)
+        self.live.progress(JOB_IDS[index], fraction, step, steps)
 
     def report_text(self, index: int, text_so_far: str) -> None:
         super().report_text(index, text_so_far)
-        self.live.text(index, text_so_far)
+        self.live.text(JOB_IDS[index], text_so_far)
 
 
 @pytest.mark.parametrize("family", ["janus-pro", "janusflow"])
@@ -110,15 +113,15 @@ def test_understanding_streams_its_answer_token_by_token(
                                    else "flow_checkpoint")
     runner = runners.load_runner(path, device="cpu", model_id=f"tiny-{family}")
     log = Recorder()
-    control = LiveControl(LiveReporter(log, ["job_a", "job_b"], 0.0))  # type: ignore[arg-type]
+    control = LiveControl(LiveReporter(log, 0.0))  # type: ignore[arg-type]
     image = Image.new("RGB", (48, 80), (200, 30, 30))
     requests = [UnderstandRequest(image, "What is in the picture?", seed=s, temperature=1.0,
                                   max_new_tokens=12) for s in (1, 2)]
     results = runner.understand(requests, control)
-    for index, job_id in enumerate(["job_a", "job_b"]):
+    for index, job_id in enumerate(JOB_IDS):
         result = results[index]
         assert isinstance(result, UnderstandResult), result
-        control.live.final_text(index, result.text)  # as the executor does
+        control.live.final_text(job_id, result.text)  # as the executor does
         # Reported every step: the last report is the whole answer.
         assert control.texts[index][-1].strip() == result.text
         deltas = [d["text"] for j, k, d in log.events if j == job_id and k == "token"]

@@ -53,7 +53,7 @@ def test_worker_killed_mid_job_is_recovered(slow_client, auth, settings, slow_se
 
     start_worker(spawn, settings, model=SLOW, name="second", env=env)
     done = wait_terminal(client, auth, job["id"], timeout=180)
-    assert done["status"] == "succeeded", done
+    assert done["status"] == "succeeded", (done["error"], done["attempts"])
     assert done["attempts"] == 2
     s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
     bucket = settings.storage_url.split("/")[2]
@@ -64,8 +64,9 @@ def test_worker_killed_mid_job_is_recovered(slow_client, auth, settings, slow_se
 
 
 # Loaded by a worker's interpreter at start (sitecustomize): the worker SIGKILLs itself
-# whenever it is about to run a batch holding a job whose prompt is "poison", as a
-# segfault or the kernel's OOM killer would, after the claim is committed.
+# whenever it is about to run a batch holding a job whose prompt is "poison" (or, in the
+# continuous engine, to admit such a job), as a segfault or the kernel's OOM killer would,
+# after the claim is committed.
 POISON_HOOK = textwrap.dedent("""
     import os, signal
     from service.workers import executor
@@ -78,6 +79,17 @@ POISON_HOOK = textwrap.dedent("""
         return _run_batch(self, batch, started)
 
     executor.Executor._run_batch = _poisoned
+
+    from service.workers import engine  # the continuous engine's one admission point
+
+    _row_started = engine.EngineLoop._row_started
+
+    def _poisoned_row(self, job, keeper):
+        if job.input.get("prompt") == "poison":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _row_started(self, job, keeper)
+
+    engine.EngineLoop._row_started = _poisoned_row
 """)
 
 
@@ -246,7 +258,7 @@ def test_storage_outage_is_retried_not_failed(settings, auth, spawn, tmp_path) -
     s3 = start_s3()
     try:
         done = wait_terminal(api, auth, job["id"], timeout=180)
-        assert done["status"] == "succeeded", done
+        assert done["status"] == "succeeded", (done["error"], done["attempts"])
         keys = boto3.client("s3", endpoint_url=own.s3_endpoint_url).list_objects_v2(
             Bucket="outage", Prefix=f"o/jobs/{job['id']}/")["Contents"]
         assert [k["Key"] for k in keys] == [f"o/jobs/{job['id']}/0.png"]
@@ -288,7 +300,7 @@ def test_redis_restarted_under_a_running_worker_loses_nothing(client, settings, 
     try:
         for r in during:
             done = wait_terminal(api, auth, r.json["id"], timeout=180)
-            assert done["status"] == "succeeded", done
+            assert done["status"] == "succeeded", (done["error"], done["attempts"])
     finally:
         server.terminate()
         server.wait(10)

@@ -105,6 +105,15 @@ class Settings(BaseSettings):
     # One matrix product per row, so a job's bits do not depend on its batch (README,
     # "Reproducibility"). auto: on for JanusFlow CPU workers, off otherwise.
     batch_invariant: Literal["auto", "on", "off"] = "auto"
+    # Workers: "continuous" runs jobs in the runner's continuous-batching engine (jobs join
+    # the running decode between steps, and leave as soon as they are done); "static" runs
+    # each claimed batch to completion before claiming again.
+    engine: Literal["continuous", "static"] = "continuous"
+    # The engine claims queued jobs into its free slots every this many decode steps.
+    engine_admit_every: int = Field(4, ge=1, le=1000)
+    # CUDA workers size their slots (at most --max-batch) to this share of the device's
+    # free memory at start (docs/OPERATIONS.md, "Sizing").
+    engine_memory_fraction: float = Field(0.85, gt=0, le=1)
 
     @field_validator("models", mode="before")
     @classmethod

@@ -275,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--model", required=True)
     worker.add_argument("--device", default="cpu", help="cpu or cuda:N")
     worker.add_argument(
-        "--max-batch", type=int, default=8, help="most compatible jobs run as one batch"
+        "--max-batch", type=int, default=8,
+        help="the continuous engine's slots (jobs decoding at once; fewer when a GPU's free "
+        "memory holds fewer), or with JANUS_ENGINE=static the most jobs run as one batch",
     )
     worker.add_argument("--hostname", default=None, help="name this worker reports")
     worker.add_argument(

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from service.models.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ class OutOfMemory(ModelError):
 
 
 class RunControl(Protocol):
-    """What a runner asks of its caller between steps. Indices are batch positions."""
+    """What a runner asks of its caller between steps. Indices are batch positions (or,
+    from the continuous engine's loop, job keys)."""
 
     def should_stop(self, index: int) -> bool: ...
 
@@ -81,6 +85,10 @@ class RunControl(Protocol):
 
     def report_text(self, index: int, text_so_far: str) -> None:
         """The answer decoded so far (an understanding row, each step): for live watchers."""
+        ...
+
+    def report_text(self, index: Any, text: str) -> None:
+        """An understanding row's answer so far (called once per decode step)."""
         ...
 
 
@@ -94,6 +102,9 @@ class NullControl:
         return None
 
     def report_text(self, index: int, text_so_far: str) -> None:
+        return None
+
+    def report_text(self, index: Any, text: str) -> None:
         return None
 
 
@@ -129,3 +140,8 @@ class ModelRunner(ABC):
     def understand(
         self, batch: list[UnderstandRequest], control: RunControl | None = None
     ) -> list[UnderstandResult | ModelError]: ...
+
+    def open_engine(self, task: str, slots: int) -> Engine | None:
+        """A continuous-batching engine for `task` with `slots` slots (`service.models.engine`),
+        or None: this runner only runs whole batches (`generate` / `understand`)."""
+        return None

@@ -93,7 +93,9 @@ class Executor:
             self.wake()
 
     # -- claiming ---------------------------------------------------------------
-    def _claim(self, job_id: str) -> list[Job]:
+    def _claim(self, job_id: str, limit: int | None = None) -> list[Job]:
+        """Claim up to `limit` (default `max_batch`) queued jobs; those whose deadline has
+        passed are finished canceled here and not returned."""
         s = self.settings
         with session_scope(self.sessions) as session:
             claimed = claims.claim_next(
@@ -101,10 +103,11 @@ class Executor:
                 model=self.model_id,
                 worker_id=self.worker_id,
                 lease_seconds=s.lease_seconds,
-                limit=self.max_batch,
+                limit=self.max_batch if limit is None else limit,
             )
         if not claimed:
-            log.info("message %s: no queued job left for %s; nothing to do", job_id, self.model_id)
+            if job_id:
+                log.info("message %s: no queued job left for %s", job_id, self.model_id)
             return []
         batch = []
         for job in claimed:
@@ -212,7 +215,7 @@ class Executor:
                 run_seconds=elapsed,
             )
         elif isinstance(result, UnderstandResult):
-            keeper.live.final_text(index, result.text)  # the live token stream's last delta
+            keeper.final_text(index, result.text)  # the live token stream's last delta
             self._finish(
                 job.id,
                 JobStatus.SUCCEEDED,

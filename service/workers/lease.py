@@ -23,6 +23,9 @@ class LeaseKeeper:
 
     It is also the runner's `RunControl`: `should_stop(i)` is a set lookup and a
     clock read, so the model loop can poll it every step without a DB round trip.
+    Jobs are named by their index in `job_ids` or by their id. The continuous engine's
+    set of jobs changes while it runs: `add` a job when it is admitted, `remove` it once
+    it is finished, and the renewals follow.
     """
 
     def __init__(
@@ -38,35 +41,75 @@ class LeaseKeeper:
         self.sessions = sessions
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
-        self.job_ids = job_ids
-        self.deadlines = deadlines
+        self.job_ids = list(job_ids)
+        self.deadlines = list(deadlines)
+        self._deadline_of = dict(zip(self.job_ids, self.deadlines, strict=True))
         self.progress: dict[str, float] = {job_id: 0.0 for job_id in job_ids}
+        # The latest answer text of each understanding job (the live-events seam).
+        self.texts: dict[str, str] = {}
         self.canceled: set[str] = set()
         self.lost: set[str] = set()
-        self.live = LiveReporter(events, job_ids, progress_seconds)
+        self.live = LiveReporter(events, progress_seconds)
+        # The renewal thread reads `progress` while the model loop adds and removes jobs.
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
 
+    def _id(self, index_or_key: int | str) -> str:
+        return index_or_key if isinstance(index_or_key, str) else self.job_ids[index_or_key]
+
+    # The engine's changing set of jobs
+    def add(self, job_id: str, deadline: datetime | None) -> None:
+        with self._lock:
+            if job_id not in self._deadline_of:
+                self.job_ids.append(job_id)
+                self.deadlines.append(deadline)
+            self._deadline_of[job_id] = deadline
+            self.progress[job_id] = 0.0
+
+    def remove(self, job_id: str) -> None:
+        """Stop renewing `job_id` (it is finished or handed back)."""
+        with self._lock:
+            self.progress.pop(job_id, None)
+            self.texts.pop(job_id, None)
+        self.live.forget(job_id)
+
     # RunControl
-    def should_stop(self, index: int) -> bool:
-        job_id = self.job_ids[index]
+    def should_stop(self, index: int | str) -> bool:
+        job_id = self._id(index)
         if job_id in self.canceled or job_id in self.lost:
             return True
-        deadline = self.deadlines[index]
-        return deadline is not None and utcnow() >= deadline
+        return self.deadline_passed(job_id)
 
     def report_progress(
-        self, index: int, fraction: float, step: int | None = None, steps: int | None = None
+        self,
+        index: int | str,
+        fraction: float,
+        step: int | None = None,
+        steps: int | None = None,
     ) -> None:
+        job_id = self._id(index)
         fraction = max(0.0, min(1.0, float(fraction)))
-        self.progress[self.job_ids[index]] = fraction
-        self.live.progress(index, fraction, step, steps)
+        with self._lock:
+            if job_id not in self.progress:
+                return
+            self.progress[job_id] = fraction
+        self.live.progress(job_id, fraction, step, steps)
 
-    def report_text(self, index: int, text_so_far: str) -> None:
-        self.live.text(index, text_so_far)
+    def report_text(self, index: int | str, text: str) -> None:
+        job_id = self._id(index)
+        with self._lock:
+            if job_id not in self.progress:
+                return
+            self.texts[job_id] = text
+        self.live.text(job_id, text)
 
-    def deadline_passed(self, index: int) -> bool:
-        deadline = self.deadlines[index]
+    def final_text(self, index: int | str, answer: str) -> None:
+        """The row's answer is known: send the live text held back (see LiveReporter)."""
+        self.live.final_text(self._id(index), answer)
+
+    def deadline_passed(self, index: int | str) -> bool:
+        deadline = self._deadline_of.get(self._id(index))
         return deadline is not None and utcnow() >= deadline
 
     # Thread
@@ -84,7 +127,8 @@ class LeaseKeeper:
             self.renew()
 
     def renew(self) -> None:
-        pending = {j: p for j, p in self.progress.items() if j not in self.lost}
+        with self._lock:
+            pending = {j: p for j, p in self.progress.items() if j not in self.lost}
         if not pending:
             return
         started = time.monotonic()
@@ -100,6 +144,8 @@ class LeaseKeeper:
             log.warning("lease renewal failed: %s", exc)
             return
         self.canceled |= cancel
+        with self._lock:  # a job finished during the round trip is not lost, just done
+            lost = {j for j in lost if j in self.progress}
         if lost:
             log.warning("lost the lease on %s; those jobs will be abandoned", sorted(lost))
         self.lost |= lost

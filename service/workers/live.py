@@ -20,21 +20,21 @@ _REPLACEMENT = "\ufffd"
 
 
 class LiveReporter:
-    """Turns a runner's per-step reports into live events for the jobs of one batch."""
+    """Turns a runner's per-step reports into live events for the jobs it runs, by job id."""
 
-    def __init__(self, log: EventLog | None, job_ids: list[str], progress_seconds: float) -> None:
+    def __init__(self, log: EventLog | None, progress_seconds: float) -> None:
         self.log = log
-        self.job_ids = job_ids
         self.every = progress_seconds
         self._last_progress: dict[str, float] = {}
         self._done: dict[str, bool] = {}  # the last report sent said 1.0
         self._steps: dict[str, int] = {}  # the last known step count, per job
         self._sent: dict[str, str] = {}  # text already sent, per job
 
-    def progress(self, index: int, fraction: float, step: int | None, steps: int | None) -> None:
+    def progress(
+        self, job_id: str, fraction: float, step: int | None, steps: int | None
+    ) -> None:
         if self.log is None:
             return
-        job_id = self.job_ids[index]
         if steps is not None:
             self._steps[job_id] = steps
         elif fraction >= 1.0 and job_id in self._steps:  # "done" reported without counts
@@ -50,10 +50,9 @@ class LiveReporter:
         self.log.emit(job_id, events.PROGRESS,
                       {"step": step, "steps": steps, "fraction": round(fraction, 4)})
 
-    def text(self, index: int, text_so_far: str) -> None:
+    def text(self, job_id: str, text_so_far: str) -> None:
         if self.log is None:
             return
-        job_id = self.job_ids[index]
         sent = self._sent.get(job_id, "")
         shown = visible(text_so_far)
         if len(shown) <= len(sent) or not shown.startswith(sent):
@@ -63,17 +62,21 @@ class LiveReporter:
         self._sent[job_id] = shown
         self.log.emit(job_id, events.TOKEN, {"text": shown[len(sent):]})
 
-
-    def final_text(self, index: int, answer: str) -> None:
+    def final_text(self, job_id: str, answer: str) -> None:
         """The job's answer is known: send what was held back (a trailing half character is
         final now). After this the joined token texts equal `answer`."""
         if self.log is None:
             return
-        job_id = self.job_ids[index]
         sent = self._sent.get(job_id, "")
         if answer.startswith(sent) and len(answer) > len(sent):
             self._sent[job_id] = answer
             self.log.emit(job_id, events.TOKEN, {"text": answer[len(sent):]})
+
+
+    def forget(self, job_id: str) -> None:
+        """The job left this worker: drop what was kept for it (an engine runs for hours)."""
+        for kept in (self._last_progress, self._done, self._steps, self._sent):
+            kept.pop(job_id, None)
 
 
 def visible(text: str) -> str:

@@ -93,6 +93,21 @@ def record_batch(model: str, task: str, results: Sequence[Any], elapsed: float) 
         log.exception("recording batch metrics failed")
 
 
+def record_row(model: str, task: str, result: Any, elapsed: float, running: int) -> None:
+    """One job left the continuous engine: `running` jobs shared its last step.
+
+    The batch-size histogram then shows how full the engine was when jobs finished. Must
+    never raise, as `record_batch`."""
+    try:
+        BATCH_SIZE.labels(model, task).observe(running)
+        JOB_RUN_SECONDS.labels(model, task).observe(elapsed)
+        stats = getattr(result, "stats", None)
+        if isinstance(stats, dict):
+            _record_stats(model, task, stats)
+    except Exception:
+        log.exception("recording row metrics failed")
+
+
 def _record_stats(model: str, task: str, stats: dict[str, Any], with_steps: bool = True) -> None:
     steps = stats.get("step_seconds") if with_steps else None
     # A runner may report one mean step time or every step's.

@@ -5,16 +5,20 @@ from __future__ import annotations
 from celery import Celery, Task
 
 from service.core.broker import RUN_JOB
+from service.workers.engine import EngineLoop
 from service.workers.executor import Executor, TransientError
 
 MAX_TRANSIENT_RETRIES = 5
 
 
-def register_tasks(app: Celery, executor: Executor) -> None:
+def register_tasks(app: Celery, executor: Executor, loop: EngineLoop | None = None) -> None:
+    """`loop`: the continuous engine, which a message starts; None: the static path."""
+    handler = loop or executor
+
     @app.task(name=RUN_JOB, bind=True, max_retries=MAX_TRANSIENT_RETRIES)
     def run_job(self: Task, job_id: str) -> None:
         try:
-            executor.run(job_id)
+            handler.run(job_id)
         except TransientError as exc:
             # Short countdowns only: an ETA beyond the visibility timeout loops forever
             # on Redis (celery#2599).

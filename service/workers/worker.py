@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 
+from celery.signals import worker_shutting_down
 from sqlalchemy import delete, update
 
 from service.core.broker import make_celery, publish, queue_name
@@ -28,6 +29,7 @@ from service.core.settings import Settings
 from service.core.storage import storage_from_settings
 from service.core.tables import Worker, utcnow
 from service.workers import metrics as worker_metrics
+from service.workers.engine import EngineLoop
 from service.workers.executor import Executor
 from service.workers.tasks import register_tasks
 
@@ -101,7 +103,18 @@ def run_worker(
     announce_on_commit(sessions, executor.events)  # started and terminal statuses
     app = make_celery(settings)
     executor.wake = lambda: _wake(app, settings, model_id)
-    register_tasks(app, executor)
+    loop = None
+    if settings.engine == "continuous":
+        from service.models.engine import size_slots
+
+        slots, why = size_slots(runner, device, max_batch, settings.engine_memory_fraction)
+        log.info("continuous engine: %s; claims every %d steps", why,
+                 settings.engine_admit_every)
+        loop = EngineLoop(executor, slots, settings.engine_admit_every)
+        # A warm shutdown lets the running rows finish but admits nothing more; without
+        # this the loop would keep claiming while anything is queued.
+        worker_shutting_down.connect(lambda **_: loop.stop(), weak=False)
+    register_tasks(app, executor, loop)
 
     with session_scope(sessions) as session:
         session.merge(

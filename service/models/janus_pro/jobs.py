@@ -116,32 +116,57 @@ class JobBuilder:
         return ImageJob(index, ids, uncond, req.num_images, req.seed, guidance, temperature, units)
 
     def text_job(self, index: int, req: UnderstandRequest, defaults: dict[str, Any]) -> TextJob:
+        [job] = self.text_jobs([(index, req)], defaults)
+        if isinstance(job, Exception):
+            raise job
+        return job
+
+    def text_jobs(
+        self, requests: list[tuple[int, UnderstandRequest]], defaults: dict[str, Any]
+    ) -> list[TextJob | Exception]:
+        """Jobs for these requests, the image tower run once over all their images (the
+        continuous engine admits several together); a bad request is its own error."""
         d = defaults
-        max_new = d["max_new_tokens"] if req.max_new_tokens is None else int(req.max_new_tokens)
-        temperature = d["temperature"] if req.temperature is None else float(req.temperature)
-        top_p = d["top_p"] if req.top_p is None else float(req.top_p)
-        top_k = int(d.get("top_k", 0))
-        if max_new < 1:
-            raise InvalidInput("max_new_tokens must be at least 1")
-        if temperature < 0:
-            raise InvalidInput("temperature must not be negative")
-        prompt_ids = self.understanding_ids(req.question)
-        ids = torch.tensor(prompt_ids, dtype=torch.long)
-        image = self.processor.image_processor(images=req.image.convert("RGB"), return_tensors="pt")
-        room = self.max_positions - len(ids)
-        if room < 1:
-            raise InvalidInput(
-                f"question too long: {len(ids)} tokens with the image; "
-                f"the model's context is {self.max_positions}"
-            )
-        # The image tower runs here, per job: its output is part of the job's prompt.
+        out: list[Any] = []
+        pending: list[tuple[int, torch.Tensor, torch.Tensor, tuple]] = []
+        for index, req in requests:
+            try:
+                max_new = d["max_new_tokens"] if req.max_new_tokens is None \
+                    else int(req.max_new_tokens)
+                temperature = d["temperature"] if req.temperature is None \
+                    else float(req.temperature)
+                top_p = d["top_p"] if req.top_p is None else float(req.top_p)
+                top_k = int(d.get("top_k", 0))
+                if max_new < 1:
+                    raise InvalidInput("max_new_tokens must be at least 1")
+                if temperature < 0:
+                    raise InvalidInput("temperature must not be negative")
+                prompt_ids = self.understanding_ids(req.question)
+                ids = torch.tensor(prompt_ids, dtype=torch.long)
+                room = self.max_positions - len(ids)
+                if room < 1:
+                    raise InvalidInput(
+                        f"question too long: {len(ids)} tokens with the image; "
+                        f"the model's context is {self.max_positions}"
+                    )
+                image = self.processor.image_processor(images=req.image.convert("RGB"),
+                                                       return_tensors="pt")
+            except Exception as e:
+                out.append(e)
+                continue
+            # Cut the answer budget, not the question, when only the answer does not fit.
+            rest = (min(max_new, room), req.seed, temperature, top_p, top_k, prompt_ids)
+            pending.append((len(out), ids, image["pixel_values"], (index, *rest)))
+            out.append(None)
+        if not pending:
+            return out
+        # The image tower runs here: its output is part of each job's prompt.
         with torch.inference_mode():
-            ids = ids.to(self.device)
-            pixels = image["pixel_values"].to(self.device, self.dtype)
-            embeds = self.model.get_input_embeddings()(ids)
+            pixels = torch.cat([p for _, _, p, _ in pending]).to(self.device, self.dtype)
             features = self.model.model.get_image_features(pixels).pooler_output
-            embeds[ids == self.image_token] = features.reshape(-1, embeds.shape[-1])
-        # Cut the answer budget, not the question, when only the answer does not fit.
-        return TextJob(
-            index, embeds, min(max_new, room), req.seed, temperature, top_p, top_k, prompt_ids
-        )
+            for n, (at, ids, _, (index, *rest)) in enumerate(pending):
+                ids = ids.to(self.device)
+                embeds = self.model.get_input_embeddings()(ids)
+                embeds[ids == self.image_token] = features[n].reshape(-1, embeds.shape[-1])
+                out[at] = TextJob(index, embeds, *rest)
+        return out

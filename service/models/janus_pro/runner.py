@@ -122,6 +122,27 @@ class JanusProRunner(ModelRunner):
         values["generate"]["image_size"] = self.image_size
         return values
 
+    def slot_bytes(self) -> int:
+        """Memory of one engine slot (docs/OPERATIONS.md, "Sizing"): a single-image guided
+        generation job, 2 rows x (prompt budget + 576 image tokens) of KV cache, or an
+        understanding job, 1 row x (prompt budget + 576 image patches + 512 answer
+        tokens), whichever is larger, plus 25% for the step's activations."""
+        from service.models.engine import SIZING_PROMPT_TOKENS, kv_bytes_per_token
+
+        lm = self.decoder.lm  # type: ignore[union-attr]
+        per_token = kv_bytes_per_token(lm.num_layers, lm.kv_heads, lm.head_dim,
+                                       lm.dtype.itemsize)
+        image = 2 * (SIZING_PROMPT_TOKENS + self.num_image_tokens)
+        text = SIZING_PROMPT_TOKENS + self.num_image_tokens + 512
+        return int(max(image, text) * per_token * 1.25)
+
+    def open_engine(self, task: str, slots: int) -> Any:
+        """Continuous batching for both tasks (`janus_pro.engine`)."""
+        from service.models.janus_pro.engine import ImageEngine
+        from service.models.janus_pro.text_engine import TextEngine
+
+        return ImageEngine(self, slots) if task == "generate" else TextEngine(self, slots)
+
     # -- helpers -----------------------------------------------------------------------
 
     def _prepare(self, batch: list[Any], control: RunControl, prepare: Any) -> tuple[list, list]:

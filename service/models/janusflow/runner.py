@@ -202,6 +202,42 @@ class JanusFlowRunner(ModelRunner):
         half = len(jobs) // 2
         return {**self._sample(jobs[:half], control), **self._sample(jobs[half:], control)}
 
+    def decode(self, z: torch.Tensor) -> list[Image.Image]:
+        """Final latents of one job -> its images, a few per VAE call."""
+        size = UPSAMPLED_SIZE if self.upsample_1024 else None
+        images: list[Image.Image] = []
+        for chunk in z.split(DECODE_CHUNK):
+            images.extend(decode_latents(self.vae, chunk, size))
+        return images
+
+    def slot_bytes(self) -> int:
+        """Memory of one engine slot (docs/OPERATIONS.md, "Sizing"): a single-image guided
+        job is 2 rows of (1 + grid^2) tokens through the LLM every step. Per row: the
+        layer's activations (4 x hidden + 3 x intermediate values per token, one layer
+        live at a time), fp32 attention scores (heads x tokens x (prompt + tokens)), and
+        the job's prompt prefix KV (prompt budget x every layer's keys and values)."""
+        from service.models.engine import SIZING_PROMPT_TOKENS, kv_bytes_per_token
+
+        cfg = self.model.language_model.config
+        size = self.dtype.itemsize
+        tokens = 1 + self.sampler.image_tokens  # type: ignore[union-attr]
+        activations = tokens * (4 * cfg.hidden_size + 3 * cfg.intermediate_size) * size
+        scores = cfg.num_attention_heads * tokens * (SIZING_PROMPT_TOKENS + tokens) * 4
+        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
+        prefix = SIZING_PROMPT_TOKENS * kv_bytes_per_token(
+            cfg.num_hidden_layers, kv_heads, head_dim, size)
+        return int(2 * (activations + scores) + prefix)
+
+    def open_engine(self, task: str, slots: int) -> Any:
+        # Generation only: understanding runs through transformers' generate, one job at a
+        # time, and keeps the run-to-completion path.
+        if task != "generate":
+            return None
+        from service.models.janusflow.engine import FlowEngine
+
+        return FlowEngine(self, slots)
+
     def generate(
         self, batch: list[GenerateRequest], control: RunControl | None = None
     ) -> list[GenerateResult | ModelError]:
@@ -223,7 +259,6 @@ class JanusFlowRunner(ModelRunner):
             except Exception as e:  # a fault of the batch as a whole
                 latents = {job.index: self._failure(e) for job in jobs}
         ode_seconds = round(time.monotonic() - started, 3)
-        size = UPSAMPLED_SIZE if self.upsample_1024 else None
         for job in jobs:
             z = latents[job.index]
             if isinstance(z, ModelError):
@@ -231,9 +266,7 @@ class JanusFlowRunner(ModelRunner):
                 continue
             try:
                 decode_started = time.monotonic()
-                images = []
-                for chunk in z.split(DECODE_CHUNK):
-                    images.extend(decode_latents(self.vae, chunk, size))
+                images = self.decode(z)
                 control.report_progress(job.index, 1.0)
                 results[job.index] = GenerateResult(images=images, stats={
                     "prompt_tokens": len(job.prompt_ids), "steps": job.steps,

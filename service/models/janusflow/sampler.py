@@ -7,12 +7,13 @@ generation decoder to a velocity v; with guidance g, v = g * v_cond - (g - 1) * 
 z += v / steps. Time runs 0 -> (steps - 1) / steps, scaled by 1000, as in the published
 demo; the SDXL VAE decodes z / scaling_factor at the end.
 
-Batching (one loop, per-row step schedules): all jobs start together; at step k a job
-with N steps uses t = k / N and leaves the batch after its N-th step, so jobs with
-different `steps`, guidance and image counts share every LLM call while they last. A job
-whose control says stop leaves at the next step boundary. Rows are laid out as every
-job's conditional rows, then the unconditional rows of jobs with guidance != 1 (guidance
-1 needs no unconditional pass).
+Batching (one loop, per-row step schedules): each job keeps its own clock; after k of its
+N steps it uses t = k / N and it leaves the batch after its N-th step, so jobs with
+different `steps`, guidance, image counts and start steps share every LLM call while they
+last (`run` starts them together; the continuous engine, `janusflow.engine`, lets them
+join between steps). A job whose control says stop leaves at the next step boundary.
+Rows are laid out as every job's conditional rows, then the unconditional rows of jobs
+with guidance != 1 (guidance 1 needs no unconditional pass).
 
 Prefix KV cache: a job's prompt (everything before the time token) never changes across
 steps, so its keys/values are computed once, before the first step, and every step feeds
@@ -46,6 +47,7 @@ class FlowJob:
     seed: int
     z: torch.Tensor | None = field(default=None, repr=False)  # (n, C, l, l) float32
     prefix: list[KV] | None = field(default=None, repr=False)
+    done: int = 0  # Euler steps taken: the job's own clock (t = done / steps)
 
     @property
     def unconditional(self) -> bool:
@@ -152,6 +154,38 @@ class FlowSampler:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    def start(self, job: FlowJob) -> None:
+        """Initial noise and the prompt's prefix keys/values: what a job needs to join."""
+        job.z = self.noise(job)
+        job.prefix = self.prefix_kv(job.prompt_ids) if self.reuse_prefix_kv else None
+        job.done = 0
+
+    def bos_prefix(self) -> list[KV] | None:
+        return self.prefix_kv([self.bos_id]) if self.reuse_prefix_kv else None
+
+    def advance(self, active: list[FlowJob], bos: list[KV] | None) -> None:
+        """One Euler step of every job in `active`, each at its own time t = done / steps.
+
+        Jobs need not have started together (the continuous engine admits them between
+        steps): a row's numbers depend only on its own z, t and prefix."""
+        self._bos = bos
+        rows = [(j, True) for j in active] + [(j, False) for j in active if j.unconditional]
+        z = torch.cat([j.z for j, _ in rows]).to(self.dtype)  # type: ignore[misc]
+        t = torch.cat([torch.full((j.num_images,), j.done / j.steps * 1000.0) for j, _ in rows])
+        v = self.velocity(rows, z, t.to(self.device))
+        cond_at, uncond_at = 0, sum(j.num_images for j in active)
+        for job in active:
+            n = job.num_images
+            vj = v[cond_at : cond_at + n]
+            cond_at += n
+            if job.unconditional:
+                vu = v[uncond_at : uncond_at + n]
+                uncond_at += n
+                vj = job.guidance * vj - (job.guidance - 1.0) * vu
+            job.z = job.z + vj * (1.0 / job.steps)
+            job.done += 1
+        self._bos = None
+
     @torch.inference_mode()
     def run(
         self, jobs: list[FlowJob], control: RunControl
@@ -159,44 +193,27 @@ class FlowSampler:
         """Final latents (float32) per job index, or `Canceled`."""
         results: dict[int, torch.Tensor | ModelError] = {}
         for job in jobs:
-            job.z = self.noise(job)
-            job.prefix = self.prefix_kv(job.prompt_ids) if self.reuse_prefix_kv else None
-        self._bos = None
-        if self.reuse_prefix_kv and any(j.unconditional for j in jobs):
-            self._bos = self.prefix_kv([self.bos_id])
-        active, step = list(jobs), 0
+            self.start(job)
+        bos = self.bos_prefix() if any(j.unconditional for j in jobs) else None
+        active = list(jobs)
         while active:
             for job in list(active):
                 if control.should_stop(job.index):
-                    results[job.index] = Canceled(f"canceled after {step} of {job.steps} steps")
+                    results[job.index] = Canceled(f"canceled after {job.done} of {job.steps} steps")
                     active.remove(job)
             if not active:
                 break
-            rows = [(j, True) for j in active] + [(j, False) for j in active if j.unconditional]
-            z = torch.cat([j.z for j, _ in rows]).to(self.dtype)  # type: ignore[misc]
-            t = torch.cat([torch.full((j.num_images,), step / j.steps * 1000.0) for j, _ in rows])
-            v = self.velocity(rows, z, t.to(self.device))
-            cond_at, uncond_at = 0, sum(j.num_images for j in active)
+            self.advance(active, bos)
             for job in active:
-                n = job.num_images
-                vj = v[cond_at : cond_at + n]
-                cond_at += n
-                if job.unconditional:
-                    vu = v[uncond_at : uncond_at + n]
-                    uncond_at += n
-                    vj = job.guidance * vj - (job.guidance - 1.0) * vu
-                job.z = job.z + vj * (1.0 / job.steps)
                 # The VAE decode is the last share of the job's progress.
                 control.report_progress(
-                    job.index, (step + 1) / (job.steps + 1), step + 1, job.steps + 1)
-            step += 1
-            for job in active:
-                if job.steps == step:
+                    job.index, job.done / (job.steps + 1), job.done, job.steps + 1
+                )
+                if job.done == job.steps:
                     results[job.index] = job.z  # type: ignore[assignment]
-            active = [j for j in active if j.steps > step]
+            active = [j for j in active if j.steps > j.done]
         for job in jobs:
             job.z = job.prefix = None
-        self._bos = None
         return results
 
 

@@ -1,0 +1,133 @@
+"""The continuous-batching interface of a runner: rows join and leave between steps.
+
+`ModelRunner.generate` runs a fixed batch to its end. An `Engine` instead owns a number
+of slots (one job each) and is driven one step at a time by its caller (the worker's
+engine loop): between steps the caller may `admit` new jobs, which join the rows already
+running, and `drop` jobs (cancel, deadline, lost lease). `step()` advances every active
+row once and returns the jobs that finished during that step; they have left and their
+slots are free at once. A runner that cannot do this returns None from `open_engine` and
+keeps the run-to-completion path.
+
+Keys are the caller's (job ids); the engine never looks inside them. A job's result must
+depend only on its own request and seed, never on which rows share its steps, its slot or
+the step at which it joined (tested in tests/test_engine_invariance.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any, Protocol
+
+from service.models.base import ModelError
+
+Key = Hashable
+Finished = list[tuple[Key, Any]]  # (key, GenerateResult | UnderstandResult | ModelError)
+
+
+class Engine(Protocol):
+    task: str
+    slots: int
+
+    def admit(self, items: list[tuple[Key, Any]]) -> list[tuple[Key, ModelError]]:
+        """Start these requests; returns the ones refused (bad input, no room) with why.
+
+        Jobs admitted together are prefilled together before the next step."""
+        ...
+
+    def step(self) -> Finished:
+        """Advance every active row by one step; returns the jobs that finished."""
+        ...
+
+    def drop(self, key: Key) -> bool:
+        """Remove a job at once (its slot frees); False when it was not active."""
+        ...
+
+    def active(self) -> list[Key]: ...
+
+    def free_slots(self) -> int: ...
+
+    def progress(self) -> dict[Key, float]:
+        """Each active job's fraction done, in [0, 1)."""
+        ...
+
+    def texts(self) -> dict[Key, str]:
+        """The text so far of each active understanding row (empty for generation)."""
+        ...
+
+
+class EngineBase:
+    """Bookkeeping shared by the engines: slots, keys, refusal of duplicates."""
+
+    def __init__(self, task: str, slots: int) -> None:
+        if slots < 1:
+            raise ValueError("an engine needs at least one slot")
+        self.task = task
+        self.slots = slots
+
+    def active(self) -> list[Key]:
+        return list(self._rows())
+
+    def free_slots(self) -> int:
+        return max(0, self.slots - len(self._rows()))
+
+    def texts(self) -> dict[Key, str]:
+        return {}
+
+    def _rows(self) -> dict[Key, Any]:
+        raise NotImplementedError
+
+    def _room(self, items: list[tuple[Key, Any]]) -> tuple[list, list[tuple[Key, ModelError]]]:
+        """Split `items` into new keys and refusals of keys already running (or repeated)."""
+        taken, refused, seen = [], [], set(self._rows())
+        for key, request in items:
+            if key in seen:
+                refused.append((key, ModelError(f"{key!r} is already running in this engine")))
+            else:
+                seen.add(key)
+                taken.append((key, request))
+        return taken, refused
+
+    def _full(self) -> ModelError | None:
+        """Checked before each admission: a refused request takes no slot."""
+        return None if self.free_slots() else ModelError("no free slot in the engine")
+
+
+def failure(exc: BaseException) -> ModelError:
+    """Any exception of one job, as that job's error."""
+    import torch
+
+    if isinstance(exc, ModelError):
+        return exc
+    if isinstance(exc, torch.OutOfMemoryError):
+        from service.models.base import OutOfMemory
+
+        return OutOfMemory(str(exc).splitlines()[0] if str(exc) else "out of memory")
+    return ModelError(str(exc) or type(exc).__name__)
+
+
+# A prompt budget for sizing only: longer prompts still run (the cache grows), they just
+# were not counted when the slots were sized.
+SIZING_PROMPT_TOKENS = 256
+
+
+def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
+    """Keys and values of one row at one position, every layer."""
+    return layers * 2 * kv_heads * head_dim * dtype_bytes
+
+
+def size_slots(runner: Any, device: str, cap: int, fraction: float) -> tuple[int, str]:
+    """Slots for a continuous engine: `cap` (--max-batch), fewer on a CUDA device whose free
+    memory at start (times `fraction`) holds fewer of the runner's per-slot estimate
+    (`runner.slot_bytes()`, docs/OPERATIONS.md). Returns (slots, why)."""
+    if not device.startswith("cuda"):
+        return cap, f"{cap} slots (--max-batch; no device memory to size against)"
+    import torch
+
+    per_slot = getattr(runner, "slot_bytes", lambda: None)()
+    if not per_slot:
+        return cap, f"{cap} slots (--max-batch; the runner gives no per-slot estimate)"
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    fits = int(free * fraction // per_slot)
+    slots = max(1, min(cap, fits))
+    return slots, (f"{slots} slots: {free / 2**30:.1f} GiB free x {fraction} / "
+                   f"{per_slot / 2**20:.0f} MiB per slot = {fits}, --max-batch {cap}")

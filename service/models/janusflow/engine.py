@@ -1,0 +1,118 @@
+"""JanusFlow generation, continuous: jobs join the running ODE between Euler steps.
+
+Each job carries its own clock (`FlowJob.done`), noise and prompt prefix, so a job that
+joins at step 200 of another simply runs its own t = 0, 1/N, ... alongside; the sampler's
+`advance` already handles per-row times. A finished job's latents are VAE-decoded inside
+the `step` that finished them, and it leaves at once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from service.models.base import GenerateRequest, GenerateResult, ModelError, OutOfMemory
+from service.models.engine import EngineBase, Finished, Key, failure
+from service.models.janusflow.attention import KV
+from service.models.janusflow.sampler import FlowJob
+
+if TYPE_CHECKING:
+    from service.models.janusflow.runner import JanusFlowRunner
+
+
+class FlowEngine(EngineBase):
+    def __init__(self, runner: JanusFlowRunner, slots: int) -> None:
+        super().__init__("generate", slots)
+        self.runner = runner
+        self.sampler = runner.sampler
+        assert self.sampler is not None, "load() the runner first"
+        self.jobs: dict[Key, FlowJob] = {}
+        self.started: dict[Key, float] = {}
+        self._bos: list[KV] | None = None  # the unconditional rows' shared prefix
+        self.steps_run = 0
+
+    def _rows(self) -> dict[Key, Any]:
+        return self.jobs
+
+    @torch.inference_mode()
+    def admit(self, items: list[tuple[Key, Any]]) -> list[tuple[Key, ModelError]]:
+        taken, refused = self._room(items)
+        for key, request in taken:
+            if full := self._full():
+                refused.append((key, full))
+                continue
+            try:
+                if not isinstance(request, GenerateRequest):
+                    raise ModelError(f"not a generation request: {type(request).__name__}")
+                job = self.runner._flow_job(0, request)
+                self.sampler.start(job)  # type: ignore[union-attr]
+                if job.unconditional and self._bos is None:
+                    self._bos = self.sampler.bos_prefix()  # type: ignore[union-attr]
+            except Exception as e:
+                refused.append((key, failure(e)))
+                continue
+            self.jobs[key] = job
+            self.started[key] = time.monotonic()
+        return refused
+
+    def drop(self, key: Key) -> bool:
+        job = self.jobs.pop(key, None)
+        self.started.pop(key, None)
+        if job is None:
+            return False
+        job.z = job.prefix = None
+        return True
+
+    def progress(self) -> dict[Key, float]:
+        # The VAE decode is the last share of a job's progress.
+        return {k: j.done / (j.steps + 1) for k, j in self.jobs.items()}
+
+    @torch.inference_mode()
+    def step(self) -> Finished:
+        if not self.jobs:
+            return []
+        started = time.monotonic()
+        failed = self._advance(list(self.jobs.items()))
+        step_seconds = time.monotonic() - started
+        self.steps_run += 1
+        out: Finished = []
+        for key, error in failed:
+            self.drop(key)
+            out.append((key, error))
+        for key, job in list(self.jobs.items()):
+            if job.done < job.steps:
+                continue
+            try:
+                decode_started = time.monotonic()
+                images = self.runner.decode(job.z)  # type: ignore[arg-type]
+                result: Any = GenerateResult(images=images, stats={
+                    "prompt_tokens": len(job.prompt_ids), "steps": job.steps,
+                    "guidance": job.guidance, "batch_jobs": len(self.jobs),
+                    "step_seconds": step_seconds,
+                    "vae_seconds": round(time.monotonic() - decode_started, 3),
+                    "seconds": round(time.monotonic() - self.started[key], 3),
+                })
+            except Exception as e:
+                result = failure(e)
+            self.drop(key)
+            out.append((key, result))
+        return out
+
+    def _advance(self, items: list[tuple[Key, FlowJob]]) -> list[tuple[Key, ModelError]]:
+        """One step of these jobs; out of memory splits them (a step of each half is the
+        same step: rows never depend on each other), only a job that cannot step alone
+        fails."""
+        message = ""
+        try:
+            self.sampler.advance([j for _, j in items], self._bos)  # type: ignore[union-attr]
+            return []
+        except torch.OutOfMemoryError as e:
+            message = str(e).splitlines()[0] if str(e) else "out of memory"
+        if self.runner.device.startswith("cuda"):  # outside the except: its frames are gone
+            torch.cuda.empty_cache()
+        if len(items) == 1:
+            return [(items[0][0], OutOfMemory(message))]
+        half = len(items) // 2
+        return self._advance(items[:half]) + self._advance(items[half:])

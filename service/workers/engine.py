@@ -1,0 +1,261 @@
+"""The continuous-batching loop of a worker: jobs join and leave the running decode.
+
+A broker message is still only a wake-up. It starts this loop, which claims queued jobs
+of the worker's model into free slots (`claims.claim_next`, exactly as the static path:
+FOR UPDATE SKIP LOCKED, lane then age, with a lease), admits them to the runner's engine
+(`service.models.engine`), and steps the engine. Every `admit_every` steps it claims
+again, so a job submitted while others are hundreds of steps in starts at the next
+claim, not after the batch. A job that finishes leaves at once: its images are uploaded
+and it is committed `succeeded` while the others keep going. When no job is running and
+none is queued the task returns: the worker sleeps until the next message.
+
+Per row, as the static path does per batch: one `LeaseKeeper` renews the leases of the
+changing set of running jobs and carries progress (and an understanding row's text so
+far), cancel requests and lost leases; deadlines are checked every step; terminal states
+go through `Executor._finish` (webhooks, batch counters and metrics follow from there).
+A SIGKILL loses nothing: claimed jobs hold leases, and the dispatcher's sweeper requeues
+them once those expire, as for a static batch.
+
+Tasks whose runner has no engine (JanusFlow understanding) run through the static path
+(`Executor._run_batch`) when claimed, between engine steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+from service.core.db import session_scope
+from service.core.storage import StorageError
+from service.core.tables import Job
+from service.lifecycle import claims
+from service.lifecycle.status import JobStatus
+from service.models.base import Canceled, ModelError
+from service.models.engine import Engine
+from service.workers import metrics as worker_metrics
+from service.workers.executor import Executor, TransientError
+from service.workers.lease import LeaseKeeper
+
+log = logging.getLogger(__name__)
+
+
+class EngineLoop:
+    def __init__(self, executor: Executor, slots: int, admit_every: int = 4) -> None:
+        self.x = executor
+        self.slots = max(1, slots)
+        self.admit_every = max(1, admit_every)
+        self.engines: dict[str, Engine | None] = {}
+        self.jobs: dict[str, Job] = {}  # running in an engine, by id
+        self.started: dict[str, float] = {}  # monotonic admission time, for run_seconds
+        # A job claimed before (it lost a worker) runs alone: it waits for the running rows
+        # to finish, then runs as the engine's only row.
+        self.waiting: Job | None = None
+        self.solo: str | None = None
+        self.stopping = False  # a warm shutdown: finish the running rows, claim no more
+
+    def stop(self) -> None:
+        """Called on the worker's warm shutdown (any thread): stop claiming."""
+        self.stopping = True
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self, job_id: str) -> None:
+        x = self.x
+        keeper = LeaseKeeper(
+            x.sessions,
+            x.worker_id,
+            x.settings.lease_seconds,
+            [],
+            [],
+            x.events,
+            x.settings.events_progress_seconds,
+        )
+        with keeper:
+            try:
+                self._loop(keeper)
+            except BaseException:
+                # Whatever broke the loop (a database outage, a bug, a shutdown), the jobs
+                # still in the engine go back to the queue now rather than at lease expiry.
+                waiting = {self.waiting.id: self.waiting} if self.waiting else {}
+                self.waiting = None
+                self._release([*self.jobs, *waiting], keeper, waiting)
+                raise
+        x._keep_draining()
+
+    def _loop(self, keeper: LeaseKeeper) -> None:
+        steps = 0
+        while True:
+            if self.waiting is not None and not self.jobs:
+                job, self.waiting = self.waiting, None
+                self._admit([job], keeper)
+                self.solo = job.id if job.id in self.jobs else None
+            claimed = 0
+            alone = self.waiting is not None or self.solo is not None
+            if not alone and not self.stopping and (not self.jobs or steps % self.admit_every == 0):
+                claimed = self._fill(keeper)
+            if not self.jobs and self.waiting is None:
+                if claimed:
+                    continue  # all claimed jobs ended at once (deadline, bad input)
+                return
+            self._stops(keeper)
+            if self.jobs:
+                self._step(keeper)
+            steps += 1
+
+    def _engine(self, task: str) -> Engine | None:
+        if task not in self.engines:
+            self.engines[task] = self.x.runner.open_engine(task, self.slots)
+        return self.engines[task]
+
+    # -- joining ----------------------------------------------------------------------
+
+    def _fill(self, keeper: LeaseKeeper) -> int:
+        """Claim queued jobs into the free slots and admit them; returns how many claimed."""
+        free = self.slots - len(self.jobs)
+        if free <= 0:
+            return 0
+        try:
+            claimed = self.x._claim("", limit=free)
+        except OperationalError as exc:
+            if not self.jobs:
+                raise TransientError(f"database: {exc}") from exc
+            log.warning("claiming failed (%s); the running jobs go on", exc)
+            return 0
+        if not claimed:
+            return 0
+        if self._engine(claimed[0].task) is None:  # claim_next returns one task's jobs
+            self._static(claimed)
+            return len(claimed)
+        for job in claimed:  # renewed from now on: admission (prefill, image tower) takes time
+            keeper.add(job.id, job.deadline_at)
+        if claimed[0].attempts > 1:
+            # Claimed before: it lost a worker, perhaps by killing it. As on the static
+            # path it runs alone (claim_next gives it no batch mates): the running rows
+            # finish first, and nothing joins it (its lease is kept meanwhile).
+            self.waiting = claimed[0]
+        else:
+            self._admit(claimed, keeper)
+        return len(claimed)
+
+    def _admit(self, claimed: list[Job], keeper: LeaseKeeper) -> None:
+        engine = self._engine(claimed[0].task)
+        assert engine is not None
+        items: list[tuple[str, Any]] = []
+        by_id = {job.id: job for job in claimed}
+        for job in claimed:
+            try:
+                items.append((job.id, self.x._request(job)))
+            except ModelError as exc:
+                self._refused(job.id, exc, keeper)
+            except StorageError:
+                self._release([job.id], keeper, by_id)
+        refused = dict(engine.admit(items))
+        for key, _ in items:
+            if key in refused:
+                self._refused(key, refused[key], keeper)
+            else:
+                self._row_started(by_id[key], keeper)
+
+    def _refused(self, job_id: str, error: ModelError, keeper: LeaseKeeper) -> None:
+        keeper.remove(job_id)
+        try:
+            self.x._finish(job_id, JobStatus.FAILED,
+                           error={"code": error.code, "message": str(error)})
+        except OperationalError as exc:
+            log.warning("job %s: committing failed (%s); its lease will expire", job_id, exc)
+
+    def _row_started(self, job: Job, keeper: LeaseKeeper) -> None:
+        """The one place a job enters the engine (it is running from here on)."""
+        self.jobs[job.id] = job
+        self.started[job.id] = time.monotonic()
+        log.info("job %s joined the %s engine (%d running)", job.id, job.task, len(self.jobs))
+
+    def _static(self, batch: list[Job]) -> None:
+        """Jobs of a task without an engine: run to completion now, as the static path."""
+        try:
+            self.x._run_batch(batch, time.monotonic())
+        except (StorageError, OperationalError) as exc:
+            log.warning("static batch failed (%s); its jobs go back to the queue", exc)
+            self.x._release(batch)
+
+    # -- stepping ---------------------------------------------------------------------
+
+    def _stops(self, keeper: LeaseKeeper) -> None:
+        """Cancel requests, passed deadlines and lost leases leave before the next step."""
+        waiting = self.waiting
+        if waiting is not None and keeper.should_stop(waiting.id):
+            self.waiting = None
+            keeper.remove(waiting.id)
+            if waiting.id not in keeper.lost:
+                self.x._complete(waiting, waiting.id, Canceled("canceled"), keeper, 0.0)  # type: ignore[arg-type]
+        for job_id in [j for j in self.jobs if keeper.should_stop(j)]:
+            engine = self.engines[self.jobs[job_id].task]
+            engine.drop(job_id)  # type: ignore[union-attr]
+            self._row_finished(job_id, Canceled("canceled"), keeper, len(self.jobs))
+
+    def _step(self, keeper: LeaseKeeper) -> None:
+        for task, engine in list(self.engines.items()):
+            if engine is None or not engine.active():
+                continue
+            try:
+                finished = engine.step()
+            except Exception as exc:  # a runner bug must still end every job, not hang it
+                log.exception("the %s engine failed a step", task)
+                finished = [(k, ModelError(f"{type(exc).__name__}: {exc}")) for k in
+                            engine.active()]
+                for key in engine.active():
+                    engine.drop(key)
+            running = len(engine.active()) + len(finished)
+            for key, result in finished:
+                self._row_finished(str(key), result, keeper, running)
+            for key, fraction in engine.progress().items():
+                keeper.report_progress(str(key), fraction)
+            for key, text in engine.texts().items():
+                keeper.report_text(str(key), text)
+
+    def _row_finished(self, job_id: str, result: Any, keeper: LeaseKeeper, running: int) -> None:
+        """The one place a job leaves the engine with an outcome (a result, an error, or
+        `Canceled` for a cancel request or a passed deadline): stored and committed now."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        if job_id in keeper.lost:
+            self._forget(job_id, keeper)  # another worker owns it now
+            return
+        elapsed = round(time.monotonic() - self.started[job_id], 3)
+        worker_metrics.record_row(self.x.model_id, job.task, result, elapsed, running)
+        try:
+            self.x._complete(job, job_id, result, keeper, elapsed)  # type: ignore[arg-type]
+        except StorageError as exc:
+            log.warning("job %s: storing its output failed (%s); back to the queue", job_id, exc)
+            self._release([job_id], keeper)
+            return
+        except OperationalError as exc:
+            # Its lease runs out and the sweeper requeues it; the others go on.
+            log.warning("job %s: committing failed (%s); its lease will expire", job_id, exc)
+        self._forget(job_id, keeper)
+
+    def _forget(self, job_id: str, keeper: LeaseKeeper) -> None:
+        if self.solo == job_id:
+            self.solo = None
+        self.jobs.pop(job_id, None)
+        self.started.pop(job_id, None)
+        keeper.remove(job_id)
+
+    def _release(self, job_ids: list[str], keeper: LeaseKeeper,
+                 extra: dict[str, Job] | None = None) -> None:
+        for job_id in job_ids:
+            job = self.jobs.get(job_id) or (extra or {}).get(job_id)
+            if job is not None and job.task in self.engines:
+                engine = self.engines[job.task]
+                if engine is not None:
+                    engine.drop(job_id)
+            try:
+                with session_scope(self.x.sessions) as session:
+                    claims.release(session=session, job_id=job_id, worker_id=self.x.worker_id)
+            except Exception as exc:
+                log.warning("could not release %s (%s); its lease will expire", job_id, exc)
+            self._forget(job_id, keeper)

@@ -1,0 +1,137 @@
+"""The continuous engines of the runners (tiny checkpoints, CPU): rows join between steps,
+leave when done or dropped, and give what the static path gives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from service.models import runners
+from service.models.base import (
+    GenerateRequest,
+    GenerateResult,
+    InvalidInput,
+    OutOfMemory,
+    UnderstandRequest,
+    UnderstandResult,
+)
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def pro(tiny_checkpoint: str):
+    return runners.load_runner(tiny_checkpoint, device="cpu", model_id="tiny")
+
+
+@pytest.fixture(scope="module")
+def flow(flow_checkpoint: str):
+    return runners.load_runner(flow_checkpoint, device="cpu", model_id="flow")
+
+
+def _run(engine: Any, joins: dict[int, list[tuple[str, Any]]]) -> tuple[dict, dict]:
+    """Step until empty, admitting `joins[step]` before each step; returns the results and
+    the step each job finished at."""
+    results, at, step = {}, {}, 0
+    while step <= max(joins, default=-1) or engine.active():
+        assert engine.admit(joins.get(step, [])) == []
+        for key, result in engine.step():
+            results[key], at[key] = result, step
+        step += 1
+    return results, at
+
+
+def _pixels(result: GenerateResult) -> list[bytes]:
+    return [im.tobytes() for im in result.images]
+
+
+def test_janus_pro_rows_join_late_and_leave_when_done(pro) -> None:
+    first = GenerateRequest("a red cat", num_images=2, seed=3)
+    late = GenerateRequest("dog", seed=5, guidance=1.0, temperature=0.6)
+    engine = pro.open_engine("generate", 4)
+    assert engine.admit([("a", first)]) == []
+    assert engine.cache.rows == 4  # 2 images x (conditional + unconditional)
+    for _ in range(5):
+        assert engine.step() == []
+    assert 0 < engine.progress()["a"] < 1
+    assert engine.admit([("b", late)]) == []
+    assert engine.cache.rows == 5  # guidance 1: no unconditional row
+    assert engine.free_slots() == 2
+    results, at = _run(engine, {})
+    steps = pro.num_image_tokens
+    assert at == {"a": steps - 6, "b": steps - 1}  # each left after its own 576th token
+    assert engine.active() == [] and engine.cache.rows == 0
+    assert _pixels(results["a"]) == _pixels(pro.generate([first])[0])
+    assert _pixels(results["b"]) == _pixels(pro.generate([late])[0])
+
+
+def test_janus_pro_refusals_and_drop(pro) -> None:
+    engine = pro.open_engine("generate", 2)
+    refused = engine.admit([
+        ("bad", GenerateRequest("x", guidance=0.5)),
+        ("a", GenerateRequest("a", seed=1)),
+        ("b", GenerateRequest("b", seed=2)),
+        ("c", GenerateRequest("c", seed=3)),
+    ])
+    assert isinstance(dict(refused)["bad"], InvalidInput)
+    assert set(dict(refused)) == {"bad", "c"}  # c: no free slot
+    engine.step()
+    assert engine.drop("a") and not engine.drop("a")
+    assert engine.active() == ["b"] and engine.free_slots() == 1
+    results, _ = _run(engine, {})
+    assert _pixels(results["b"]) == _pixels(pro.generate([GenerateRequest("b", seed=2)])[0])
+
+
+def test_janus_pro_text_rows_finish_at_their_own_step(pro) -> None:
+    image = Image.new("RGB", (48, 80), (200, 30, 30))
+    short = UnderstandRequest(image, "Why?", seed=8, temperature=1.5, max_new_tokens=3)
+    long = UnderstandRequest(image, "What is in the picture?", seed=5, temperature=1.0,
+                             top_p=0.9, max_new_tokens=12)
+    engine = pro.open_engine("understand", 4)
+    texts: list[str] = []
+    engine.admit([("long", long)])
+    engine.step()
+    engine.admit([("short", short)])
+    results = {}
+    while engine.active():
+        texts.append(engine.texts().get("long", ""))
+        results.update(engine.step())
+    assert all(isinstance(r, UnderstandResult) for r in results.values())
+    assert results["short"].stats["new_tokens"] <= 3
+    for key, request in (("short", short), ("long", long)):
+        assert results[key].text == pro.understand([request])[0].text
+    assert texts[-1] and results["long"].text.startswith(texts[-1][:1])
+
+
+def test_janusflow_jobs_with_their_own_steps_join_and_leave(flow) -> None:
+    a = GenerateRequest("a lake", seed=1, steps=5)
+    b = GenerateRequest("a tree", num_images=2, seed=2, steps=3, guidance=1.0)
+    engine = flow.open_engine("generate", 3)
+    results, at = _run(engine, {0: [("a", a)], 2: [("b", b)]})
+    assert at == {"a": 4, "b": 4}
+    for key, request in (("a", a), ("b", b)):
+        assert _pixels(results[key]) == _pixels(flow.generate([request])[0])
+    assert flow.open_engine("understand", 2) is None  # keeps the static path
+
+
+def test_janus_pro_out_of_memory_steps_each_job_alone_and_fails_only_one_too_big(pro) -> None:
+    import torch
+
+    small = [GenerateRequest(f"job {i}", seed=i) for i in range(2)]  # 2 rows each
+    big = GenerateRequest("big", num_images=2, seed=9)  # 4 rows
+    engine = pro.open_engine("generate", 4)
+    step = engine.cache.step
+
+    def tight(x, lo=0, hi=None):  # type: ignore[no-untyped-def]
+        rows = (engine.cache.rows if hi is None else hi) - lo
+        if rows > 2:  # the device's own error type, where a real one would come from
+            raise torch.OutOfMemoryError("injected: more than 2 rows")
+        return step(x, lo, hi)
+
+    engine.cache.step = tight
+    results, _ = _run(engine, {0: [("a", small[0]), ("big", big), ("b", small[1])]})
+    assert isinstance(results["big"], OutOfMemory)
+    for key, request in (("a", small[0]), ("b", small[1])):
+        assert _pixels(results[key]) == _pixels(pro.generate([request])[0])
