@@ -83,12 +83,8 @@ class RunControl(Protocol):
         self, index: int, fraction: float, step: int | None = None, steps: int | None = None
     ) -> None: ...
 
-    def report_text(self, index: int, text_so_far: str) -> None:
+    def report_text(self, index: Any, text_so_far: str) -> None:
         """The answer decoded so far (an understanding row, each step): for live watchers."""
-        ...
-
-    def report_text(self, index: Any, text: str) -> None:
-        """An understanding row's answer so far (called once per decode step)."""
         ...
 
 
@@ -101,10 +97,7 @@ class NullControl:
     ) -> None:
         return None
 
-    def report_text(self, index: int, text_so_far: str) -> None:
-        return None
-
-    def report_text(self, index: Any, text: str) -> None:
+    def report_text(self, index: Any, text_so_far: str) -> None:
         return None
 
 

@@ -46,8 +46,8 @@ class Engine(Protocol):
 
     def free_slots(self) -> int: ...
 
-    def progress(self) -> dict[Key, float]:
-        """Each active job's fraction done, in [0, 1)."""
+    def progress(self) -> dict[Key, tuple[int, int]]:
+        """Each active job's (steps done, steps in all); done < all while it is active."""
         ...
 
     def texts(self) -> dict[Key, str]:

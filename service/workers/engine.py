@@ -211,8 +211,8 @@ class EngineLoop:
             running = len(engine.active()) + len(finished)
             for key, result in finished:
                 self._row_finished(str(key), result, keeper, running)
-            for key, fraction in engine.progress().items():
-                keeper.report_progress(str(key), fraction)
+            for key, (done, steps) in engine.progress().items():
+                keeper.report_progress(str(key), done / steps, done, steps)
             for key, text in engine.texts().items():
                 keeper.report_text(str(key), text)
 
@@ -227,6 +227,8 @@ class EngineLoop:
             return
         elapsed = round(time.monotonic() - self.started[job_id], 3)
         worker_metrics.record_row(self.x.model_id, job.task, result, elapsed, running)
+        if not isinstance(result, ModelError):
+            keeper.report_progress(job_id, 1.0)  # watchers see it reach the end, then finish
         try:
             self.x._complete(job, job_id, result, keeper, elapsed)  # type: ignore[arg-type]
         except StorageError as exc:

@@ -153,8 +153,8 @@ class ImageEngine(_Ragged):
             self.jobs[key] = live
         return refused
 
-    def progress(self) -> dict[Key, float]:
-        return {k: live.done / live.job.units for k, live in self.jobs.items()}
+    def progress(self) -> dict[Key, tuple[int, int]]:
+        return {k: (live.done, live.job.units) for k, live in self.jobs.items()}
 
     def _layout(self) -> None:
         """Per-step index tensors, rebuilt only when rows join or leave."""

@@ -59,8 +59,12 @@ class TextEngine(_Ragged):
             self.jobs[key] = live
         return refused
 
-    def progress(self) -> dict[Key, float]:
-        return {k: min(live.done / live.job.max_new_tokens, 0.99) for k, live in self.jobs.items()}
+    def progress(self) -> dict[Key, tuple[int, int]]:
+        # An answer may end at any step (end of sentence): the budget is only an upper bound.
+        return {
+            k: (min(live.done, live.job.max_new_tokens - 1), live.job.max_new_tokens)
+            for k, live in self.jobs.items()
+        }
 
     def texts(self) -> dict[Key, str]:
         return {k: self._text(live) for k, live in self.jobs.items()}

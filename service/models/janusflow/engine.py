@@ -65,9 +65,9 @@ class FlowEngine(EngineBase):
         job.z = job.prefix = None
         return True
 
-    def progress(self) -> dict[Key, float]:
+    def progress(self) -> dict[Key, tuple[int, int]]:
         # The VAE decode is the last share of a job's progress.
-        return {k: j.done / (j.steps + 1) for k, j in self.jobs.items()}
+        return {k: (j.done, j.steps + 1) for k, j in self.jobs.items()}
 
     @torch.inference_mode()
     def step(self) -> Finished:
