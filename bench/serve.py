@@ -130,12 +130,11 @@ class Service:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
 
     def submit(self, task_input: dict[str, Any]) -> str:
-        from service.core.db import session_scope
         from service.lifecycle.jobs import JobSpec, create_job
 
-        with session_scope(self.sessions) as session:
-            job = create_job(session=session, storage=self.storage, api_key_id=self.key_id,
-                             spec=JobSpec(model=MODEL, task="generate", input=task_input))
+        job, _position = create_job(engine=self.engine, storage=self.storage,
+                                    api_key_id=self.key_id,
+                                    spec=JobSpec(model=MODEL, task="generate", input=task_input))
         return job.id
 
     def run(self, mode: str, arrivals: list[float], inputs: list[dict]) -> dict[str, float]:

@@ -140,7 +140,7 @@ def test_jobs_spread_over_two_hosts_and_a_killed_worker_loses_none(
         lines = json_lines(proc)
         ours = [line for line in lines if line["logger"].startswith("service")]
         assert {line.get("model") for line in ours} == {TINY}
-        runs = [ln for ln in lines if ln["msg"].startswith("running 1 generate job(s)")]
+        runs = [ln for ln in lines if "joined the generate engine" in ln["msg"]]
         assert all(ln["worker_id"] == worker_id for ln in runs)
         ran[host] = {ln["job_id"] for ln in runs}
     assert ran["host-a"] | ran["host-b"] >= set(first) and ran["host-a"] and ran["host-b"]

@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from service.core.db import session_scope
+from service.core.logs import log_context
 from service.core.storage import StorageError
 from service.core.tables import Job
 from service.lifecycle import claims
@@ -171,7 +172,8 @@ class EngineLoop:
         """The one place a job enters the engine (it is running from here on)."""
         self.jobs[job.id] = job
         self.started[job.id] = time.monotonic()
-        log.info("job %s joined the %s engine (%d running)", job.id, job.task, len(self.jobs))
+        with log_context(job_id=job.id, job_ids=None):  # a JSON log line names its job
+            log.info("job %s joined the %s engine (%d running)", job.id, job.task, len(self.jobs))
 
     def _static(self, batch: list[Job]) -> None:
         """Jobs of a task without an engine: run to completion now, as the static path."""
