@@ -129,3 +129,45 @@ def test_a_worker_streams_previews_only_to_jobs_that_asked(client, auth, setting
             assert decoded.format == "JPEG" and max(decoded.size) <= PREVIEW_PIXELS
         else:
             assert shots == []
+
+
+def test_a_failing_preview_is_skipped_not_the_jobs_failure(caplog) -> None:
+    from types import SimpleNamespace
+
+    from service.workers.engine import EngineLoop
+
+    class Broken:
+        def previews(self, every: int) -> dict:
+            raise RuntimeError("VQ decode failed")
+
+        def progress(self) -> dict:
+            return {}
+
+    loop = EngineLoop(SimpleNamespace(settings=SimpleNamespace(preview_every_steps=4)), 1)  # type: ignore[arg-type]
+    keeper = SimpleNamespace(live=LiveReporter(_Log(), 0.0))  # type: ignore[arg-type]
+    loop._previews(Broken(), keeper)  # type: ignore[arg-type]
+    assert "previews failed" in caplog.text
+    log = _Log()
+
+    class One(Broken):
+        def previews(self, every: int) -> dict:
+            return {"j": Image.new("RGB", (8, 8))}
+
+        def progress(self) -> dict:
+            return {"j": (8, 577)}
+
+    loop._previews(One(), SimpleNamespace(live=LiveReporter(log, 0.0)))  # type: ignore[arg-type]
+    assert [(j, n, d["step"], d["steps"]) for j, n, d in log.sent] == [("j", "preview", 8, 577)]
+
+
+def test_preview_is_a_documented_boolean_of_generate_input(client, auth) -> None:
+    from tests.helpers import IDLE, assert_error_shape
+
+    spec = client.get("/openapi.json").json
+    field = spec["components"]["schemas"]["GenerateInput"]["properties"]["preview"]
+    assert field["type"] == "boolean" and field["default"] is False
+    for bad in ("yes", 1, None):
+        body = {"model": IDLE, "task": "generate", "input": {"prompt": "p", "preview": bad}}
+        response = client.post("/v1/jobs", json=body, headers=auth)
+        assert_error_shape(response, 422, "validation_error")
+        assert response.json["error"]["details"][0]["field"] == "input.preview"
