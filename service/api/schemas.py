@@ -27,6 +27,7 @@ class GenerateInput(_Strict):
     guidance: float | None = Field(None, ge=0.0, le=30.0)
     temperature: float | None = Field(None, gt=0.0, le=2.0, description="Janus / Janus-Pro")
     steps: int | None = Field(None, ge=1, le=100, description="JanusFlow")
+    preview: bool = Field(False, description="send `preview` events (small JPEGs) while it runs")
 
     _floats = field_validator("guidance", "temperature", mode="before")(_int_is_a_number)
 

@@ -177,6 +177,8 @@ def check_job(
         raise validation_error(error_details(exc, "input.")) from exc
     data = parsed.model_dump(exclude_none=True)
     data.pop("image", None)
+    if not data.get("preview", True):
+        data.pop("preview")  # the default is not stored: inputs read as they did before
     _family_rules(model, body.task, data)
     if body.webhook is not None:
         check_webhook(body.webhook, settings)

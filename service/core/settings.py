@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     events_ttl_seconds: int = Field(3600, ge=1)
     events_progress_seconds: float = Field(0.25, ge=0)
     events_heartbeat_seconds: float = Field(15.0, gt=0, le=300)
+    # A job that asked for `"preview": true` gets a small JPEG at most every this many
+    # steps (Janus-Pro image tokens of 576; JanusFlow as often relative to its steps).
+    preview_every_steps: int = Field(48, ge=1, le=10_000)
 
     webhook_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_allow_private: bool = False

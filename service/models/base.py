@@ -26,6 +26,7 @@ class GenerateRequest:
     guidance: float | None = None  # None: the runner's default
     temperature: float | None = None  # Janus / Janus-Pro
     steps: int | None = None  # JanusFlow
+    preview: bool = False  # the engine may hand out previews of this job (never alters it)
 
 
 @dataclass(frozen=True)

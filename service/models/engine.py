@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any, Protocol
 
+from PIL import Image
+
 from service.models.base import ModelError
 
 Key = Hashable
@@ -54,6 +56,12 @@ class Engine(Protocol):
         """The text so far of each active understanding row (empty for generation)."""
         ...
 
+    def previews(self, every: int) -> dict[Key, Image.Image]:
+        """A small image of the picture so far for each active row that asked for previews
+        (`GenerateRequest.preview`), at most one per row every `every` steps. Read-only:
+        a job's output is the same with or without them (service/models/preview.py)."""
+        ...
+
 
 class EngineBase:
     """Bookkeeping shared by the engines: slots, keys, refusal of duplicates."""
@@ -71,6 +79,9 @@ class EngineBase:
         return max(0, self.slots - len(self._rows()))
 
     def texts(self) -> dict[Key, str]:
+        return {}
+
+    def previews(self, every: int) -> dict[Key, Image.Image]:
         return {}
 
     def _rows(self) -> dict[Key, Any]:

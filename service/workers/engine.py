@@ -217,6 +217,24 @@ class EngineLoop:
                 keeper.report_progress(str(key), done / steps, done, steps)
             for key, text in engine.texts().items():
                 keeper.report_text(str(key), text)
+            self._previews(engine, keeper)
+
+    def _previews(self, engine: Engine, keeper: LeaseKeeper) -> None:
+        """Previews of the rows that asked (the engine paces them): a preview is a nicety,
+        so any failure here is logged and skipped, never a job's failure."""
+        take = getattr(engine, "previews", None)
+        if take is None:
+            return
+        try:
+            shots = take(self.x.settings.preview_every_steps)
+            if not shots:
+                return
+            progress = engine.progress()
+            for key, image in shots.items():
+                done, steps = progress.get(key, (None, None))
+                keeper.live.preview(str(key), image, done, steps)
+        except Exception:
+            log.warning("previews failed; the jobs go on", exc_info=True)
 
     def _row_finished(self, job_id: str, result: Any, keeper: LeaseKeeper, running: int) -> None:
         """The one place a job leaves the engine with an outcome (a result, an error, or

@@ -175,6 +175,7 @@ class Executor:
                 guidance=data.get("guidance"),
                 temperature=data.get("temperature"),
                 steps=data.get("steps"),
+                preview=bool(data.get("preview", False)),
             )
         try:
             raw = self.storage.get(data["image"]["key"])

@@ -8,7 +8,11 @@ never a network wait, never an exception.
 
 from __future__ import annotations
 
+import base64
+import io
 import time
+
+from PIL import Image
 
 from service.core import events
 from service.core.events import EventLog
@@ -17,6 +21,9 @@ from service.core.events import EventLog
 # (the tokenizer's replacement mark) and trailing whitespace, which the final answer
 # strips. The concatenated token texts then equal the job's `output.text`.
 _REPLACEMENT = "\ufffd"
+
+PREVIEW_QUALITY = 70
+PREVIEW_MAX_BYTES = 48 * 1024  # before base64: an event stays well under 64 KiB
 
 
 class LiveReporter:
@@ -72,6 +79,19 @@ class LiveReporter:
             self._sent[job_id] = answer
             self.log.emit(job_id, events.TOKEN, {"text": answer[len(sent):]})
 
+    def preview(self, job_id: str, image: Image.Image, step: int | None,
+                steps: int | None) -> None:
+        """A small JPEG of the picture so far, inline: previews are thumbnails (a few KiB),
+        and one too large for an event is skipped rather than sent."""
+        if self.log is None:
+            return
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, "JPEG", quality=PREVIEW_QUALITY)
+        if buffer.tell() > PREVIEW_MAX_BYTES:
+            return
+        self.log.emit(job_id, events.PREVIEW, {
+            "step": step, "steps": steps, "content_type": "image/jpeg",
+            "b64_json": base64.b64encode(buffer.getvalue()).decode("ascii")})
 
     def forget(self, job_id: str) -> None:
         """The job left this worker: drop what was kept for it (an engine runs for hours)."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from PIL import Image
 
 from service.models.base import (
     GenerateRequest,
@@ -31,6 +32,7 @@ from service.models.base import (
 from service.models.engine import EngineBase, Finished, Key, failure
 from service.models.janus_pro.sampling import sample
 from service.models.janus_pro.slots import RaggedCache
+from service.models.preview import due, thumbnail
 
 if TYPE_CHECKING:
     from service.models.janus_pro.runner import JanusProRunner
@@ -45,6 +47,8 @@ class _Job:
     done: int = 0  # tokens sampled
     out: list[int] = field(default_factory=list)  # text: the answer's ids so far
     tokens: torch.Tensor | None = None  # images: (n, steps)
+    preview: bool = False  # the job asked for previews
+    shown: int = 0  # images: tokens done at its last preview
 
 
 class _Ragged(EngineBase):
@@ -128,6 +132,7 @@ class ImageEngine(_Ragged):
         self.steps = runner.num_image_tokens
         self.head = runner.model.model.generation_head
         self.embed = runner.model.prepare_embeddings_for_image_generation
+        self._filler: int | None = None  # the preview's token for positions not produced yet
 
     @torch.inference_mode()
     def admit(self, items: list[tuple[Key, Any]]) -> list[tuple[Key, ModelError]]:
@@ -146,6 +151,7 @@ class ImageEngine(_Ragged):
                 embeds = self.lm.embed_tokens(ids.to(self.lm.device))
                 live = _Job(job, n * (2 if guided else 1), self._generator(job), time.monotonic())
                 live.tokens = torch.empty(n, self.steps, dtype=torch.long, device=self.lm.device)
+                live.preview = request.preview
                 self._append(embeds, [0] * n + ([1] * n if guided else []), self.steps - 1)
             except Exception as e:
                 refused.append((key, failure(e)))
@@ -155,6 +161,33 @@ class ImageEngine(_Ragged):
 
     def progress(self) -> dict[Key, tuple[int, int]]:
         return {k: (live.done, live.job.units) for k, live in self.jobs.items()}
+
+    @torch.inference_mode()
+    def previews(self, every: int) -> dict[Key, Image.Image]:
+        out: dict[Key, Image.Image] = {}
+        for key, live in self.jobs.items():
+            if live.preview and due(live.done, live.shown, every, self.steps):
+                live.shown = live.done
+                out[key] = self._preview(live.tokens[0, : live.done])  # type: ignore[index]
+        return out
+
+    def _preview(self, so_far: torch.Tensor) -> Image.Image:
+        """The first image's tokens so far, VQ-decoded. The positions not produced yet are
+        filled with the codebook entry of least norm (the most neutral latent, so it bleeds
+        least into its decoded neighbours), then painted mid-grey in pixel space: the
+        picture forms top-down over a grey card. `so_far` is read, never written."""
+        if self._filler is None:
+            weight = self.runner.model.model.vqmodel.quantize.embedding.weight
+            self._filler = int(weight.float().norm(dim=1).argmin())
+        full = torch.full((1, self.steps), self._filler, dtype=torch.long, device=so_far.device)
+        full[0, : len(so_far)] = so_far
+        pixels = self.runner.model.decode_image_tokens(full)[0].float()  # (H, W, C) in [-1, 1]
+        grid = round(self.steps**0.5)
+        patch = pixels.shape[0] // grid
+        pending = torch.arange(self.steps, device=pixels.device) >= len(so_far)
+        mask = pending.view(grid, grid).repeat_interleave(patch, 0).repeat_interleave(patch, 1)
+        pixels[: mask.shape[0], : mask.shape[1]][mask] = 0.0  # 0 is mid-grey in [-1, 1]
+        return thumbnail(self.runner._to_pil(pixels[None])[0])
 
     def _layout(self) -> None:
         """Per-step index tensors, rebuilt only when rows join or leave."""

@@ -12,11 +12,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import torch
+from PIL import Image
 
 from service.models.base import GenerateRequest, GenerateResult, ModelError, OutOfMemory
 from service.models.engine import EngineBase, Finished, Key, failure
 from service.models.janusflow.attention import KV
-from service.models.janusflow.sampler import FlowJob
+from service.models.janusflow.sampler import FlowJob, decode_latents
+from service.models.preview import due, flow_every, thumbnail
 
 if TYPE_CHECKING:
     from service.models.janusflow.runner import JanusFlowRunner
@@ -32,6 +34,7 @@ class FlowEngine(EngineBase):
         self.started: dict[Key, float] = {}
         self._bos: list[KV] | None = None  # the unconditional rows' shared prefix
         self.steps_run = 0
+        self.shown: dict[Key, int] = {}  # previews: the step of each row's last one
 
     def _rows(self) -> dict[Key, Any]:
         return self.jobs
@@ -53,6 +56,7 @@ class FlowEngine(EngineBase):
             except Exception as e:
                 refused.append((key, failure(e)))
                 continue
+            job.keep_velocity = request.preview
             self.jobs[key] = job
             self.started[key] = time.monotonic()
         return refused
@@ -62,12 +66,32 @@ class FlowEngine(EngineBase):
         self.started.pop(key, None)
         if job is None:
             return False
-        job.z = job.prefix = None
+        job.z = job.prefix = job.velocity = None
+        self.shown.pop(key, None)
         return True
 
     def progress(self) -> dict[Key, tuple[int, int]]:
         # The VAE decode is the last share of a job's progress.
         return {k: (j.done, j.steps + 1) for k, j in self.jobs.items()}
+
+    @torch.inference_mode()
+    def previews(self, every: int) -> dict[Key, Image.Image]:
+        out: dict[Key, Image.Image] = {}
+        for key, job in self.jobs.items():
+            if job.velocity is None or job.z is None:
+                continue
+            if due(job.done, self.shown.get(key, 0), flow_every(every, job.steps), job.steps):
+                self.shown[key] = job.done
+                out[key] = self._preview(job)
+        return out
+
+    def _preview(self, job: FlowJob) -> Image.Image:
+        """The first image's current estimate of its clean latent. The sampler's clock runs
+        from t = 0 (noise) to t = 1 (clean), z += v / steps, so after `done` steps with last
+        velocity v: x0 = z + (1 - done / steps) * v. A new tensor; z is only read."""
+        z, v = job.z[:1].float(), job.velocity[:1].float()  # type: ignore[index]
+        x0 = z + (1.0 - job.done / job.steps) * v
+        return thumbnail(decode_latents(self.runner.vae, x0)[0])
 
     @torch.inference_mode()
     def step(self) -> Finished:

@@ -48,6 +48,9 @@ class FlowJob:
     z: torch.Tensor | None = field(default=None, repr=False)  # (n, C, l, l) float32
     prefix: list[KV] | None = field(default=None, repr=False)
     done: int = 0  # Euler steps taken: the job's own clock (t = done / steps)
+    # Previews only: keep the last (guided) velocity, to estimate the clean latent from.
+    keep_velocity: bool = False
+    velocity: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def unconditional(self) -> bool:
@@ -182,6 +185,8 @@ class FlowSampler:
                 vu = v[uncond_at : uncond_at + n]
                 uncond_at += n
                 vj = job.guidance * vj - (job.guidance - 1.0) * vu
+            if job.keep_velocity:
+                job.velocity = vj
             job.z = job.z + vj * (1.0 / job.steps)
             job.done += 1
         self._bos = None
