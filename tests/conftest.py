@@ -221,3 +221,18 @@ def side_effects(settings: Settings, app):  # type: ignore[no-untyped-def]
 
     yield snapshot
     engine.dispose()
+
+
+# Loaded runners of the tiny checkpoints, one per test module that asks (model tests).
+@pytest.fixture(scope="module")
+def pro(tiny_checkpoint: str):  # type: ignore[no-untyped-def]
+    from service.models import runners
+
+    return runners.load_runner(tiny_checkpoint, device="cpu", model_id="tiny-janus-pro")
+
+
+@pytest.fixture(scope="module")
+def flow(flow_checkpoint: str):  # type: ignore[no-untyped-def]
+    from service.models import runners
+
+    return runners.load_runner(flow_checkpoint, device="cpu", model_id="tiny-janusflow")

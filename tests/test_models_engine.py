@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from service.models import runners
 from service.models.base import (
     GenerateRequest,
     GenerateResult,
@@ -21,14 +20,6 @@ from service.models.base import (
 pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module")
-def pro(tiny_checkpoint: str):
-    return runners.load_runner(tiny_checkpoint, device="cpu", model_id="tiny")
-
-
-@pytest.fixture(scope="module")
-def flow(flow_checkpoint: str):
-    return runners.load_runner(flow_checkpoint, device="cpu", model_id="flow")
 
 
 def _run(engine: Any, joins: dict[int, list[tuple[str, Any]]]) -> tuple[dict, dict]:

@@ -48,14 +48,6 @@ def janus(janus_checkpoint: str):
     return runners.load_runner(janus_checkpoint, model_id="tiny-janus-1.3b")
 
 
-@pytest.fixture(scope="module")
-def pro(tiny_checkpoint: str):
-    return runners.load_runner(tiny_checkpoint, model_id="tiny-janus-pro")
-
-
-@pytest.fixture(scope="module")
-def flow(flow_checkpoint: str):
-    return runners.load_runner(flow_checkpoint, model_id="tiny-janusflow")
 
 
 def _encode(tokenizer, text: str) -> list[int]:

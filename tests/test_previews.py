@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from service.models import runners
 from service.models.base import GenerateRequest, GenerateResult
 from service.models.preview import PREVIEW_PIXELS, due, flow_every
 from service.workers.live import LiveReporter
@@ -18,14 +17,6 @@ from service.workers.live import LiveReporter
 pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module")
-def pro(tiny_checkpoint: str):
-    return runners.load_runner(tiny_checkpoint, device="cpu", model_id="tiny")
-
-
-@pytest.fixture(scope="module")
-def flow(flow_checkpoint: str):
-    return runners.load_runner(flow_checkpoint, device="cpu", model_id="flow")
 
 
 def _run(engine: Any, items: list[tuple[str, GenerateRequest]], every: int | None):
