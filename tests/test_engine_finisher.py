@@ -126,3 +126,27 @@ def test_the_next_job_runs_while_a_finished_one_is_stored(settings, pro, tmp_pat
                                     .where(Job.id.in_([a, b]))).all())
     assert done[a] <= done[b]  # stored in the order they finished
     engine.dispose()
+
+
+@pytest.mark.timeout(600)
+def test_finisher_benchmark_runs(pg_url: str) -> None:
+    """bench/finisher.py (inline vs finisher, Postgres, the worker's job path) cannot rot."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    admin = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    done = subprocess.run(
+        [sys.executable, "bench/finisher.py", "--jobs", "2", "--max-batch", "2", "--rounds",
+         "1", "--pg-admin", admin],
+        cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert [line.split("|")[0].strip() for line in lines if "|" in line][1:] == [
+        "inline", "finisher"]
+    assert re.fullmatch(r"engine_ms_per_finished_row_inline=\d+\.\d+ finisher=\d+\.\d+ "
+                        r"jobs_per_s_ratio=\d+\.\d+", lines[-1])

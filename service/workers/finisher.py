@@ -25,7 +25,8 @@ _STOP = object()
 
 
 class Finisher:
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, inline: bool = False) -> None:
+        self.inline = inline  # store on the caller's thread (bench/finisher.py's baseline)
         self._work: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._thread: threading.Thread | None = None
         self._pending = 0
@@ -33,6 +34,9 @@ class Finisher:
 
     def submit(self, job_id: str, work: Callable[[], None]) -> None:
         """Run `work` (the job's store-and-commit) after the work submitted before it."""
+        if self.inline:
+            self._do(job_id, work)
+            return
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="engine-finisher",
                                             daemon=True)
@@ -62,12 +66,16 @@ class Finisher:
             item = self._work.get()
             if item is _STOP:
                 return
-            job_id, work = item
             try:
-                work()
-            except Exception:  # its lease expires and the sweeper requeues it
-                log.exception("job %s: storing its outcome failed", job_id)
+                self._do(*item)
             finally:
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()
+
+    @staticmethod
+    def _do(job_id: str, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception:  # its lease expires and the sweeper requeues it
+            log.exception("job %s: storing its outcome failed", job_id)
