@@ -5,9 +5,11 @@ of the worker's model into free slots (`claims.claim_next`, exactly as the stati
 FOR UPDATE SKIP LOCKED, lane then age, with a lease), admits them to the runner's engine
 (`service.models.engine`), and steps the engine. Every `admit_every` steps it claims
 again, so a job submitted while others are hundreds of steps in starts at the next
-claim, not after the batch. A job that finishes leaves at once: its images are uploaded
-and it is committed `succeeded` while the others keep going. When no job is running and
-none is queued the task returns: the worker sleeps until the next message.
+claim, not after the batch. A job that finishes leaves at once: its slot is free for the
+next claim, and its images are uploaded and it is committed `succeeded` on the
+`Finisher`'s thread while the others keep stepping. When no job is running and none is
+queued the task returns (after the finisher is done): the worker sleeps until the next
+message.
 
 Per row, as the static path does per batch: one `LeaseKeeper` renews the leases of the
 changing set of running jobs and carries progress (and an understanding row's text so
@@ -38,6 +40,7 @@ from service.models.base import Canceled, ModelError
 from service.models.engine import Engine
 from service.workers import metrics as worker_metrics
 from service.workers.executor import Executor, TransientError
+from service.workers.finisher import Finisher
 from service.workers.lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ class EngineLoop:
         self.waiting: Job | None = None
         self.solo: str | None = None
         self.stopping = False  # a warm shutdown: finish the running rows, claim no more
+        self.finisher = Finisher(depth=self.slots)
 
     def stop(self) -> None:
         """Called on the worker's warm shutdown (any thread): stop claiming."""
@@ -84,12 +88,17 @@ class EngineLoop:
                 self.waiting = None
                 self._release([*self.jobs, *waiting], keeper, waiting)
                 raise
+            finally:
+                self.finisher.drain()  # finished rows are stored while their leases hold
         x._keep_draining()
 
     def _loop(self, keeper: LeaseKeeper) -> None:
         steps = 0
         while True:
             if self.waiting is not None and not self.jobs:
+                # It may be what killed its last worker: the rows that finished before
+                # it are committed first, so that a second crash takes only it down.
+                self.finisher.drain()
                 job, self.waiting = self.waiting, None
                 self._admit([job], keeper)
                 self.solo = job.id if job.id in self.jobs else None
@@ -238,7 +247,8 @@ class EngineLoop:
 
     def _row_finished(self, job_id: str, result: Any, keeper: LeaseKeeper, running: int) -> None:
         """The one place a job leaves the engine with an outcome (a result, an error, or
-        `Canceled` for a cancel request or a passed deadline): stored and committed now."""
+        `Canceled` for a cancel request or a passed deadline). Its slot is free now; it is
+        stored and committed on the finisher's thread, its lease renewed until then."""
         job = self.jobs.get(job_id)
         if job is None:
             return
@@ -249,23 +259,37 @@ class EngineLoop:
         worker_metrics.record_row(self.x.model_id, job.task, result, elapsed, running)
         if not isinstance(result, ModelError):
             keeper.report_progress(job_id, 1.0)  # watchers see it reach the end, then finish
+        self._forget(job_id, keeper, renew=True)
+        self.finisher.submit(job_id, lambda: self._store(job, result, keeper, elapsed))
+
+    def _store(self, job: Job, result: Any, keeper: LeaseKeeper, elapsed: float) -> None:
+        """On the finisher's thread: upload and commit one finished row."""
         try:
-            self.x._complete(job, job_id, result, keeper, elapsed)  # type: ignore[arg-type]
+            self.x._complete(job, job.id, result, keeper, elapsed)  # type: ignore[arg-type]
         except StorageError as exc:
-            log.warning("job %s: storing its output failed (%s); back to the queue", job_id, exc)
-            self._release([job_id], keeper)
-            return
+            log.warning("job %s: storing its output failed (%s); back to the queue", job.id, exc)
+            self._hand_back(job.id)
         except OperationalError as exc:
             # Its lease runs out and the sweeper requeues it; the others go on.
-            log.warning("job %s: committing failed (%s); its lease will expire", job_id, exc)
-        self._forget(job_id, keeper)
+            log.warning("job %s: committing failed (%s); its lease will expire", job.id, exc)
+        finally:
+            keeper.remove(job.id)
 
-    def _forget(self, job_id: str, keeper: LeaseKeeper) -> None:
+    def _forget(self, job_id: str, keeper: LeaseKeeper, renew: bool = False) -> None:
+        """The job is no longer running here; `renew`: keep its lease until it is stored."""
         if self.solo == job_id:
             self.solo = None
         self.jobs.pop(job_id, None)
         self.started.pop(job_id, None)
-        keeper.remove(job_id)
+        if not renew:
+            keeper.remove(job_id)
+
+    def _hand_back(self, job_id: str) -> None:
+        try:
+            with session_scope(self.x.sessions) as session:
+                claims.release(session=session, job_id=job_id, worker_id=self.x.worker_id)
+        except Exception as exc:
+            log.warning("could not release %s (%s); its lease will expire", job_id, exc)
 
     def _release(self, job_ids: list[str], keeper: LeaseKeeper,
                  extra: dict[str, Job] | None = None) -> None:
@@ -275,9 +299,5 @@ class EngineLoop:
                 engine = self.engines[job.task]
                 if engine is not None:
                     engine.drop(job_id)
-            try:
-                with session_scope(self.x.sessions) as session:
-                    claims.release(session=session, job_id=job_id, worker_id=self.x.worker_id)
-            except Exception as exc:
-                log.warning("could not release %s (%s); its lease will expire", job_id, exc)
+            self._hand_back(job_id)
             self._forget(job_id, keeper)
