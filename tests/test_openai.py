@@ -20,7 +20,7 @@ from openai import OpenAI
 from sqlalchemy import create_engine, func, select, update
 
 from service.api.openai import schemas
-from service.core.tables import Job, OpenAIBatch, utcnow
+from service.core.tables import Job, OpenAIBatch, OpenAIFile, utcnow
 from service.lifecycle.hook import transition
 from service.lifecycle.status import JobStatus
 from tests.helpers import IDLE, TEST_IMAGE_SIZE, make_key, png_bytes, start_api, wait_for
@@ -471,6 +471,133 @@ def test_a_finished_chat_batch_writes_openai_result_lines(oai: OpenAI, engine) -
     assert error["custom_id"] == "no" and error["response"]["status_code"] == 400
     assert error["response"]["body"]["error"]["code"] == "invalid_input"
     assert oai.batches.retrieve(batch.id).output_file_id == done.output_file_id  # written once
+
+
+# -- the dispatcher's tick: batches move on with nobody reading them ---------------------------
+
+@pytest.fixture(scope="module")
+def tick(settings):  # type: ignore[no-untyped-def]
+    """One tick of the dispatcher's OpenAI batch step, run here (service/entry/dispatcher.py
+    runs it every sweep; tests/test_openai_e2e.py has a real dispatcher)."""
+    from service.api.openai.batch_tick import advance_due
+    from service.core.db import make_engine, make_sessionmaker
+    from service.core.storage import storage_from_settings
+
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    storage = storage_from_settings(settings)
+    yield lambda: advance_due(sessions=sessions, storage=storage, settings=settings)
+    engine.dispose()
+
+
+def batch_row(engine, batch_id: str) -> Any:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return conn.execute(select(OpenAIBatch).where(OpenAIBatch.id == batch_id)).one()
+
+
+def output_files(engine, batch_id: str) -> list[str]:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return list(conn.scalars(select(OpenAIFile.id).where(
+            OpenAIFile.filename.in_([f"{batch_id}_output.jsonl", f"{batch_id}_error.jsonl"]))))
+
+
+def batch_jobs(engine, batch_id: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return dict(conn.execute(select(Job.custom_id, Job.id).where(Job.batch_id == batch_id))
+                    .all())
+
+
+def test_the_tick_completes_a_batch_nobody_reads(oai: OpenAI, engine, tick) -> None:  # type: ignore[no-untyped-def]
+    source = upload(oai, [image_line("quiet-a"), image_line("quiet-b")])
+    batch = oai.batches.create(input_file_id=source.id, endpoint="/v1/images/generations",
+                               completion_window="24h")
+    for job_id in batch_jobs(engine, batch.id).values():
+        finish(engine, job_id, JobStatus.SUCCEEDED, output={"images": [], "seed": 1})
+    assert batch_row(engine, batch.id).finalized_at is None  # nobody has read it
+    report = tick()
+    assert batch.id in report.finalized and batch.id not in report.failed
+    row = batch_row(engine, batch.id)
+    assert row.finalized_at is not None and row.error_file_id is None
+    lines = result_lines(oai, row.output_file_id)  # a client that polls only the file
+    assert [line["custom_id"] for line in lines] == ["quiet-a", "quiet-b"]
+    assert batch.id not in tick().finalized  # done once
+    done = oai.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.output_file_id == row.output_file_id
+    assert output_files(engine, batch.id) == [row.output_file_id]
+
+
+def test_the_tick_expires_a_batch_past_its_window(oai: OpenAI, engine, tick) -> None:  # type: ignore[no-untyped-def]
+    source = upload(oai, [image_line("slow-a"), image_line("slow-b")])
+    batch = oai.batches.create(input_file_id=source.id, endpoint="/v1/images/generations",
+                               completion_window="24h")
+    jobs = batch_jobs(engine, batch.id)
+    finish(engine, jobs["slow-a"], JobStatus.SUCCEEDED, output={"images": [], "seed": 1})
+    with engine.begin() as conn:
+        conn.execute(update(OpenAIBatch).where(OpenAIBatch.id == batch.id)
+                     .values(expires_at=utcnow() - timedelta(seconds=1)))
+    report = tick()
+    assert batch.id in report.expired and batch.id in report.finalized
+    row = batch_row(engine, batch.id)
+    assert row.expired_at is not None and row.finalized_at is not None
+    [done] = result_lines(oai, row.output_file_id)
+    [late] = result_lines(oai, row.error_file_id)
+    assert done["custom_id"] == "slow-a" and done["response"]["status_code"] == 200
+    assert late["custom_id"] == "slow-b" and late["error"]["code"] == "batch_expired"
+    again = tick()
+    assert batch.id not in again.expired and batch.id not in again.finalized
+    expired = oai.batches.retrieve(batch.id)
+    assert expired.status == "expired" and expired.error_file_id == row.error_file_id
+    assert (expired.request_counts.completed, expired.request_counts.failed) == (1, 1)
+
+
+def test_racing_ticks_and_reads_write_one_output_file(oai: OpenAI, engine, tick) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy.orm import Session
+
+    source = upload(oai, [image_line("race")])
+    batch = oai.batches.create(input_file_id=source.id, endpoint="/v1/images/generations",
+                               completion_window="24h")
+    [job_id] = batch_jobs(engine, batch.id).values()
+    finish(engine, job_id, JobStatus.SUCCEEDED, output={"images": [], "seed": 1})
+    with Session(engine) as holder:  # another finalizer holds the record's row
+        holder.execute(select(OpenAIBatch.id).where(OpenAIBatch.id == batch.id)
+                       .with_for_update()).one()
+        thread, out = in_background(tick)
+        thread.join(60)
+        alive = thread.is_alive()
+        if not alive:  # a read skips it too, and says so
+            assert oai.batches.retrieve(batch.id).status == "finalizing"
+        holder.rollback()
+        thread.join(60)
+    assert not alive, "the tick waited for the row's lock instead of skipping it"
+    assert batch.id not in out["value"].finalized
+    assert output_files(engine, batch.id) == []
+    start = threading.Barrier(4)
+    ticks = [in_background(lambda: (start.wait(), tick())[1]) for _ in range(3)]
+    read = in_background(lambda: (start.wait(), oai.batches.retrieve(batch.id))[1])
+    for thread, _ in (*ticks, read):
+        thread.join(60)
+    assert all("error" not in out for _, out in (*ticks, read)), [o for _, o in ticks]
+    assert sum(batch.id in out["value"].finalized for _, out in ticks) <= 1
+    row = batch_row(engine, batch.id)
+    assert output_files(engine, batch.id) == [row.output_file_id]
+    assert oai.batches.retrieve(batch.id).output_file_id == row.output_file_id
+
+
+def test_one_broken_batch_does_not_stop_the_tick(oai: OpenAI, engine, tick) -> None:  # type: ignore[no-untyped-def]
+    broken = oai.batches.create(input_file_id=upload(oai, [image_line("broken")]).id,
+                                endpoint="/v1/images/generations", completion_window="24h")
+    fine = oai.batches.create(input_file_id=upload(oai, [image_line("fine")]).id,
+                              endpoint="/v1/images/generations", completion_window="24h")
+    [bad_job] = batch_jobs(engine, broken.id).values()
+    [good_job] = batch_jobs(engine, fine.id).values()
+    finish(engine, bad_job, JobStatus.SUCCEEDED, output={"images": 5})  # not a list: a bad row
+    finish(engine, good_job, JobStatus.SUCCEEDED, output={"images": [], "seed": 1})
+    report = tick()
+    assert broken.id in report.failed and fine.id in report.finalized
+    assert batch_row(engine, broken.id).finalized_at is None  # nothing half-written
+    assert output_files(engine, broken.id) == []
+    assert batch_row(engine, fine.id).output_file_id
+    assert broken.id in tick().failed  # tried again at every tick, still alone
 
 
 # -- in-process: the rate limit and an outage, through the same client -------------------------

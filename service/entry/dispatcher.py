@@ -1,4 +1,5 @@
-"""`janus-service dispatcher`: the CPU process for webhook delivery and housekeeping."""
+"""`janus-service dispatcher`: the CPU process for webhook delivery and housekeeping
+(the sweeper, and the tick that moves OpenAI batches on with nobody reading them)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import signal
 import threading
 
+from service.api.openai.batch_tick import advance_due
 from service.core.broker import make_celery
 from service.core.db import make_engine, make_sessionmaker
 from service.core.events import announce_on_commit, event_log
@@ -33,6 +35,10 @@ def run_dispatcher(settings: Settings, stop: threading.Event | None = None) -> N
             sweep_once(sessions=sessions, celery=celery, settings=settings, storage=storage)
         except Exception:  # a DB or broker blip must not end the loop
             log.exception("sweep failed")
+        try:  # OpenAI batches expire and get their files with nobody reading them
+            advance_due(sessions=sessions, storage=storage, settings=settings)
+        except Exception:  # advance_due keeps one bad batch to itself; this is an outage
+            log.exception("openai batch tick failed")
         stop.wait(settings.sweep_interval_seconds)
     webhooks.join()  # lets in-flight deliveries finish and be recorded
     log.info("dispatcher stopped")

@@ -100,7 +100,9 @@ def _current(batch_id: str) -> dict[str, Any]:
         record, batch = _owned(batch_id)
     if (batch is not None and record.finalized_at is None
             and BatchStatus(batch.status).is_terminal):
-        finalize(record)
+        rt = runtime()
+        finalize(session=session, storage=rt.storage, settings=rt.settings,
+                 record_id=record.id)
         record, batch = _owned(batch_id)
     return batch_object(record, batch)
 

@@ -1,0 +1,91 @@
+"""The dispatcher's tick for OpenAI batches: what time alone changes, done with no reader.
+
+OpenAI's batches move on their own, so a client that polls only `files.content`, or a
+webhook consumer, sees them done. Every sweep interval the dispatcher
+(service/entry/dispatcher.py) calls `advance_due`, which takes the batches that are due
+(openai_records.due_records) and, each in its own transactions:
+
+- past its completion window and not finished: cancels what is left and marks it
+  `expired` (a conditional UPDATE: of two racers, one does it);
+- all its jobs finished: writes the output and error files and marks it finalized
+  (batch_output.finalize, under the record's row lock taken with SKIP LOCKED: a racer
+  skips it and sees `finalizing`).
+
+Reads of the batch do the same things (batches.py), so whichever comes first does each
+once: never two output files, never a second cancel. One batch that fails (its files
+cannot be stored, a bad row) is logged and tried again at the next tick; the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.api.openai.batch_output import finalize
+from service.core.db import session_scope
+from service.core.settings import Settings
+from service.core.storage import Storage
+from service.core.tables import utcnow
+from service.lifecycle import openai_records as records
+from service.lifecycle.status import BatchStatus
+
+log = logging.getLogger(__name__)
+
+PER_TICK = 100  # batches looked at per tick; a backlog is worked off over a few ticks
+
+
+@dataclass
+class TickReport:
+    expired: list[str] = field(default_factory=list)
+    finalized: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.expired or self.finalized or self.failed)
+
+
+def advance_due(
+    *, sessions: sessionmaker[Session], storage: Storage, settings: Settings,
+    now: datetime | None = None, limit: int = PER_TICK,
+) -> TickReport:
+    """Expire and finalize every OpenAI batch that is due (at most `limit` of them)."""
+    now = now or utcnow()
+    report = TickReport()
+    with session_scope(sessions) as session:
+        due = records.due_records(session=session, now=now, limit=limit)
+    for record_id in due:
+        try:
+            _advance(sessions, storage, settings, record_id, now, report)
+        except Exception:  # one broken batch must not stop the others, nor the sweep
+            log.exception("openai batch %s: could not advance it; trying again next tick",
+                          record_id)
+            report.failed.append(record_id)
+    if report:
+        log.info("openai batches: expired=%d finalized=%d failed=%d", len(report.expired),
+                 len(report.finalized), len(report.failed))
+    return report
+
+
+def _advance(sessions: sessionmaker[Session], storage: Storage, settings: Settings,
+             record_id: str, now: datetime, report: TickReport) -> None:
+    with session_scope(sessions) as session:
+        found = records.get_record(session=session, api_key_id=None, record_id=record_id)
+        if found is None:
+            return
+        record, batch = found
+        if records.expire_if_due(session=session, record=record, batch=batch, now=now):
+            report.expired.append(record_id)
+    # Its own transaction: storage is written while the record's row is locked.
+    with session_scope(sessions) as session:
+        found = records.get_record(session=session, api_key_id=None, record_id=record_id)
+        if found is None:
+            return
+        record, batch = found
+        if (batch is not None and record.finalized_at is None
+                and BatchStatus(batch.status).is_terminal
+                and finalize(session=session, storage=storage, settings=settings,
+                             record_id=record_id)):
+            report.finalized.append(record_id)
