@@ -1,9 +1,10 @@
 """The dispatcher's tick for OpenAI batches: what time alone changes, done with no reader.
 
 OpenAI's batches move on their own, so a client that polls only `files.content`, or a
-webhook consumer, sees them done. Every sweep interval the dispatcher
-(service/entry/dispatcher.py) calls `advance_due`, which takes the batches that are due
-(openai_records.due_records) and, each in its own transactions:
+webhook consumer, sees them done. The dispatcher (service/entry/dispatcher.py) runs
+`advance_due` every sweep interval on a thread of its own (`start_ticker`: writing a
+large batch's files delays neither the sweeper nor webhooks). It takes the batches that
+are due (openai_records.due_records) and, each in its own transactions:
 
 - past its completion window and not finished: cancels what is left and marks it
   `expired` (a conditional UPDATE: of two racers, one does it);
@@ -19,6 +20,7 @@ cannot be stored, a bad row) is logged and tried again at the next tick; the oth
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -89,3 +91,19 @@ def _advance(sessions: sessionmaker[Session], storage: Storage, settings: Settin
                 and finalize(session=session, storage=storage, settings=settings,
                              record_id=record_id)):
             report.finalized.append(record_id)
+
+
+def start_ticker(*, sessions: sessionmaker[Session], storage: Storage, settings: Settings,
+                 stop: threading.Event) -> threading.Thread:
+    """`advance_due` every JANUS_SWEEP_INTERVAL_SECONDS until `stop` is set."""
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                advance_due(sessions=sessions, storage=storage, settings=settings)
+            except Exception:  # an outage (one bad batch is kept to itself inside)
+                log.exception("openai batch tick failed")
+            stop.wait(settings.sweep_interval_seconds)
+
+    thread = threading.Thread(target=loop, name="openai-batches", daemon=True)
+    thread.start()
+    return thread
