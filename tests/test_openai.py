@@ -583,6 +583,30 @@ def test_racing_ticks_and_reads_write_one_output_file(oai: OpenAI, engine, tick)
     assert oai.batches.retrieve(batch.id).output_file_id == row.output_file_id
 
 
+def test_a_tick_racing_an_expiring_read_does_not_expire_it_again(oai: OpenAI, engine, tick) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy.orm import Session
+
+    from service.lifecycle import openai_records as records
+
+    source = upload(oai, [image_line("both")])
+    batch = oai.batches.create(input_file_id=source.id, endpoint="/v1/images/generations",
+                               completion_window="24h")
+    with engine.begin() as conn:
+        conn.execute(update(OpenAIBatch).where(OpenAIBatch.id == batch.id)
+                     .values(expires_at=utcnow() - timedelta(seconds=1)))
+    with Session(engine) as reader:  # a read expiring it, not yet committed
+        record, ours = records.get_record(session=reader, api_key_id=None, record_id=batch.id)
+        moment = utcnow()
+        assert records.expire_if_due(session=reader, record=record, batch=ours, now=moment)
+        thread, out = in_background(tick)
+        thread.join(1.0)  # the tick finds it due and waits on the record's row
+        reader.commit()
+    thread.join(60)
+    assert batch.id not in out["value"].expired
+    row = batch_row(engine, batch.id)
+    assert row.expired_at == moment and row.finalized_at is not None
+
+
 def test_one_broken_batch_does_not_stop_the_tick(oai: OpenAI, engine, tick) -> None:  # type: ignore[no-untyped-def]
     broken = oai.batches.create(input_file_id=upload(oai, [image_line("broken")]).id,
                                 endpoint="/v1/images/generations", completion_window="24h")
@@ -598,6 +622,44 @@ def test_one_broken_batch_does_not_stop_the_tick(oai: OpenAI, engine, tick) -> N
     assert output_files(engine, broken.id) == []
     assert batch_row(engine, fine.id).output_file_id
     assert broken.id in tick().failed  # tried again at every tick, still alone
+
+
+def test_on_sqlite_a_second_finalizer_waits_then_finds_it_done(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`make run`'s SQLite has no row locks: the claim is the database's write lock."""
+    from service.core.db import make_engine, make_sessionmaker
+    from service.core.tables import ApiKey, Batch
+    from service.entry.migrate import upgrade
+    from service.lifecycle import openai_records as records
+
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    upgrade(url)
+    sessions = make_sessionmaker(make_engine(url))
+    with sessions() as session:
+        session.add(ApiKey(id="key_1", name="k", key_hash="h" * 64, key_prefix="jk_",
+                           webhook_secret="whsec_x"))
+        session.add(Batch(id="batch_1", api_key_id="key_1", status="completed", total=0))
+        session.flush()
+        records.create_record(session=session, api_key_id="key_1", record_id="batch_1",
+                              batch_id="batch_1", endpoint="/v1/images/generations",
+                              input_file_id="file-x", completion_window="24h", metadata={})
+        session.commit()
+    first = sessions()
+    assert records.lock_for_finalizing(session=first, record_id="batch_1") is not None
+
+    def second() -> Any:
+        with sessions() as session:
+            return records.lock_for_finalizing(session=session, record_id="batch_1")
+
+    thread, out = in_background(second)
+    thread.join(1.0)
+    assert thread.is_alive(), out  # it waits for the first, it does not take the record too
+    records.finalized(session=first, record=records.get_record(
+        session=first, api_key_id=None, record_id="batch_1")[0], output_file_id=None,
+        error_file_id=None)
+    first.commit()
+    first.close()
+    thread.join(60)
+    assert "error" not in out and out["value"] is None
 
 
 # -- in-process: the rate limit and an outage, through the same client -------------------------
