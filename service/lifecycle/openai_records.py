@@ -6,7 +6,7 @@ lifecycle exactly as for /v1; these rows only remember OpenAI's extra fields.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -92,22 +92,27 @@ def get_record(
     return (row[0], row[1]) if row else None
 
 
-def due_records(*, session: Session, now: datetime, limit: int) -> list[str]:
+def due_records(
+    *, session: Session, now: datetime, limit: int, skip: Collection[str] = ()
+) -> list[str]:
     """Batches time has moved on, oldest window first: past their completion window and
     not yet expired, or all their jobs finished and their files not yet written.
 
     Only unfinalized records with a batch of ours are looked at (a partial index holds
     exactly those), so the cost follows the open batches, not the table's history.
+    `skip`: ids left out (batches that failed lately).
     """
-    return list(session.scalars(
+    query = (
         select(OpenAIBatch.id)
         .join(Batch, Batch.id == OpenAIBatch.batch_id)
         .where(OpenAIBatch.finalized_at.is_(None), OpenAIBatch.batch_id.is_not(None),
                or_(Batch.status.in_(TERMINAL),
                    and_(OpenAIBatch.expires_at <= now, OpenAIBatch.expired_at.is_(None))))
-        .order_by(OpenAIBatch.expires_at, OpenAIBatch.id)
-        .limit(limit)
-    ))
+    )
+    if skip:
+        query = query.where(OpenAIBatch.id.not_in(list(skip)))
+    return list(session.scalars(query.order_by(OpenAIBatch.expires_at, OpenAIBatch.id)
+                                .limit(limit)))
 
 
 def list_records(

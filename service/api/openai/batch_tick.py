@@ -14,13 +14,15 @@ are due (openai_records.due_records) and, each in its own transactions:
 
 Reads of the batch do the same things (batches.py), so whichever comes first does each
 once: never two output files, never a second cancel. One batch that fails (its files
-cannot be stored, a bad row) is logged and tried again at the next tick; the others go on.
+cannot be stored, a bad row) is logged and tried again a few ticks later (Ticker); the
+others go on.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -51,18 +53,19 @@ class TickReport:
 
 def advance_due(
     *, sessions: sessionmaker[Session], storage: Storage, settings: Settings,
-    now: datetime | None = None, limit: int = PER_TICK,
+    now: datetime | None = None, limit: int = PER_TICK, skip: Collection[str] = (),
 ) -> TickReport:
-    """Expire and finalize every OpenAI batch that is due (at most `limit` of them)."""
+    """Expire and finalize every OpenAI batch that is due (at most `limit` of them),
+    except those in `skip` (batches that failed lately: Ticker)."""
     now = now or utcnow()
     report = TickReport()
     with session_scope(sessions) as session:
-        due = records.due_records(session=session, now=now, limit=limit)
+        due = records.due_records(session=session, now=now, limit=limit, skip=skip)
     for record_id in due:
         try:
             _advance(sessions, storage, settings, record_id, now, report)
         except Exception:  # one broken batch must not stop the others, nor the sweep
-            log.exception("openai batch %s: could not advance it; trying again next tick",
+            log.exception("openai batch %s: could not advance it; trying again later",
                           record_id)
             report.failed.append(record_id)
     if report:
@@ -93,13 +96,42 @@ def _advance(sessions: sessionmaker[Session], storage: Storage, settings: Settin
             report.finalized.append(record_id)
 
 
+class Ticker:
+    """Successive ticks, each batch that failed sitting out 2, 4, 8 ... (at most
+    MAX_SIT_OUT) ticks before it is tried again: a batch that cannot be finished does not
+    fill every tick's log, nor, with many of them, take every tick's `limit`."""
+
+    MAX_SIT_OUT = 64
+
+    def __init__(self, *, sessions: sessionmaker[Session], storage: Storage,
+                 settings: Settings) -> None:
+        self.sessions, self.storage, self.settings = sessions, storage, settings
+        self.count = 0
+        self.failing: dict[str, tuple[int, int]] = {}  # id -> (failures, next tick to try)
+
+    def tick(self) -> TickReport:
+        self.count += 1
+        skip = {rid for rid, (_, at) in self.failing.items() if at > self.count}
+        report = advance_due(sessions=self.sessions, storage=self.storage,
+                             settings=self.settings, skip=skip)
+        for rid in [rid for rid in self.failing if rid not in skip]:  # tried: done or not due
+            if rid not in report.failed:
+                del self.failing[rid]
+        for rid in report.failed:
+            failures = self.failing.get(rid, (0, 0))[0] + 1
+            self.failing[rid] = (failures, self.count + min(2**failures, self.MAX_SIT_OUT))
+        return report
+
+
 def start_ticker(*, sessions: sessionmaker[Session], storage: Storage, settings: Settings,
                  stop: threading.Event) -> threading.Thread:
-    """`advance_due` every JANUS_SWEEP_INTERVAL_SECONDS until `stop` is set."""
+    """A Ticker's tick every JANUS_SWEEP_INTERVAL_SECONDS until `stop` is set."""
+    ticker = Ticker(sessions=sessions, storage=storage, settings=settings)
+
     def loop() -> None:
         while not stop.is_set():
             try:
-                advance_due(sessions=sessions, storage=storage, settings=settings)
+                ticker.tick()
             except Exception:  # an outage (one bad batch is kept to itself inside)
                 log.exception("openai batch tick failed")
             stop.wait(settings.sweep_interval_seconds)
