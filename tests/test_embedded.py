@@ -102,11 +102,15 @@ def test_embedded_end_to_end(tmp_path, tiny_checkpoint, spawn) -> None:
                                  purpose="batch")
     batch = client.batches.create(input_file_id=source.id, completion_window="24h",
                                   endpoint="/v1/images/generations")
-    batch = wait_for(lambda: (b := client.batches.retrieve(batch.id)).status == "completed"
-                     and b, 180, 0.5, what="the OpenAI batch")
-    [result] = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
+    # Only the file list is watched: the dispatcher's tick finishes the batch unread.
+    output = wait_for(lambda: next((f.id for f in client.files.list(purpose="batch_output")
+                                    if f.filename == f"{batch.id}_output.jsonl"), None),
+                      180, 0.5, what="the OpenAI batch's output file")
+    [result] = [json.loads(x) for x in client.files.content(output).text.splitlines()]
     png = base64.b64decode(result["response"]["body"]["data"][0]["b64_json"])
     assert Image.open(io.BytesIO(png)).size == (TEST_IMAGE_SIZE, TEST_IMAGE_SIZE)
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.output_file_id == output
 
 
 def test_embedded_dispatcher_expires_data(tmp_path, tiny_checkpoint, spawn) -> None:

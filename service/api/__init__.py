@@ -20,6 +20,7 @@ from service.api import (
 )
 from service.api import openai as openai_face
 from service.api.auth import KeyCache
+from service.api.bodylimit import BodyLimit
 from service.api.context import ModelInfo, Runtime, close_db
 from service.api.errors import register_error_handlers
 from service.api.metrics import ApiMetrics, add_run_time_collector, add_webhook_collector
@@ -124,4 +125,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     blueprints = (jobs.bp, streams.bp, batches.bp, deliveries.bp, catalog.bp, ops.bp, files.bp)
     for blueprint in (*blueprints, console.bp, openai_face.bp):
         app.register_blueprint(blueprint)
+    app.wsgi_app = BodyLimit(app.wsgi_app, settings)  # type: ignore[method-assign]
     return app

@@ -148,8 +148,8 @@ def register_error_handlers(app: Flask) -> None:
             headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         message = exc.description or exc.name
         if status == 413:
+            # The rest of the body is drained before this goes out (service/api/bodylimit.py).
             message = f"request body is larger than {request.max_content_length} bytes"
-            _drain_body()
         return error_response(
             status, _HTTP_CODES.get(status, "http_error"), message, headers=headers
         )
@@ -157,24 +157,6 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _any_error(exc: Exception) -> Response:
         return _unexpected(exc)
-
-
-# A refused body is read and dropped up to this much, so the client, still sending, gets
-# the 413 rather than a connection reset (the server would close a socket with unread
-# bytes in it); past it the connection is closed, as it must be.
-DRAIN_BYTES = 16 * 1024 * 1024
-
-
-def _drain_body() -> None:
-    stream = request.environ.get("wsgi.input")
-    if stream is None or (request.content_length or 0) > DRAIN_BYTES:
-        return
-    left = DRAIN_BYTES
-    try:
-        while left > 0 and (chunk := stream.read(min(65536, left))):
-            left -= len(chunk)
-    except Exception:  # noqa: BLE001 - the client went away: nothing left to answer
-        log.debug("draining a refused body failed", exc_info=True)
 
 
 def _unexpected(exc: Exception) -> Response:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -249,7 +250,13 @@ class OpenAIBatch(Base):
     (nothing was enqueued); otherwise the two share one id."""
 
     __tablename__ = "openai_batches"
-    __table_args__ = (Index("ix_openai_batches_key_id", "api_key_id", "id"),)
+    __table_args__ = (
+        Index("ix_openai_batches_key_id", "api_key_id", "id"),
+        # The dispatcher's tick looks only at batches still open (openai_records.due_records).
+        Index("ix_openai_batches_open", "expires_at",
+              postgresql_where=text("finalized_at IS NULL AND batch_id IS NOT NULL"),
+              sqlite_where=text("finalized_at IS NULL AND batch_id IS NOT NULL")),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # batch_…
     api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))

@@ -1,4 +1,5 @@
-"""`janus-service dispatcher`: the CPU process for webhook delivery and housekeeping."""
+"""`janus-service dispatcher`: the CPU process for webhook delivery and housekeeping
+(the sweeper, and the tick that moves OpenAI batches on with nobody reading them)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import signal
 import threading
 
+from service.api.openai.batch_tick import start_ticker
 from service.core.broker import make_celery
 from service.core.db import make_engine, make_sessionmaker
 from service.core.events import announce_on_commit, event_log
@@ -15,6 +17,10 @@ from service.webhooks.runner import start_webhook_runner
 from service.workers.sweeper import sweep_once
 
 log = logging.getLogger(__name__)
+
+# How long a stopping dispatcher waits for batch files being written (compose gives it
+# 30 s in all); an unfinished write is rolled back and redone by the next dispatcher.
+BATCH_FILES_GRACE_SECONDS = 20
 
 
 def run_dispatcher(settings: Settings, stop: threading.Event | None = None) -> None:
@@ -27,6 +33,8 @@ def run_dispatcher(settings: Settings, stop: threading.Event | None = None) -> N
     celery = make_celery(settings, publisher=True)  # the sweeper only publishes
     storage = storage_from_settings(settings)
     webhooks = start_webhook_runner(settings, sessions, stop)
+    # OpenAI batches expire and get their result files with nobody reading them.
+    batches = start_ticker(sessions=sessions, storage=storage, settings=settings, stop=stop)
     log.info("dispatcher started; sweeping every %.1fs", settings.sweep_interval_seconds)
     while not stop.is_set():
         try:
@@ -35,4 +43,5 @@ def run_dispatcher(settings: Settings, stop: threading.Event | None = None) -> N
             log.exception("sweep failed")
         stop.wait(settings.sweep_interval_seconds)
     webhooks.join()  # lets in-flight deliveries finish and be recorded
+    batches.join(BATCH_FILES_GRACE_SECONDS)  # files cut short are written again next start
     log.info("dispatcher stopped")

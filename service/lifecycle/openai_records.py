@@ -6,11 +6,11 @@ lifecycle exactly as for /v1; these rows only remember OpenAI's extra fields.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.core.ids import new_id
@@ -19,6 +19,7 @@ from service.lifecycle.batches import cancel_batch
 from service.lifecycle.status import BatchStatus
 
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
+TERMINAL = [status.value for status in BatchStatus if status.is_terminal]
 
 
 def new_file_id() -> str:
@@ -78,14 +79,40 @@ def create_record(
 
 
 def get_record(
-    *, session: Session, api_key_id: str, record_id: str
+    *, session: Session, api_key_id: str | None, record_id: str
 ) -> tuple[OpenAIBatch, Batch | None] | None:
-    row = session.execute(
-        select(OpenAIBatch, Batch)
-        .outerjoin(Batch, Batch.id == OpenAIBatch.batch_id)
-        .where(OpenAIBatch.id == record_id, OpenAIBatch.api_key_id == api_key_id)
-    ).first()
+    """The record and our batch; `api_key_id` None (the dispatcher's tick): any key's."""
+    query = (select(OpenAIBatch, Batch)
+             .outerjoin(Batch, Batch.id == OpenAIBatch.batch_id)
+             .where(OpenAIBatch.id == record_id)
+             .execution_options(populate_existing=True))
+    if api_key_id is not None:
+        query = query.where(OpenAIBatch.api_key_id == api_key_id)
+    row = session.execute(query).first()
     return (row[0], row[1]) if row else None
+
+
+def due_records(
+    *, session: Session, now: datetime, limit: int, skip: Collection[str] = ()
+) -> list[str]:
+    """Batches time has moved on, oldest window first: past their completion window and
+    not yet expired, or all their jobs finished and their files not yet written.
+
+    Only unfinalized records with a batch of ours are looked at (a partial index holds
+    exactly those), so the cost follows the open batches, not the table's history.
+    `skip`: ids left out (batches that failed lately).
+    """
+    query = (
+        select(OpenAIBatch.id)
+        .join(Batch, Batch.id == OpenAIBatch.batch_id)
+        .where(OpenAIBatch.finalized_at.is_(None), OpenAIBatch.batch_id.is_not(None),
+               or_(Batch.status.in_(TERMINAL),
+                   and_(OpenAIBatch.expires_at <= now, OpenAIBatch.expired_at.is_(None))))
+    )
+    if skip:
+        query = query.where(OpenAIBatch.id.not_in(list(skip)))
+    return list(session.scalars(query.order_by(OpenAIBatch.expires_at, OpenAIBatch.id)
+                                .limit(limit)))
 
 
 def list_records(
@@ -103,14 +130,11 @@ def list_records(
     return rows[:limit], len(rows) > limit
 
 
-def cancel(*, session: Session, record: OpenAIBatch, batch: Batch, expired: bool = False) -> None:
-    """Cancel the batch's jobs (as POST /v1/batches/{id}/cancel does) and note why."""
-    now = utcnow()
-    values = {"expired_at": now} if expired else {"cancelling_at": now}
-    if not expired and record.cancelling_at is not None:
-        values = {}
-    if values:
-        session.execute(update(OpenAIBatch).where(OpenAIBatch.id == record.id).values(**values))
+def cancel(*, session: Session, record: OpenAIBatch, batch: Batch) -> None:
+    """Cancel the batch's jobs (as POST /v1/batches/{id}/cancel does) and note when."""
+    session.execute(update(OpenAIBatch)
+                    .where(OpenAIBatch.id == record.id, OpenAIBatch.cancelling_at.is_(None))
+                    .values(cancelling_at=utcnow()))
     cancel_batch(session=session, batch=batch)
     session.flush()
     session.refresh(record)
@@ -119,20 +143,46 @@ def cancel(*, session: Session, record: OpenAIBatch, batch: Batch, expired: bool
 def expire_if_due(
     *, session: Session, record: OpenAIBatch, batch: Batch | None, now: datetime
 ) -> bool:
-    """Past its completion window and not finished: cancel what is left, mark it expired."""
+    """Past its completion window and not finished: cancel what is left, mark it expired.
+
+    The mark is a conditional UPDATE, so of a read and the dispatcher's tick (or two
+    dispatchers) racing, one expires the batch and the others find it done: the second
+    waits on the first's row lock, then matches no row.
+    """
     if batch is None or record.expired_at is not None or now < record.expires_at:
         return False
     if BatchStatus(batch.status).is_terminal:
         return False
-    cancel(session=session, record=record, batch=batch, expired=True)
+    marked = session.execute(
+        update(OpenAIBatch)
+        .where(OpenAIBatch.id == record.id, OpenAIBatch.expired_at.is_(None),
+               OpenAIBatch.finalized_at.is_(None))
+        .values(expired_at=now)
+    ).rowcount
+    if not marked:
+        return False
+    cancel_batch(session=session, batch=batch)
+    session.flush()
+    session.refresh(record)
     return True
 
 
 def lock_for_finalizing(*, session: Session, record_id: str) -> OpenAIBatch | None:
     """The record, locked, if it still needs its files and no one else is writing them.
 
-    SKIP LOCKED: a second reader sees `finalizing` instead of waiting for the first.
+    SKIP LOCKED: a second reader (or the dispatcher's tick) sees `finalizing` instead of
+    waiting for the first. SQLite (`make run`) has no row locks: there a no-op UPDATE
+    takes the database's write lock until commit, so a second finalizer waits for the
+    first and then finds the record finalized.
     """
+    if session.get_bind().dialect.name == "sqlite":
+        claimed = session.execute(
+            update(OpenAIBatch)
+            .where(OpenAIBatch.id == record_id, OpenAIBatch.finalized_at.is_(None))
+            .values(finalized_at=None)
+        ).rowcount
+        if not claimed:
+            return None
     return session.scalar(
         select(OpenAIBatch)
         .where(OpenAIBatch.id == record_id, OpenAIBatch.finalized_at.is_(None))

@@ -6,9 +6,10 @@ ones (a response with the error body) and canceled or expired ones (`error` set,
 response) to the error file. `request_id` is the job id, so GET /v1/jobs/{id} finds
 any line's job (for example for fresh image URLs once the file's have expired).
 
-The files are written once, when a reader first finds the batch's jobs all finished
-(OpenAI's `finalizing`); lines are spooled to disk past a few MB, so a large batch of
-b64_json images never sits in memory whole.
+The files are written once, by whichever comes first once the batch's jobs have all
+finished (OpenAI's `finalizing`): the dispatcher's tick (batch_tick.py) or a read of the
+batch. It needs no request: the dispatcher runs it too. Lines are spooled to disk past a
+few MB, so a large batch of b64_json images never sits in memory whole.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import json
 import tempfile
 from typing import IO, Any
 
-from service.api.context import current_key, db, runtime
+from sqlalchemy.orm import Session
+
 from service.api.openai.files import storage_key
 from service.api.openai.render import chat_completion, failure_body, images_body
 from service.api.openai.translate import RESPONSE_FORMAT_KEY
-from service.core.tables import OpenAIBatch
+from service.core.settings import Settings
+from service.core.storage import Storage
 from service.lifecycle import openai_records as records
 from service.lifecycle.status import JobStatus
 
@@ -41,18 +44,18 @@ def _removed() -> dict[str, str]:
             "(retention or DELETE /v1/jobs/{id})"}
 
 
-def result_line(row: Any, expired: bool) -> tuple[dict[str, Any], bool]:
+def result_line(row: Any, expired: bool, storage: Storage, settings: Settings
+                ) -> tuple[dict[str, Any], bool]:
     """(the line, whether it belongs in the output file rather than the error file)."""
-    rt = runtime()
     line: dict[str, Any] = {"id": f"batch_req_{row.id.removeprefix('job_')}",
                             "custom_id": row.custom_id, "response": None, "error": None}
     if row.status == JobStatus.SUCCEEDED and row.data_removed_at is None:
         try:
             if row.task == "generate":
                 fmt = (row.metadata_ or {}).get(RESPONSE_FORMAT_KEY, "url")
-                body = images_body(row, fmt, rt.storage, rt.settings.url_expiry_seconds)
+                body = images_body(row, fmt, storage, settings.url_expiry_seconds)
             else:
-                body = chat_completion(row)
+                body = chat_completion(row, settings.models)
         except KeyError:  # an image deleted since the job finished
             line["error"] = _removed()
             return line, False
@@ -68,36 +71,36 @@ def result_line(row: Any, expired: bool) -> tuple[dict[str, Any], bool]:
     return line, False
 
 
-def _store(spool: IO[bytes], purpose: str, filename: str) -> str:
-    rt = runtime()
+def _store(session: Session, storage: Storage, api_key_id: str, spool: IO[bytes],
+           filename: str) -> str:
     file_id = records.new_file_id()
     key = storage_key(file_id)
     size = spool.tell()
     spool.seek(0)
-    rt.storage.put_file(key, spool, "application/jsonl")  # type: ignore[arg-type]
-    records.create_file(session=db(), api_key_id=current_key().id, file_id=file_id,
-                        purpose=purpose, filename=filename, size=size, key=key)
+    storage.put_file(key, spool, "application/jsonl")  # type: ignore[arg-type]
+    records.create_file(session=session, api_key_id=api_key_id, file_id=file_id,
+                        purpose="batch_output", filename=filename, size=size, key=key)
     return file_id
 
 
-def finalize(record: OpenAIBatch) -> None:
-    """Write the files and mark the record finalized (the caller checked the batch is
-    terminal). A concurrent finalizer holds the row: then this returns at once."""
-    session = db()
-    locked = records.lock_for_finalizing(session=session, record_id=record.id)
+def finalize(*, session: Session, storage: Storage, settings: Settings, record_id: str) -> bool:
+    """Write the files and mark the record finalized, committing; False when there was
+    nothing to do (the caller checked the batch is terminal): already finalized, or a
+    concurrent finalizer holds the row, in which case this returns at once."""
+    locked = records.lock_for_finalizing(session=session, record_id=record_id)
     if locked is None or locked.batch_id is None:
         session.rollback()
-        return
+        return False
     expired = locked.expired_at is not None
     with (tempfile.SpooledTemporaryFile(SPOOL_BYTES) as out,
           tempfile.SpooledTemporaryFile(SPOOL_BYTES) as err):
         for row in records.iter_outcomes(session=session, batch_id=locked.batch_id):
-            line, ok = result_line(row, expired)
+            line, ok = result_line(row, expired, storage, settings)
             (out if ok else err).write(json.dumps(line).encode() + b"\n")
-        output_id = _store(out, "batch_output", f"{locked.id}_output.jsonl") if out.tell() \
-            else None
-        error_id = _store(err, "batch_output", f"{locked.id}_error.jsonl") if err.tell() \
-            else None
-    records.finalized(session=session, record=locked, output_file_id=output_id,
-                      error_file_id=error_id)
+        stored = [_store(session, storage, locked.api_key_id, spool,
+                         f"{locked.id}_{name}.jsonl") if spool.tell() else None
+                  for spool, name in ((out, "output"), (err, "error"))]
+    records.finalized(session=session, record=locked, output_file_id=stored[0],
+                      error_file_id=stored[1])
     session.commit()
+    return True

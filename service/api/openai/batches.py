@@ -10,8 +10,13 @@ derived from our batch when read:
     all jobs finished          -> finalizing, until the output/error files are written
     files written              -> completed | cancelled | expired
 
-Reads also do the two things time alone triggers: a batch past its completion window
-is canceled and marked expired, and a finished batch gets its files (batch_output).
+`validating` is never answered: the create call checks every line and enqueues them all
+before it answers, so no batch is ever still being validated (an invalid file is
+`failed` in the create answer itself).
+
+What time alone triggers (a batch past its completion window is canceled and marked
+expired; a finished batch gets its files, batch_output) the dispatcher's tick does
+with nobody reading (batch_tick.py); a read that comes first does it too, once.
 """
 
 from __future__ import annotations
@@ -100,7 +105,9 @@ def _current(batch_id: str) -> dict[str, Any]:
         record, batch = _owned(batch_id)
     if (batch is not None and record.finalized_at is None
             and BatchStatus(batch.status).is_terminal):
-        finalize(record)
+        rt = runtime()
+        finalize(session=session, storage=rt.storage, settings=rt.settings,
+                 record_id=record.id)
         record, batch = _owned(batch_id)
     return batch_object(record, batch)
 

@@ -6,10 +6,11 @@ route needs one of our API keys as the Bearer token, as on /v1.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 
 from service.api.auth import require_api_key
 from service.api.context import ModelInfo, runtime
@@ -60,14 +61,15 @@ def model_info(model: Any, param: str = "model") -> ModelInfo:
     return info
 
 
-def image_size(model_id: str) -> int:
-    """Pixels a side of the model's images, read once from its config.json."""
-    cache: dict[str, int] = current_app.extensions.setdefault("janus_openai_sizes", {})
-    if model_id not in cache:
-        cache[model_id] = _read_size(runtime().settings.models.get(model_id, ""))
-    return cache[model_id]
+def image_size(model_id: str, models: dict[str, str] | None = None) -> int:
+    """Pixels a side of the model's images, read once from its config.json; `models` (id
+    -> checkpoint) defaults to the app's settings, and is given where no app runs (the
+    dispatcher writing a batch's output file)."""
+    models = runtime().settings.models if models is None else models
+    return _read_size(models.get(model_id, ""))
 
 
+@functools.lru_cache(maxsize=256)
 def _read_size(path: str) -> int:
     from service.models import catalog
 

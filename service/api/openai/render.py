@@ -42,14 +42,14 @@ def _tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-def usage(job: Any) -> dict[str, int]:
+def usage(job: Any, models: dict[str, str] | None = None) -> dict[str, int]:
     """Token counts: the worker's own when its output has them, else an estimate (the
-    image's tokens exactly, about four characters a text token)."""
+    image's tokens exactly, about four characters a text token). `models`: image_size's."""
     given = (job.output or {}).get("usage")
     if isinstance(given, dict) and {"prompt_tokens", "completion_tokens"} <= set(given):
         prompt, completion = int(given["prompt_tokens"]), int(given["completion_tokens"])
     else:
-        side = image_size(job.model)
+        side = image_size(job.model, models)
         prompt = (side // 16) ** 2 + _tokens(job.input.get("question", ""))
         completion = _tokens((job.output or {}).get("text", ""))
     return {"prompt_tokens": prompt, "completion_tokens": completion,
@@ -65,7 +65,7 @@ def finish_reason(job: Any) -> str:
     return reason if reason in ("stop", "length") else "stop"
 
 
-def chat_completion(job: Any) -> dict[str, Any]:
+def chat_completion(job: Any, models: dict[str, str] | None = None) -> dict[str, Any]:
     message = {"role": "assistant", "content": (job.output or {}).get("text", ""),
                "refusal": None}
     return {
@@ -73,7 +73,7 @@ def chat_completion(job: Any) -> dict[str, Any]:
         "model": job.model,
         "choices": [{"index": 0, "message": message, "logprobs": None,
                      "finish_reason": finish_reason(job)}],
-        "usage": usage(job), "system_fingerprint": None,
+        "usage": usage(job, models), "system_fingerprint": None,
     }
 
 
