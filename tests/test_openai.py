@@ -445,9 +445,13 @@ def test_a_finished_chat_batch_writes_openai_result_lines(oai: OpenAI, engine) -
         ids = conn.execute(select(Job.custom_id, Job.id, Job.input)
                            .where(Job.batch_id == batch.id)).all()
     jobs = {row.custom_id: row for row in ids}
-    assert jobs["yes"].input["max_new_tokens"] == 8 and jobs["yes"].input["question"] == "q yes"
-    finish(engine, jobs["yes"].id, JobStatus.SUCCEEDED, output={"text": "a red square",
-                                                                "seed": 1})
+    assert jobs["yes"].input["max_new_tokens"] == 8
+    assert jobs["yes"].input["messages"] == [{"role": "user", "content": "q yes",
+                                              "image": True}]
+    # A worker's output carries its exact counts; "more" is a row from before it did.
+    finish(engine, jobs["yes"].id, JobStatus.SUCCEEDED, output={
+        "text": "a red square", "seed": 1, "finish_reason": "length",
+        "usage": {"prompt_tokens": 611, "completion_tokens": 8}})
     assert oai.batches.retrieve(batch.id).status == "in_progress"
     finish(engine, jobs["no"].id, JobStatus.FAILED,
            error={"code": "invalid_input", "message": "the question is too long"})
@@ -466,7 +470,13 @@ def test_a_finished_chat_batch_writes_openai_result_lines(oai: OpenAI, engine) -
     assert first["status_code"] == 200 and first["request_id"] == jobs["yes"].id
     assert first["body"]["object"] == "chat.completion"
     assert first["body"]["choices"][0]["message"]["content"] == "a red square"
-    assert first["body"]["usage"]["total_tokens"] > 0
+    assert first["body"]["usage"] == {"prompt_tokens": 611, "completion_tokens": 8,
+                                      "total_tokens": 619}
+    assert first["body"]["choices"][0]["finish_reason"] == "length"
+    more = output[1]["response"]["body"]
+    # The estimate: "red" is about one token, "q more" two after the image's.
+    assert more["usage"]["completion_tokens"] == 1 and more["usage"]["prompt_tokens"] > 2
+    assert more["choices"][0]["finish_reason"] == "stop"
     [error] = result_lines(oai, done.error_file_id)
     assert error["custom_id"] == "no" and error["response"]["status_code"] == 400
     assert error["response"]["body"]["error"]["code"] == "invalid_input"
