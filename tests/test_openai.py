@@ -291,6 +291,70 @@ def test_a_streamed_chat_whose_job_fails_raises_in_the_stream(oai: OpenAI, engin
     assert "no room" in str(out["error"])
 
 
+def test_a_conversation_reaches_the_job_turn_by_turn_with_the_workers_usage(
+    oai: OpenAI, engine
+) -> None:  # type: ignore[no-untyped-def]
+    image = {"type": "image_url", "image_url": {"url": data_url()}}
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello"},
+        {"role": "developer", "content": [{"type": "text", "text": "No emojis."}]},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "assistant", "content": None},  # an empty turn says nothing
+        {"role": "user", "content": [{"type": "text", "text": "Look:"}, image]},
+        {"role": "user", "content": "What is it?"},
+    ]
+    # What the job holds, and so what the worker renders with the chat template.
+    turns = [{"role": "system", "content": "Be brief.\n\nNo emojis.", "image": False},
+             {"role": "user", "content": "Hello", "image": False},
+             {"role": "assistant", "content": "Hi.", "image": False},
+             {"role": "user", "content": "Look:\nWhat is it?", "image": True}]
+    output = {"text": "A square.", "seed": 1, "finish_reason": "length",
+              "usage": {"prompt_tokens": 640, "completion_tokens": 4}}
+    held = {"model": IDLE, "messages": messages, "extra_headers": {"Prefer": "wait=120"}}
+    thread, out = in_background(lambda: oai.chat.completions.create(**held, user="turns"))
+    streamed, chunks = in_background(lambda: list(oai.chat.completions.create(
+        **held, user="turns-streamed", stream=True, stream_options={"include_usage": True})))
+    for label, call in (("turns", thread), ("turns-streamed", streamed)):
+        job_id = job_labelled(engine, label)
+        with engine.connect() as conn:
+            stored = conn.scalar(select(Job.input).where(Job.id == job_id))
+        assert stored["messages"] == turns and "question" not in stored
+        finish(engine, job_id, JobStatus.SUCCEEDED, output=output)
+        call.join(120)
+    answer = out["value"]
+    assert answer.choices[0].message.content == "A square."
+    assert answer.choices[0].finish_reason == "length"
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens,
+            answer.usage.total_tokens) == (640, 4, 644)
+    last = chunks["value"][-1]
+    assert last.choices == [] and (last.usage.prompt_tokens, last.usage.completion_tokens,
+                                   last.usage.total_tokens) == (640, 4, 644)
+    assert chunks["value"][-2].choices[0].finish_reason == "length"
+
+
+def test_conversations_the_template_cannot_take_are_refused(oai: OpenAI, engine) -> None:  # type: ignore[no-untyped-def]
+    image = {"type": "image_url", "image_url": {"url": data_url()}}
+    before = job_count(engine)
+    refusals = [
+        ([{"role": "assistant", "content": "Hi."}, {"role": "user", "content": [image]}],
+         "messages[0]"),
+        ([{"role": "user", "content": [image, {"type": "text", "text": "x" * 4001}]}],
+         "messages[0].content"),
+        ([{"role": "user", "content": [image]}, *[{"role": r, "content": "x" * 3000}
+                                                  for r in ("assistant", "user") * 3]],
+         "messages"),
+        ([{"role": "user", "content": [image]}, *[{"role": r, "content": "x"}
+                                                  for r in ("assistant", "user") * 32]],
+         "messages"),
+    ]
+    for messages, param in refusals:
+        with pytest.raises(openai.BadRequestError) as caught:
+            oai.chat.completions.create(model=IDLE, messages=messages)
+        assert_openai_error(caught.value, 400, param)
+    assert job_count(engine) == before
+
+
 # -- files -------------------------------------------------------------------------------------
 
 def image_line(custom_id: str, **body: Any) -> dict[str, Any]:
