@@ -590,3 +590,21 @@ def test_a_database_outage_is_a_503_in_openai_shape(settings, api_key) -> None: 
     assert_openai_error(caught.value, 503, code="database_unavailable")
     assert int(caught.value.response.headers["Retry-After"]) > 0
     app.extensions["janus"].engine.dispose()
+
+
+def test_openai_messages_become_template_turns() -> None:
+    from service.api.openai.translate import DEFAULT_QUESTION, _conversation
+
+    url = data_url()
+    image = {"type": "image_url", "image_url": {"url": url}}
+    turns, got, param = _conversation([
+        {"role": "system", "content": ""},  # empty: DeepSeek's default stays
+        {"role": "user", "content": "Hi"},
+        {"role": "user", "content": "  "},  # empty: dropped
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": [image]},
+    ])
+    assert (got, param) == (url, "messages[4].content[0].image_url.url")
+    assert turns == [{"role": "user", "content": "Hi", "image": False},
+                     {"role": "assistant", "content": "Hello.", "image": False},
+                     {"role": "user", "content": DEFAULT_QUESTION, "image": True}]

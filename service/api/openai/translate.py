@@ -197,7 +197,8 @@ def _conversation(messages: Any) -> tuple[list[dict[str, Any]], str, str]:
                 images.append((value, param))
                 carries = True
         if role in ("system", "developer"):
-            system.append(text)
+            if text:  # an empty one keeps DeepSeek's default system prompt
+                system.append(text)
             continue
         if not text and not carries and not (role == "user" and i == len(messages) - 1):
             continue  # an empty turn says nothing; an empty last one asks DEFAULT_QUESTION
