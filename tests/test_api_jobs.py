@@ -117,6 +117,34 @@ def test_understand_image_stored_before_enqueue(client, app, auth) -> None:
         client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
 
 
+def test_a_conversation_is_stored_with_the_image_turn_named(client, auth) -> None:
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi."},
+                {"role": "user", "content": "What is this?"}]
+    body = {"model": IDLE, "task": "understand",
+            "input": {"image": base64.b64encode(png_bytes()).decode(), "messages": messages}}
+    r = client.post("/v1/jobs", json=body, headers=auth)
+    assert r.status_code == 202, r.json
+    # Unflagged, the image goes to the first user message, and the job says so.
+    assert r.json["input"]["messages"] == [
+        {**m, "image": i == 1} for i, m in enumerate(messages)]
+    assert "question" not in r.json["input"]
+    flagged = [{"role": "user", "content": ""}, {"role": "assistant", "content": "?"},
+               {"role": "user", "content": "this", "image": True}]
+    files = {"image": (io.BytesIO(png_bytes()), "x.png", "image/png"),
+             "job": json.dumps({"model": IDLE, "task": "understand",
+                                "input": {"messages": flagged[2:]}})}
+    m = client.post("/v1/jobs", data=files, headers=auth, content_type="multipart/form-data")
+    assert m.status_code == 202, m.json
+    assert m.json["input"]["messages"] == flagged[2:]
+    refused = client.post("/v1/jobs", headers=auth, json={
+        **body, "input": {**body["input"], "messages": flagged}})
+    assert refused.status_code == 422  # a blank user message without the image
+    for job in (r.json, m.json):
+        client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+
+
 def test_models_endpoint(client, auth) -> None:
     data = client.get("/v1/models", headers=auth).json["data"]
     ids = {m["id"]: m for m in data}

@@ -54,6 +54,17 @@ def und(**input_: object) -> dict:
             "input": {"image": b64(png_bytes()), "question": "what?", **input_}}
 
 
+SYSTEM = {"role": "system", "content": "Be brief."}
+USER = {"role": "user", "content": "what?"}
+ASSISTANT = {"role": "assistant", "content": "a fox"}
+
+
+def conv(messages: object) -> dict:
+    """An understand job in the conversation form."""
+    return {"model": IDLE, "task": "understand",
+            "input": {"image": b64(png_bytes()), "messages": messages}}
+
+
 # (name, kwargs for client.open, expected status, expected error code)
 CASES = [
     ("empty body", {"data": b"", "content_type": "application/json"}, 400, "invalid_json"),
@@ -97,6 +108,45 @@ CASES = [
      "validation_error"),
     ("understand without question", {"json": {**und(), "input": {"image": b64(png_bytes())}}},
      422, "validation_error"),
+    ("question and messages", {"json": und(messages=[USER])}, 422, "validation_error"),
+    ("messages empty", {"json": conv([])}, 422, "validation_error"),
+    ("messages not a list", {"json": conv(USER)}, 422, "validation_error"),
+    ("message not an object", {"json": conv(["hi"])}, 422, "validation_error"),
+    ("message of unknown role", {"json": conv([{"role": "tool", "content": "x"}])}, 422,
+     "validation_error"),
+    ("message with unknown field", {"json": conv([{**USER, "name": "bob"}])}, 422,
+     "validation_error"),
+    ("message content not a string", {"json": conv([{"role": "user", "content": ["x"]}])},
+     422, "validation_error"),
+    ("message image not a boolean", {"json": conv([{**USER, "image": "yes"}])}, 422,
+     "validation_error"),
+    ("messages ending with assistant", {"json": conv([USER, ASSISTANT])}, 422,
+     "validation_error"),
+    ("messages only a system prompt", {"json": conv([SYSTEM])}, 422, "validation_error"),
+    ("system message not first", {"json": conv([USER, SYSTEM, USER])}, 422,
+     "validation_error"),
+    ("two user messages in a row", {"json": conv([USER, USER])}, 422, "validation_error"),
+    ("starting with assistant", {"json": conv([ASSISTANT, USER])}, 422, "validation_error"),
+    ("image on an assistant message",
+     {"json": conv([USER, {**ASSISTANT, "image": True}, USER])}, 422, "validation_error"),
+    ("image on the system message", {"json": conv([{**SYSTEM, "image": True}, USER])}, 422,
+     "validation_error"),
+    ("two image messages",
+     {"json": conv([{**USER, "image": True}, ASSISTANT, {**USER, "image": True}])}, 422,
+     "validation_error"),
+    ("blank assistant message", {"json": conv([USER, {**ASSISTANT, "content": " "}, USER])},
+     422, "validation_error"),
+    ("too many messages", {"json": conv([USER, ASSISTANT] * 32 + [USER])}, 422,
+     "validation_error"),
+    ("message too long", {"json": conv([{**USER, "content": "x" * 4001}])}, 422,
+     "validation_error"),
+    ("conversation too long",
+     {"json": conv([{**USER, "content": "x" * 4000}, {**ASSISTANT, "content": "y" * 4000}] * 2
+                   + [{**USER, "content": "z"}])}, 422, "validation_error"),
+    ("NUL in a message", {"json": conv([{**USER, "content": "what\x00?"}])}, 422,
+     "validation_error"),
+    ("lone surrogate in a message", {"json": conv([{**USER, "content": "\udc00"}])}, 422,
+     "validation_error"),
     ("image not base64", {"json": und(image="not base64 at all!")}, 422, "invalid_image"),
     ("image not an image", {"json": und(image=b64(b"%PDF-1.4 hello"))}, 422, "invalid_image"),
     ("truncated png", {"json": und(image=b64(png_bytes((64, 64))[:60]))}, 422,

@@ -41,3 +41,22 @@ def test_janusflow_jobs_through_a_worker(client, auth, settings, spawn) -> None:
         "input": {"image": image, "question": "colour?", "max_new_tokens": 6, "seed": 1}}).json
     answer = wait_terminal(client, auth, ask["id"])
     assert answer["status"] == "succeeded" and isinstance(answer["output"]["text"], str)
+    assert 1 <= answer["output"]["usage"]["completion_tokens"] <= 6
+
+    # The same question as a one-turn conversation is the same prompt, so the same answer;
+    # earlier turns make the prompt longer, a short system prompt (it replaces DeepSeek's
+    # long default) shorter.
+    turn = {"role": "user", "content": "colour?"}
+    one = {"image": image, "max_new_tokens": 6, "seed": 1, "messages": [turn]}
+    longer = {**one, "messages": [turn, {"role": "assistant", "content": "Green."},
+                                  {"role": "user", "content": "Sure?"}]}
+    brief = {**one, "messages": [{"role": "system", "content": "Be brief."}, turn]}
+    jobs = [client.post("/v1/jobs", headers=auth, json={
+        "model": FLOW, "task": "understand", "input": data}).json
+        for data in (one, longer, brief)]
+    same, more, less = [wait_terminal(client, auth, job["id"]) for job in jobs]
+    assert {same["status"], more["status"], less["status"]} == {"succeeded"}
+    assert same["output"]["text"] == answer["output"]["text"]
+    assert same["output"]["usage"] == answer["output"]["usage"]
+    prompts = [job["output"]["usage"]["prompt_tokens"] for job in (less, answer, more)]
+    assert prompts == sorted(set(prompts))

@@ -50,6 +50,10 @@ def janus(janus_checkpoint: str):
 
 
 
+def _ask(question: str) -> UnderstandRequest:
+    return UnderstandRequest(Image.new("RGB", (8, 8)), question)
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     """The reference's `tokenizer.encode(prompt)`: its post-processor adds BOS."""
     ids = tokenizer.encode(text) if hasattr(tokenizer, "encode") else None
@@ -133,14 +137,14 @@ def test_janus_prompts_are_deepseeks(
         ids("<end_of_image>"),
         runner.num_image_tokens,
     )
-    assert runner.jobs.understanding_ids("What is this?") == expected_ids
+    assert runner.jobs.understanding_ids(_ask("What is this?")) == expected_ids
     job = runner.jobs.text_job(0, UnderstandRequest(Image.new("RGB", (40, 24)), "What is this?"),
                                runner.defaults()["understand"])
     assert job.ids == expected_ids and job.embeds.shape[0] == len(expected_ids)
 
 
 def test_janus_1_3b_never_sees_janus_pro_role_tokens(janus) -> None:
-    text = janus.processor.tokenizer.decode(janus.jobs.understanding_ids("hi"))
+    text = janus.processor.tokenizer.decode(janus.jobs.understanding_ids(_ask("hi")))
     assert "<|User|>" not in text and "\n\nUser: <begin_of_image>" in text
     assert text.endswith("\nhi\n\nAssistant:") and "<|Assistant|>" not in text
 
@@ -152,7 +156,7 @@ def test_janusflow_prompts_are_deepseeks(flow) -> None:
     expected = _encode(tok, "User: a red fox\n\nAssistant:<｜begin▁of▁generation｜>")
     assert flow.generation_ids("a red fox") == expected[:-1]
     question = f"{SYSTEM}\n\nUser: <image_placeholder>\nWhat is this?\n\nAssistant:"
-    assert flow.understanding_ids("What is this?") == _encode(tok, question)
+    assert flow.understanding_ids(_ask("What is this?")) == _encode(tok, question)
 
 
 # -- sampling defaults -------------------------------------------------------------------

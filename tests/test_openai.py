@@ -291,6 +291,70 @@ def test_a_streamed_chat_whose_job_fails_raises_in_the_stream(oai: OpenAI, engin
     assert "no room" in str(out["error"])
 
 
+def test_a_conversation_reaches_the_job_turn_by_turn_with_the_workers_usage(
+    oai: OpenAI, engine
+) -> None:  # type: ignore[no-untyped-def]
+    image = {"type": "image_url", "image_url": {"url": data_url()}}
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello"},
+        {"role": "developer", "content": [{"type": "text", "text": "No emojis."}]},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "assistant", "content": None},  # an empty turn says nothing
+        {"role": "user", "content": [{"type": "text", "text": "Look:"}, image]},
+        {"role": "user", "content": "What is it?"},
+    ]
+    # What the job holds, and so what the worker renders with the chat template.
+    turns = [{"role": "system", "content": "Be brief.\n\nNo emojis.", "image": False},
+             {"role": "user", "content": "Hello", "image": False},
+             {"role": "assistant", "content": "Hi.", "image": False},
+             {"role": "user", "content": "Look:\nWhat is it?", "image": True}]
+    output = {"text": "A square.", "seed": 1, "finish_reason": "length",
+              "usage": {"prompt_tokens": 640, "completion_tokens": 4}}
+    held = {"model": IDLE, "messages": messages, "extra_headers": {"Prefer": "wait=120"}}
+    thread, out = in_background(lambda: oai.chat.completions.create(**held, user="turns"))
+    streamed, chunks = in_background(lambda: list(oai.chat.completions.create(
+        **held, user="turns-streamed", stream=True, stream_options={"include_usage": True})))
+    for label, call in (("turns", thread), ("turns-streamed", streamed)):
+        job_id = job_labelled(engine, label)
+        with engine.connect() as conn:
+            stored = conn.scalar(select(Job.input).where(Job.id == job_id))
+        assert stored["messages"] == turns and "question" not in stored
+        finish(engine, job_id, JobStatus.SUCCEEDED, output=output)
+        call.join(120)
+    answer = out["value"]
+    assert answer.choices[0].message.content == "A square."
+    assert answer.choices[0].finish_reason == "length"
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens,
+            answer.usage.total_tokens) == (640, 4, 644)
+    last = chunks["value"][-1]
+    assert last.choices == [] and (last.usage.prompt_tokens, last.usage.completion_tokens,
+                                   last.usage.total_tokens) == (640, 4, 644)
+    assert chunks["value"][-2].choices[0].finish_reason == "length"
+
+
+def test_conversations_the_template_cannot_take_are_refused(oai: OpenAI, engine) -> None:  # type: ignore[no-untyped-def]
+    image = {"type": "image_url", "image_url": {"url": data_url()}}
+    before = job_count(engine)
+    refusals = [
+        ([{"role": "assistant", "content": "Hi."}, {"role": "user", "content": [image]}],
+         "messages[0]"),
+        ([{"role": "user", "content": [image, {"type": "text", "text": "x" * 4001}]}],
+         "messages[0].content"),
+        ([{"role": "user", "content": [image]}, *[{"role": r, "content": "x" * 3000}
+                                                  for r in ("assistant", "user") * 3]],
+         "messages"),
+        ([{"role": "user", "content": [image]}, *[{"role": r, "content": "x"}
+                                                  for r in ("assistant", "user") * 32]],
+         "messages"),
+    ]
+    for messages, param in refusals:
+        with pytest.raises(openai.BadRequestError) as caught:
+            oai.chat.completions.create(model=IDLE, messages=messages)
+        assert_openai_error(caught.value, 400, param)
+    assert job_count(engine) == before
+
+
 # -- files -------------------------------------------------------------------------------------
 
 def image_line(custom_id: str, **body: Any) -> dict[str, Any]:
@@ -445,9 +509,13 @@ def test_a_finished_chat_batch_writes_openai_result_lines(oai: OpenAI, engine) -
         ids = conn.execute(select(Job.custom_id, Job.id, Job.input)
                            .where(Job.batch_id == batch.id)).all()
     jobs = {row.custom_id: row for row in ids}
-    assert jobs["yes"].input["max_new_tokens"] == 8 and jobs["yes"].input["question"] == "q yes"
-    finish(engine, jobs["yes"].id, JobStatus.SUCCEEDED, output={"text": "a red square",
-                                                                "seed": 1})
+    assert jobs["yes"].input["max_new_tokens"] == 8
+    assert jobs["yes"].input["messages"] == [{"role": "user", "content": "q yes",
+                                              "image": True}]
+    # A worker's output carries its exact counts; "more" is a row from before it did.
+    finish(engine, jobs["yes"].id, JobStatus.SUCCEEDED, output={
+        "text": "a red square", "seed": 1, "finish_reason": "length",
+        "usage": {"prompt_tokens": 611, "completion_tokens": 8}})
     assert oai.batches.retrieve(batch.id).status == "in_progress"
     finish(engine, jobs["no"].id, JobStatus.FAILED,
            error={"code": "invalid_input", "message": "the question is too long"})
@@ -466,7 +534,13 @@ def test_a_finished_chat_batch_writes_openai_result_lines(oai: OpenAI, engine) -
     assert first["status_code"] == 200 and first["request_id"] == jobs["yes"].id
     assert first["body"]["object"] == "chat.completion"
     assert first["body"]["choices"][0]["message"]["content"] == "a red square"
-    assert first["body"]["usage"]["total_tokens"] > 0
+    assert first["body"]["usage"] == {"prompt_tokens": 611, "completion_tokens": 8,
+                                      "total_tokens": 619}
+    assert first["body"]["choices"][0]["finish_reason"] == "length"
+    more = output[1]["response"]["body"]
+    # The estimate: "red" is about one token, "q more" two after the image's.
+    assert more["usage"]["completion_tokens"] == 1 and more["usage"]["prompt_tokens"] > 2
+    assert more["choices"][0]["finish_reason"] == "stop"
     [error] = result_lines(oai, done.error_file_id)
     assert error["custom_id"] == "no" and error["response"]["status_code"] == 400
     assert error["response"]["body"]["error"]["code"] == "invalid_input"
@@ -516,3 +590,21 @@ def test_a_database_outage_is_a_503_in_openai_shape(settings, api_key) -> None: 
     assert_openai_error(caught.value, 503, code="database_unavailable")
     assert int(caught.value.response.headers["Retry-After"]) > 0
     app.extensions["janus"].engine.dispose()
+
+
+def test_openai_messages_become_template_turns() -> None:
+    from service.api.openai.translate import DEFAULT_QUESTION, _conversation
+
+    url = data_url()
+    image = {"type": "image_url", "image_url": {"url": url}}
+    turns, got, param = _conversation([
+        {"role": "system", "content": ""},  # empty: DeepSeek's default stays
+        {"role": "user", "content": "Hi"},
+        {"role": "user", "content": "  "},  # empty: dropped
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": [image]},
+    ])
+    assert (got, param) == (url, "messages[4].content[0].image_url.url")
+    assert turns == [{"role": "user", "content": "Hi", "image": False},
+                     {"role": "assistant", "content": "Hello.", "image": False},
+                     {"role": "user", "content": DEFAULT_QUESTION, "image": True}]

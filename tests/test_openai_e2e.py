@@ -30,6 +30,7 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.slow
+EOS = "<｜end▁of▁sentence｜>"
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +95,13 @@ def test_chat_completion_and_its_stream_give_the_same_answer(oai: OpenAI, settin
     assert answer.model == TINY
     schemas.ChatCompletion.model_validate(answer.to_dict())
     [choice] = answer.choices
-    assert choice.message.role == "assistant" and choice.finish_reason == "stop"
+    assert choice.message.role == "assistant"
     text = choice.message.content
     assert isinstance(text, str) and text.strip()
-    assert answer.usage.completion_tokens > 0
+    # The worker's counts: an answer that ran to its budget sampled all 12 tokens.
+    assert 1 <= answer.usage.completion_tokens <= 12
+    if choice.finish_reason == "length":
+        assert answer.usage.completion_tokens == 12
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
 
     chunks = list(oai.chat.completions.create(**params, stream=True,
@@ -109,20 +113,53 @@ def test_chat_completion_and_its_stream_give_the_same_answer(oai: OpenAI, settin
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == text  # same seed, same job inputs: the same answer
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
-    assert finishes[-1] == "stop" and set(finishes[:-1]) == {None}
-    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0
+    assert finishes[-1] == choice.finish_reason and set(finishes[:-1]) == {None}
+    assert chunks[-1].choices == [] and chunks[-1].usage == answer.usage
     # The deltas are the worker's token events, read from the job's live event channel.
     job_id = chunks[0].id.removeprefix("chatcmpl-")
     tokens = [e.data["text"] for e in event_log(settings).read(job_id, None, 0)
               if e.kind == "token"]
     assert tokens and [c.choices[0].delta.content for c in chunks[1:-2]] == tokens
 
-    # A system prompt and earlier turns are accepted and answered.
+
+
+def test_a_conversation_runs_as_turns_and_usage_counts_the_models_tokens(
+    oai: OpenAI, stack: str, api_key: str, pro
+) -> None:  # type: ignore[no-untyped-def]
     turns = [{"role": "system", "content": "Answer briefly."},
              {"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."},
              *ask("And this?")]
-    again = oai.chat.completions.create(model=TINY, messages=turns, max_completion_tokens=4)
+    again = oai.chat.completions.create(model=TINY, messages=turns, max_completion_tokens=4,
+                                        seed=5)
     assert again.choices[0].message.content.strip()
+    job_id = again.id.removeprefix("chatcmpl-")
+    job = requests.get(f"{stack}/v1/jobs/{job_id}", timeout=10,
+                       headers={"Authorization": f"Bearer {api_key}"}).json()
+    assert [(m["role"], m["content"], m["image"]) for m in job["input"]["messages"]] == [
+        ("system", "Answer briefly.", False), ("user", "Hello", False),
+        ("assistant", "Hi.", False), ("user", "And this?", True)]
+    # The prompt the model consumed, written from DeepSeek's template and tokenized with
+    # the checkpoint's own tokenizer: the placeholder becomes BOI, one per patch, EOI.
+    prompt = ("Answer briefly.\n\n<|User|>: Hello\n\n<|Assistant|>: Hi." + EOS
+              + "<|User|>: <image_placeholder>\nAnd this?\n\n<|Assistant|>:")
+    expected = len(pro.processor.tokenizer.encode(prompt)) - 1 + pro.num_image_tokens + 2
+    usage = job["output"]["usage"]
+    assert usage["prompt_tokens"] == again.usage.prompt_tokens == expected
+    assert usage["completion_tokens"] == again.usage.completion_tokens
+    assert again.choices[0].finish_reason == job["output"]["finish_reason"]
+    assert 1 <= usage["completion_tokens"] <= 4
+    if job["output"]["finish_reason"] == "length":
+        assert usage["completion_tokens"] == 4
+
+    # Our own /v1 conversation form runs the same way: the same job, the same answer.
+    image = base64.b64encode(png_bytes((48, 40), "blue")).decode()
+    body = {"model": TINY, "task": "understand", "input": {
+        "image": image, "seed": 5, "max_new_tokens": 4, "messages": job["input"]["messages"]}}
+    ours = requests.post(f"{stack}/v1/jobs", json=body, timeout=90, headers={
+        "Authorization": f"Bearer {api_key}", "Prefer": "wait=60"}).json()
+    assert ours["status"] == "succeeded", ours
+    assert ours["output"]["text"] == job["output"]["text"]
+    assert ours["output"]["usage"] == usage
 
 
 def _poll(client: OpenAI, batch_id: str, timeout: float = 240) -> Any:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SEED_MAX = 2**63 - 1
 
@@ -39,15 +46,73 @@ class GenerateInput(_Strict):
         return value
 
 
+MAX_MESSAGES = 64
+MAX_CONVERSATION_CHARS = 16000
+MAX_MESSAGE_CHARS = 4000
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_MESSAGE_CHARS)
+    image: bool = Field(False, description="the job's image goes at the start of this user "
+                        "message (at most one; default: the first user message)")
+
+
 class UnderstandInput(_Strict):
     image: str = Field(description="base64 or a data: URI (PNG, JPEG or WebP)", min_length=1)
-    question: str = Field(min_length=1, max_length=4000)
+    question: str | None = Field(None, min_length=1, max_length=4000,
+                                 description="this, or `messages`")
+    messages: list[Message] | None = Field(
+        None, min_length=1, max_length=MAX_MESSAGES,
+        description="a conversation instead of `question`: an optional system message "
+        "first, then user and assistant messages in turn, ending with a user message")
     max_new_tokens: int | None = Field(None, ge=1, le=2048)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
 
     _floats = field_validator("temperature", "top_p", mode="before")(_int_is_a_number)
+
+    @field_validator("messages")
+    @classmethod
+    def _a_conversation(cls, value: list[Message] | None) -> list[Message] | None:
+        if value is None:
+            return value
+        if not any(m.image for m in value):  # stored explicit: the job says where it went
+            carrier = next((m for m in value if m.role == "user"), None)
+            if carrier is not None:
+                carrier.image = True
+        check_conversation(value)
+        return value
+
+    @model_validator(mode="after")
+    def _question_or_messages(self) -> UnderstandInput:
+        if (self.question is None) == (self.messages is None):
+            raise ValueError("give exactly one of question and messages")
+        return self
+
+
+def check_conversation(messages: list[Message]) -> None:
+    """The rules of `UnderstandInput.messages` (docs/API.md, "Conversations")."""
+    if sum(len(m.content) for m in messages) > MAX_CONVERSATION_CHARS:
+        raise ValueError(f"the messages' content is at most {MAX_CONVERSATION_CHARS} "
+                         "characters in all")
+    first = 1 if messages[0].role == "system" else 0  # the system message is optional
+    for i, m in enumerate(messages[first:], start=first):
+        expected = "user" if (i - first) % 2 == 0 else "assistant"
+        if m.role != expected:
+            hint = " (a system message may only come first)" if m.role == "system" else ""
+            raise ValueError(f"messages[{i}]: expected a {expected} message, got {m.role}{hint}")
+        if m.image and m.role != "user":
+            raise ValueError(f"messages[{i}]: only a user message can carry the image")
+        if not m.content.strip() and not m.image:
+            raise ValueError(f"messages[{i}]: content must not be blank")
+    if messages[-1].role != "user":
+        raise ValueError("the last message must be a user message")
+    if first and messages[0].image:
+        raise ValueError("messages[0]: only a user message can carry the image")
+    if sum(m.image for m in messages) > 1:
+        raise ValueError("only one message can carry the image")
 
 
 class UnderstandUploadInput(UnderstandInput):

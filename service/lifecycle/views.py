@@ -66,7 +66,8 @@ class JobObject(BaseModel):
     input: dict[str, Any]
     output: dict[str, Any] | None = Field(
         description="generate: {images: [{url, width, height, content_type}], seed}; "
-        "understand: {text, seed}"
+        "understand: {text, seed, usage: {prompt_tokens, completion_tokens}, finish_reason} "
+        "(usage and finish_reason from workers that count them)"
     )
     error: ErrorInfo | None
     batch_id: str | None

@@ -30,13 +30,25 @@ class GenerateRequest:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """One message of a conversation, as the API validated it."""
+
+    role: str  # "system" | "user" | "assistant"
+    content: str
+    image: bool = False  # the job's image goes at the start of this (user) turn
+
+
+@dataclass(frozen=True)
 class UnderstandRequest:
     image: Image.Image  # already decoded and validated, RGB
-    question: str
+    question: str  # the single-question form; unused when `messages` is given
     seed: int = 0
     max_new_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    # The conversation form: system prompt (optional, first), then user/assistant turns
+    # ending with a user turn, exactly one of them carrying the image. Empty: `question`.
+    messages: tuple[Turn, ...] = ()
 
 
 @dataclass
@@ -50,6 +62,12 @@ class GenerateResult:
 class UnderstandResult:
     text: str
     stats: dict[str, Any] = field(default_factory=dict)
+    # Exact counts, stored as the job's `output.usage`: the prompt as the model consumed
+    # it (image placeholder expanded to its patches) and the tokens it sampled, the
+    # end-of-sentence token included when the answer ended on one.
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None  # "stop" (end of sentence) | "length" (token budget)
 
 
 class ModelError(Exception):

@@ -15,12 +15,19 @@ Understanding prompts carry the processor's system prompt and the user turn
 `<image_placeholder>\\n{question}`; generation prompts have no system prompt and end with
 the family's image tag (`<begin_of_image>` for Janus/Janus-Pro, JanusFlow's
 `<｜begin▁of▁generation｜>`).
+
+A conversation (`dialogue`) follows the same template over several turns: each message
+stripped, a user turn ending with a blank line, an assistant turn with the EOS string
+(the template's `sep` / `sep2`), then the open assistant turn. Its system message, when
+given, replaces the processor's; the image placeholder starts the turn that carries it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from service.models.base import Turn
 from service.models.tokens import ASSISTANT, BOG, BOI, EOS, IMAGE, USER
 
 # VLChatProcessor.system_prompt, the same in janus/models and janus/janusflow/models.
@@ -39,11 +46,32 @@ class PromptFormat:
 
     def conversation(self, user_text: str, system: str = "") -> str:
         """One user turn and an open assistant turn, as DeepSeek's template renders it."""
-        head = f"{system}\n\n" if system else ""
-        return f"{head}{self.user}: {user_text.strip()}\n\n{self.assistant}:".strip()
+        return self.dialogue([("user", user_text)], system)
 
-    def understanding(self, question: str) -> str:
-        return self.conversation(f"{IMAGE}\n{question}", SYSTEM_PROMPT)
+    def dialogue(self, turns: Sequence[tuple[str, str]], system: str = "") -> str:
+        """(role, text) turns, role "user" or "assistant", then an open assistant turn:
+        `apply_sft_template_for_multi_turn_prompts` with the `deepseek` template."""
+        out = f"{system}\n\n" if system else ""
+        for role, text in turns:
+            name, end = (self.user, "\n\n") if role == "user" else (self.assistant, EOS)
+            out += f"{name}: {text.strip()}{end}"
+        return f"{out}{self.assistant}:".strip()
+
+    def understanding(self, question: str, messages: Sequence[Turn] = ()) -> str:
+        """An understanding prompt: one question under the processor's system prompt, or a
+        conversation (`messages`, whose system message replaces the processor's)."""
+        if not messages:
+            return self.conversation(f"{IMAGE}\n{question}", SYSTEM_PROMPT)
+        # The image goes to the turn flagged for it, else to the first user turn.
+        flagged = [m for m in messages if m.image and m.role == "user"]
+        carrier = flagged[0] if flagged else next(m for m in messages if m.role == "user")
+        system, turns = SYSTEM_PROMPT, []
+        for m in messages:
+            if m.role == "system":
+                system = m.content.strip()
+            else:
+                turns.append((m.role, f"{IMAGE}\n{m.content}" if m is carrier else m.content))
+        return self.dialogue(turns, system)
 
     def generation(self, prompt: str) -> str:
         return self.conversation(prompt) + self.image_tag

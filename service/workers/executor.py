@@ -33,6 +33,7 @@ from service.models.base import (
     InvalidInput,
     ModelError,
     ModelRunner,
+    Turn,
     UnderstandRequest,
     UnderstandResult,
 )
@@ -187,11 +188,15 @@ class Executor:
             raise InvalidInput(f"input image could not be decoded: {exc}") from exc
         return UnderstandRequest(
             image=image,
-            question=data["question"],
+            question=data.get("question", ""),
             seed=data["seed"],
             max_new_tokens=data.get("max_new_tokens"),
             temperature=data.get("temperature"),
             top_p=data.get("top_p"),
+            messages=tuple(
+                Turn(m["role"], m["content"], bool(m.get("image", False)))
+                for m in data.get("messages") or ()
+            ),
         )
 
     def _complete(
@@ -220,7 +225,7 @@ class Executor:
             self._finish(
                 job.id,
                 JobStatus.SUCCEEDED,
-                output={"text": result.text, "seed": job.input["seed"]},
+                output={"text": result.text, "seed": job.input["seed"], **_usage(result)},
                 run_seconds=elapsed,
             )
         else:
@@ -265,6 +270,18 @@ class Executor:
             owned = _retry(commit, OperationalError)
             log.info("job %s: %s", job_id, status)
         worker_metrics.record_finish(self.model_id, status if owned else "dropped")
+
+
+def _usage(result: UnderstandResult) -> dict[str, Any]:
+    """`usage` and `finish_reason` for an understanding job's output, when the runner
+    counted them (docs/API.md, "Jobs")."""
+    out: dict[str, Any] = {}
+    if result.prompt_tokens is not None and result.completion_tokens is not None:
+        out["usage"] = {"prompt_tokens": int(result.prompt_tokens),
+                        "completion_tokens": int(result.completion_tokens)}
+    if result.finish_reason in ("stop", "length"):
+        out["finish_reason"] = result.finish_reason
+    return out
 
 
 def _retry(fn: Any, errors: type[Exception] | tuple[type[Exception], ...], tries: int = 4) -> Any:

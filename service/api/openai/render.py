@@ -16,7 +16,7 @@ from service.api.openai.errors import OpenAIError, error_body
 from service.core.storage import Storage
 from service.lifecycle.status import JobStatus
 
-CHARS_PER_TOKEN = 4  # usage is estimated: the API process has no tokenizer
+CHARS_PER_TOKEN = 4  # the estimate for rows without the worker's counts: no tokenizer here
 JOB_HEADER = "x-janus-job-id"  # on every answer that created a job: GET /v1/jobs/{id}
 
 
@@ -43,14 +43,19 @@ def _tokens(text: str) -> int:
 
 
 def usage(job: Any, models: dict[str, str] | None = None) -> dict[str, int]:
-    """Token counts: the worker's own when its output has them, else an estimate (the
-    image's tokens exactly, about four characters a text token). `models`: image_size's."""
+    """Token counts: the worker's own (`output.usage`: the prompt as the model consumed
+    it, the tokens it sampled). Jobs finished before workers counted get an estimate:
+    the image's tokens exactly, about four characters a text token (`models`: for
+    image_size)."""
     given = (job.output or {}).get("usage")
     if isinstance(given, dict) and {"prompt_tokens", "completion_tokens"} <= set(given):
         prompt, completion = int(given["prompt_tokens"]), int(given["completion_tokens"])
     else:
         side = image_size(job.model, models)
-        prompt = (side // 16) ** 2 + _tokens(job.input.get("question", ""))
+        data = job.input or {}
+        text = data.get("question") or "".join(
+            str(m.get("content", "")) for m in data.get("messages") or [])
+        prompt = (side // 16) ** 2 + _tokens(text)
         completion = _tokens((job.output or {}).get("text", ""))
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}

@@ -14,6 +14,7 @@ from service.api.context import runtime
 from service.api.errors import ApiError
 from service.api.openai.blueprint import api_error_param, image_size, model_info
 from service.api.openai.errors import OpenAIError, bad_request
+from service.api.schemas import MAX_CONVERSATION_CHARS, MAX_MESSAGE_CHARS, MAX_MESSAGES
 from service.api.submit import CheckedJob, check_job
 
 # Janus knobs a client passes as extra body fields (`extra_body` in the openai client).
@@ -159,15 +160,19 @@ def _image_url(url: str, param: str) -> str:
     return url
 
 
-def _conversation(messages: Any) -> tuple[str, str, str]:
-    """(question, image data URL, the image's param) from OpenAI chat messages.
+def _conversation(messages: Any) -> tuple[list[dict[str, Any]], str, str]:
+    """(our `messages`, image data URL, the image's param) from OpenAI chat messages.
 
-    The model takes one image and one question: a system prompt and earlier turns are
-    written before the last user message's text as `User:` / `Assistant:` lines.
+    System and developer messages become the one system message, first; consecutive
+    messages of one role become one turn (the template alternates user and assistant);
+    the image starts the user turn whose message carried it. An empty last user turn
+    asks DEFAULT_QUESTION.
     """
     if not isinstance(messages, list) or not messages:
         raise bad_request("messages must be a non-empty list", "messages")
-    system, turns, images = [], [], []
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []  # {"role", "content", "image"?}, merged
+    images = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -181,16 +186,32 @@ def _conversation(messages: Any) -> tuple[str, str, str]:
         content = message.get("content")
         parts = [] if content is None and role == "assistant" else _parts(content, where)
         text = "\n".join(value for kind, value, _ in parts if kind == "text").strip()
+        if len(text) > MAX_MESSAGE_CHARS:
+            raise bad_request(f"a message's text is at most {MAX_MESSAGE_CHARS} characters",
+                              f"{where}.content")
+        carries = False
         for kind, value, param in parts:
             if kind == "image":
                 if role != "user":
                     raise bad_request("images belong in user messages", param)
                 images.append((value, param))
+                carries = True
         if role in ("system", "developer"):
-            system.append(text)
+            if text:  # an empty one keeps DeepSeek's default system prompt
+                system.append(text)
+            continue
+        if not text and not carries and not (role == "user" and i == len(messages) - 1):
+            continue  # an empty turn says nothing; an empty last one asks DEFAULT_QUESTION
+        if turns and turns[-1]["role"] == role:
+            last = turns[-1]
+            last["content"] = "\n".join(t for t in (last["content"], text) if t)
+            last["image"] = last["image"] or carries
         else:
-            turns.append((role, text))
-    if turns[-1:] == [] or turns[-1][0] != "user":
+            if not turns and role != "user":
+                raise bad_request("the conversation must start with a user message "
+                                  "(after any system messages)", where)
+            turns.append({"role": role, "content": text, "image": carries})
+    if not turns or turns[-1]["role"] != "user":
         raise bad_request("the last message must be a user message", "messages")
     if not images:
         raise bad_request("this model answers questions about an image: include one "
@@ -198,12 +219,19 @@ def _conversation(messages: Any) -> tuple[str, str, str]:
     if len(images) > 1:
         raise bad_request(f"this model takes one image per conversation; got {len(images)}",
                           images[1][1])
-    lines = [s for s in system if s]
-    lines += [f"{'User' if role == 'user' else 'Assistant'}: {text}"
-              for role, text in turns[:-1] if text]
-    lines.append(turns[-1][1] or DEFAULT_QUESTION)
+    if not turns[-1]["content"]:
+        turns[-1]["content"] = DEFAULT_QUESTION
+    out = [{"role": "system", "content": "\n\n".join(system)}] if system else []
+    out += turns
+    if len(out) > MAX_MESSAGES:
+        raise bad_request(f"at most {MAX_MESSAGES} turns (consecutive messages of one role "
+                          "count once; system messages once)", "messages")
+    if any(len(m["content"]) > MAX_MESSAGE_CHARS for m in out) or \
+            sum(len(m["content"]) for m in out) > MAX_CONVERSATION_CHARS:
+        raise bad_request(f"the conversation's text is at most {MAX_CONVERSATION_CHARS} "
+                          f"characters, {MAX_MESSAGE_CHARS} a turn", "messages")
     url, param = images[0]
-    return "\n\n".join(lines), _image_url(url, param), param
+    return out, _image_url(url, param), param
 
 
 def chat_request(body: dict[str, Any]) -> ChatRequest:
@@ -224,10 +252,10 @@ def chat_request(body: dict[str, Any]) -> ChatRequest:
     if options is not None and (not isinstance(options, dict)
                                 or not isinstance(options.get("include_usage", False), bool)):
         raise bad_request("stream_options must be {\"include_usage\": bool}", "stream_options")
-    question, image, image_param = _conversation(body.get("messages"))
+    conversation, image, image_param = _conversation(body.get("messages"))
     max_param = ("max_completion_tokens" if body.get("max_completion_tokens") is not None
                  else "max_tokens")
-    data: dict[str, Any] = {"image": image, "question": question}
+    data: dict[str, Any] = {"image": image, "messages": conversation}
     for ours, theirs in (("max_new_tokens", max_param), ("temperature", "temperature"),
                          ("top_p", "top_p"), ("seed", "seed")):
         if body.get(theirs) is not None:
@@ -237,7 +265,7 @@ def chat_request(body: dict[str, Any]) -> ChatRequest:
         raise bad_request("metadata must be an object of strings", "metadata")
     job = {"model": info.id, "task": "understand", "input": data,
            "metadata": {**(metadata or {}), **_labels(body)}}
-    names = {"input.image": image_param, "input.question": "messages",
+    names = {"input.image": image_param, "input.messages": "messages",
              "input.max_new_tokens": max_param, "input.temperature": "temperature",
              "input.top_p": "top_p", "input.seed": "seed", "input": "messages"}
     return ChatRequest(_check(job, names), bool(stream),

@@ -6,7 +6,7 @@ result) and a job's prompt never depends on what else is in the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -43,6 +43,16 @@ class TextJob:
     ids: list[int]  # the prompt's token ids, image tokens expanded
 
 
+def text_usage(job: TextJob, answer_tokens: int) -> dict[str, Any]:
+    """An understanding result's exact usage. The decoders keep the answer's tokens
+    without the end-of-sentence token; an answer shorter than its budget ended on one,
+    which the model sampled too (a canceled job has no result)."""
+    stopped = answer_tokens < job.max_new_tokens
+    return {"prompt_tokens": int(job.embeds.shape[0]),
+            "completion_tokens": answer_tokens + int(stopped),
+            "finish_reason": "stop" if stopped else "length"}
+
+
 class JobBuilder:
     """Turns requests into jobs for one loaded model and processor."""
 
@@ -75,10 +85,12 @@ class JobBuilder:
         """
         return [self.bos] + self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def understanding_ids(self, question: str) -> list[int]:
-        """The prompt of an understanding job, its one image placeholder expanded to
-        <begin_of_image>, one image token per patch, <end_of_image> (`add_image_token`)."""
-        ids = self.encode(self.prompts.understanding(self.clean(question)))
+    def understanding_ids(self, req: UnderstandRequest) -> list[int]:
+        """The prompt of an understanding job (its question, or its conversation), its one
+        image placeholder expanded to <begin_of_image>, one image token per patch,
+        <end_of_image> (`add_image_token`)."""
+        messages = [replace(m, content=self.clean(m.content)) for m in req.messages]
+        ids = self.encode(self.prompts.understanding(self.clean(req.question), messages))
         at = ids.index(self.image_token)
         image = [self.boi] + [self.image_token] * self.num_image_tokens + [self.eoi]
         return ids[:at] + image + ids[at + 1 :]
@@ -141,12 +153,12 @@ class JobBuilder:
                     raise InvalidInput("max_new_tokens must be at least 1")
                 if temperature < 0:
                     raise InvalidInput("temperature must not be negative")
-                prompt_ids = self.understanding_ids(req.question)
+                prompt_ids = self.understanding_ids(req)
                 ids = torch.tensor(prompt_ids, dtype=torch.long)
                 room = self.max_positions - len(ids)
                 if room < 1:
                     raise InvalidInput(
-                        f"question too long: {len(ids)} tokens with the image; "
+                        f"question or conversation too long: {len(ids)} tokens with the image; "
                         f"the model's context is {self.max_positions}"
                     )
                 image = self.processor.image_processor(images=req.image.convert("RGB"),

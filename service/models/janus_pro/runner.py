@@ -30,7 +30,13 @@ from service.models.base import (
 )
 from service.models.invariance import make_batch_invariant
 from service.models.janus_pro.decode import JanusDecoder
-from service.models.janus_pro.jobs import DECODE_CHUNK, ImageJob, JobBuilder, TextJob
+from service.models.janus_pro.jobs import (
+    DECODE_CHUNK,
+    ImageJob,
+    JobBuilder,
+    TextJob,
+    text_usage,
+)
 from service.models.janus_pro.lm import LeanLM
 from service.models.oom import run_split_on_oom
 from service.models.prompts import format_of
@@ -284,6 +290,7 @@ class JanusProRunner(ModelRunner):
                         "batch_jobs": len(jobs),
                         "seconds": seconds,
                     },
+                    **text_usage(job, len(out)),
                 )
             )
         return results

@@ -17,6 +17,7 @@ import torch
 from service.models.base import ModelError, UnderstandRequest, UnderstandResult
 from service.models.engine import Finished, Key, failure
 from service.models.janus_pro.engine import _Job, _Ragged
+from service.models.janus_pro.jobs import text_usage
 from service.models.janus_pro.sampling import sample, top_k_filter, top_p_filter
 
 if TYPE_CHECKING:
@@ -132,5 +133,6 @@ class TextEngine(_Ragged):
             out.append((key, UnderstandResult(text=self._text(live), stats={
                 "prompt_tokens": int(live.job.embeds.shape[0]), "new_tokens": len(live.out),
                 "batch_jobs": len(self.jobs) + 1, "step_seconds": seconds,
-                "seconds": round(time.monotonic() - live.started, 3)})))
+                "seconds": round(time.monotonic() - live.started, 3)},
+                **text_usage(live.job, len(live.out)))))
         return out

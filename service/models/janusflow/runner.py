@@ -13,6 +13,7 @@ directory with its own `vae/` (the tiny test checkpoints) uses that.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -156,9 +157,12 @@ class JanusFlowRunner(ModelRunner):
         the tokenizer lacks it) and replaces the tag's embedding by the time step's."""
         return self.encode(JANUSFLOW_FORMAT.conversation(self.clean(prompt)))
 
-    def understanding_ids(self, question: str) -> list[int]:
-        """BOS + system prompt + the question, its image placeholder still unexpanded."""
-        return self.encode(JANUSFLOW_FORMAT.understanding(self.clean(question)))
+    def understanding_ids(self, req: UnderstandRequest) -> list[int]:
+        """BOS + the job's prompt (system prompt + question, or its conversation), its one
+        image placeholder still unexpanded. The one place a JanusFlow understanding prompt
+        is rendered."""
+        messages = [replace(m, content=self.clean(m.content)) for m in req.messages]
+        return self.encode(JANUSFLOW_FORMAT.understanding(self.clean(req.question), messages))
 
     def _failure(self, e: Exception) -> ModelError:
         if isinstance(e, ModelError):

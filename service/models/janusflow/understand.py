@@ -1,7 +1,8 @@
 """JanusFlow understanding: image + question -> text, one job at a time.
 
 The prompt is DeepSeek's SFT format with the processor's system prompt and
-"<image_placeholder>\\n{question}" as the user turn. The placeholder becomes
+"<image_placeholder>\\n{question}" as the user turn, or the job's conversation
+(`JanusFlowRunner.understanding_ids`). The placeholder becomes
 <begin_of_image>, one <image_placeholder> per SigLIP patch, <end_of_image>; the
 begin-of-image position and the patches take `JanusFlowModel.image_features` (the learned
 begin-of-understanding embedding, then the aligned SigLIP features). The Llama then
@@ -81,7 +82,7 @@ def understand_one(
         raise InvalidInput("max_new_tokens must be at least 1")
 
     ids_of = runner.ids
-    ids = runner.understanding_ids(req.question)
+    ids = runner.understanding_ids(req)
     at = ids.index(ids_of[IMAGE])
     patches = runner.model.config.und.num_patches
     image_ids = [ids_of[BOI]] + [ids_of[IMAGE]] * patches + [ids_of[EOI]]
@@ -89,7 +90,7 @@ def understand_one(
     room = runner.max_positions - len(ids)
     if room < 1:
         raise InvalidInput(
-            f"question too long: {len(ids)} tokens with the image; "
+            f"question or conversation too long: {len(ids)} tokens with the image; "
             f"the model's context is {runner.max_positions}"
         )
     max_new = min(max_new, room)  # cut the answer budget, not the question
@@ -116,9 +117,10 @@ def understand_one(
             lambda ids: runner.tokenizer.decode(ids, skip_special_tokens=True))]),
         **sampling,
     )
-    new_tokens = out[0].tolist()
+    new_tokens = out[0].tolist()  # the sampled tokens, an ending EOS included
     answer = runner.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
     control.report_progress(index, 1.0)  # an early end-of-sentence finishes the job too
+    stopped = bool(new_tokens) and new_tokens[-1] == ids_of[EOS]
     return UnderstandResult(
         text=answer,
         stats={
@@ -126,4 +128,7 @@ def understand_one(
             "new_tokens": len(new_tokens),
             "seconds": round(time.monotonic() - started, 3),
         },
+        prompt_tokens=len(ids),
+        completion_tokens=len(new_tokens),
+        finish_reason="stop" if stopped else "length",
     )

@@ -16,7 +16,8 @@ function picture(job) {
 }
 
 function card(job) {
-  const text = job.task === "generate" ? job.input?.prompt : job.input?.question;
+  const text = job.task === "generate" ? job.input?.prompt
+    : job.input?.question ?? job.input?.messages?.at(-1)?.content;
   const count = job.output?.images?.length;
   return h("a", { class: "card", href: `#/jobs/${job.id}`, dataset: { jobId: job.id } },
     picture(job),

@@ -21,9 +21,12 @@ function inputView(job) {
   const input = { ...job.input };
   const image = input.image;
   delete input.image;
-  const text = input.prompt ?? input.question;
+  // A conversation shows as its turns, one "role: content" line each.
+  const turns = input.messages?.map((m) => `${m.role}: ${m.content}`).join("\n");
+  const text = input.prompt ?? input.question ?? turns;
   delete input.prompt;
   delete input.question;
+  delete input.messages;
   return [
     text ? h("blockquote", { class: "prompt" }, text) : null,
     image?.url ? h("img", { src: image.url, alt: "input image", class: "input-image" }) : null,
