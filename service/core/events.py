@@ -6,6 +6,10 @@ that made it (`announce_on_commit`, fed by the lifecycle hook), so a waiter is
 woken by a push instead of polling the database. Readers `read` the events after
 an id, blocking up to a timeout.
 
+A worker has a stream of its own too (`worker_stream`): after a cancel of a running
+job commits, its job id is written there (`push_cancels_on_commit`), and the worker
+reads the cancel flag at once (service/workers/cancels.py). No client reads it.
+
 Backends: a Redis stream per job when the broker is Redis (XADD with an
 approximate MAXLEN, XREAD BLOCK, an expiry once the job ends); in the embedded
 mode (no Redis) a SQL table read by short polling (service/core/events_sql.py).

@@ -24,22 +24,37 @@ RENEW_AT_MOST_EVERY = 5.0
 # The keepers running in this process, for `nudge`.
 _keepers: set[LeaseKeeper] = set()
 _keepers_lock = threading.Lock()
+# Pushes that found no keeper holding their job, by job id (monotonic time): a cancel
+# can land between the claim's commit and the keeper's `add`. Kept this long.
+_unheld: dict[str, float] = {}
+UNHELD_SECONDS = 60.0
 
 
 def nudge(job_ids: list[str]) -> int:
     """A cancel of these jobs was pushed: the keepers holding any of them renew now.
 
-    Returns how many keepers were woken (none: the jobs are not held here, any more).
+    Returns how many keepers were woken. A job no keeper holds yet is remembered a
+    while: the keeper that takes it renews at once.
     """
     wanted = set(job_ids)
     with _keepers_lock:
         keepers = list(_keepers)
+        now = time.monotonic()
+        for job_id in [j for j, at in _unheld.items() if now - at > UNHELD_SECONDS]:
+            del _unheld[job_id]
+        _unheld.update(dict.fromkeys(wanted, now))
     woken = 0
     for keeper in keepers:
         if keeper.holds(wanted):
             keeper.poke()
             woken += 1
     return woken
+
+
+def _pushed_before(job_ids: list[str]) -> bool:
+    """Whether a cancel of one of these jobs was pushed before its keeper held it."""
+    with _keepers_lock:
+        return any(_unheld.pop(job_id, None) is not None for job_id in job_ids)
 
 
 class LeaseKeeper:
@@ -96,6 +111,8 @@ class LeaseKeeper:
                 self.deadlines.append(deadline)
             self._deadline_of[job_id] = deadline
             self.progress[job_id] = 0.0
+        if _pushed_before([job_id]):
+            self.poke()
 
     def remove(self, job_id: str) -> None:
         """Stop renewing `job_id` (it is finished or handed back)."""
@@ -155,6 +172,8 @@ class LeaseKeeper:
         self._thread.start()
         with _keepers_lock:
             _keepers.add(self)
+        if _pushed_before(self.job_ids):
+            self.poke()
         return self
 
     def __exit__(self, *_exc: object) -> None:
