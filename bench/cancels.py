@@ -37,6 +37,17 @@ from pathlib import Path
 
 import requests
 
+# `--code DIR`: import `service` from DIR, not from the installed checkout.
+BOOT = """import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", "")]
+sys.path.insert(0, sys.argv[1])
+import service
+if sys.argv[2:] == ["where"]:
+    print(service.__path__[0])
+    raise SystemExit(0)
+from service.entry.cli import main
+main(sys.argv[2:])
+"""
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -91,17 +102,17 @@ def main() -> None:  # noqa: PLR0915 - one straight setup, measure, tear down
     procs: list[subprocess.Popen] = []
     try:
         cli = [sys.executable, "-m", "service.entry.cli"]
+        if args.code:  # this checkout's editable install would win over PYTHONPATH
+            cli = [sys.executable, "-c", BOOT, str(Path(args.code).resolve())]
         env = {**os.environ, "JANUS_DATABASE_URL": db_url,
                "JANUS_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
                "JANUS_STORAGE_URL": f"file://{work / 'storage'}", "JANUS_DATA_DIR": str(work),
                "JANUS_MODELS": json.dumps({"slow": str(work / "tiny")}),
                "JANUS_LEASE_SECONDS": str(args.lease_seconds),
                "JANUS_RATE_LIMIT_PER_MINUTE": "0", "OMP_NUM_THREADS": "1"}
-        if args.code:
-            env["PYTHONPATH"] = str(Path(args.code).resolve())
         run = {"env": env, "check": True, "capture_output": True, "text": True}
-        where = subprocess.run([sys.executable, "-c", "import service; print(service.__file__)"],
-                               **run).stdout.strip()
+        where = subprocess.run([*cli, "where"], **run).stdout.strip() if args.code else \
+            str(Path(__file__).resolve().parent.parent / "service")
         subprocess.run([*cli, "tiny-checkpoint", "--family", "janus-pro", "--image-size", "384",
                         str(work / "tiny")], **run)
         subprocess.run([*cli, "migrate"], **run)
