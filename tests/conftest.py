@@ -19,6 +19,7 @@ import redis
 
 from service.core.settings import Settings
 from tests.helpers import (
+    CLI,
     FLOW,
     IDLE,
     SLOW,
@@ -168,8 +169,10 @@ def auth(api_key: str) -> dict[str, str]:
 def spawn(tmp_path: Path, settings: Settings) -> Iterator:  # type: ignore[type-arg]
     procs: list[Proc] = []
 
-    def start(args: list[str], env: dict[str, str] | None = None, name: str = "proc") -> Proc:
-        proc = Proc(args, env or settings_env(settings), tmp_path / f"{name}-{len(procs)}.log")
+    def start(args: list[str], env: dict[str, str] | None = None, name: str = "proc",
+              cli: list[str] = CLI) -> Proc:
+        proc = Proc(args, env or settings_env(settings), tmp_path / f"{name}-{len(procs)}.log",
+                    cli)
         procs.append(proc)
         return proc
 

@@ -81,11 +81,12 @@ def make_key(settings: Settings, name: str = "test") -> str:
 class Proc:
     """A service subprocess whose output goes to a log file shown on failure."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path,
+                 cli: list[str] = CLI) -> None:
         self.log = log
         self._fh = open(log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [*CLI, *args],
+            [*cli, *args],
             env=env,
             stdout=self._fh,
             stderr=subprocess.STDOUT,
@@ -118,6 +119,7 @@ def start_worker(  # type: ignore[no-untyped-def]
     name: str = "worker",
     env: dict[str, str] | None = None,
     max_batch: int = 1,
+    cli: list[str] = CLI,
 ) -> Proc:
     """Start a worker and wait until it has loaded its model and registered."""
     from sqlalchemy import create_engine, text
@@ -134,6 +136,7 @@ def start_worker(  # type: ignore[no-untyped-def]
         ],
         env=env,
         name=name,
+        cli=cli,
     )
     db_url = Settings(database_url=(env or {}).get("JANUS_DATABASE_URL", settings.database_url))
     engine = create_engine(db_url.database_url)

@@ -6,6 +6,10 @@ that made it (`announce_on_commit`, fed by the lifecycle hook), so a waiter is
 woken by a push instead of polling the database. Readers `read` the events after
 an id, blocking up to a timeout.
 
+A worker has a stream of its own too (`worker_stream`): after a cancel of a running
+job commits, its job id is written there (`push_cancels_on_commit`), and the worker
+reads the cancel flag at once (service/workers/cancels.py). No client reads it.
+
 Backends: a Redis stream per job when the broker is Redis (XADD with an
 approximate MAXLEN, XREAD BLOCK, an expiry once the job ends); in the embedded
 mode (no Redis) a SQL table read by short polling (service/core/events_sql.py).
@@ -19,6 +23,7 @@ rather than slowing a decode step or failing a job.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +31,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +44,9 @@ log = logging.getLogger(__name__)
 
 # Kinds. `status` is written for terminal transitions only; the API turns it into
 # the `completed` event carrying the job object. `counts` nudges a batch's readers.
-QUEUED, STARTED, PROGRESS, TOKEN, PREVIEW, STATUS, COUNTS = (
-    "queued", "started", "progress", "token", "preview", "status", "counts")
+# `cancel` goes to a worker's own stream (`worker_stream`), never to a job's.
+QUEUED, STARTED, PROGRESS, TOKEN, PREVIEW, STATUS, COUNTS, CANCEL = (
+    "queued", "started", "progress", "token", "preview", "status", "counts", "cancel")
 
 START = "0"  # the id before every event, for both backends
 # Events waiting to be written; past this the oldest are dropped (a dead store
@@ -181,6 +188,15 @@ class EventLog(ABC):
         """Whether `value` has the form of this backend's ids."""
 
 
+def worker_stream(worker_id: str) -> str:
+    """The stream a worker follows for pushed cancel requests of the jobs it holds.
+
+    Hashed: a worker id (`model@host:pid`) can be longer than a stream name may be,
+    and no job or batch id starts with "worker.", so no client can read it.
+    """
+    return "worker." + hashlib.sha256(worker_id.encode()).hexdigest()[:32]
+
+
 def encode(data: dict[str, Any]) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
@@ -207,6 +223,21 @@ def note_after_commit(session: Session, stream_id: str, kind: str, data: dict[st
     the event then reads the committed row, never the one before it.
     """
     session.info.setdefault(_PENDING, []).append((stream_id, kind, data))
+
+
+def push_cancels_on_commit(session: Session, held: Iterable[tuple[str, str | None]]) -> None:
+    """Once `session` commits, tell each worker holding one of these (job id, worker id)
+    to read its cancel flags now.
+
+    A hint only: the flag in the jobs table is the request, and the worker's lease
+    renewal reads it anyway; this makes it read it now rather than at the next renewal.
+    """
+    by_worker: dict[str, list[str]] = {}
+    for job_id, worker_id in held:
+        if worker_id:
+            by_worker.setdefault(worker_id, []).append(job_id)
+    for worker_id, job_ids in by_worker.items():
+        note_after_commit(session, worker_stream(worker_id), CANCEL, {"jobs": job_ids})
 
 
 def announce_on_commit(sessions: sessionmaker[Session], events: EventLog) -> None:

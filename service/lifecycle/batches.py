@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from service.core import events
 from service.core.ids import new_id, new_ids
 from service.core.storage import Storage
 from service.core.tables import Batch, Job, utcnow
@@ -106,17 +107,21 @@ def list_batches(
 
 
 def cancel_batch(*, session: Session, batch: Batch) -> Batch:
-    """Queued jobs end `canceled` now and never run; running ones stop at their next step."""
+    """Queued jobs end `canceled` now and never run; running ones stop at their next step
+    (their workers are pushed the request after the commit, as for one job)."""
     if BatchStatus(batch.status).is_terminal:
         return batch
     # The batch is `canceling` before its counters move, so the last move finishes it
     # as `canceled`. Job rows first, then the batch row: the order every transition uses.
-    session.execute(
+    held = session.execute(
         update(Job)
         .where(Job.batch_id == batch.id, Job.status == JobStatus.RUNNING)
         .values(cancel_requested=True)
+        .returning(Job.id, Job.worker_id)
         .execution_options(synchronize_session=False)
-    )
+    ).all()
+    # Their workers are told once this commits: they stop at their next step.
+    events.push_cancels_on_commit(session, [(row.id, row.worker_id) for row in held])
     # Lock the queued rows before the batch row, as a worker's claim does.
     session.execute(
         select(Job.id)

@@ -13,6 +13,7 @@ from celery import Celery
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
+from service.core import events
 from service.core.broker import publish
 from service.core.ids import new_id
 from service.core.images import CheckedImage
@@ -216,16 +217,28 @@ def canceled_now() -> dict[str, Any]:
 
 
 def request_cancel(*, session: Session, job: Job) -> Job:
-    """Queued: canceled at once. Running: flagged, the worker stops at its next step."""
+    """Queued: canceled at once. Running: flagged, the worker stops at its next step.
+
+    The worker holding a running job is told once this commits (a push to its own
+    stream), so it stops within a step rather than at its next lease renewal.
+    """
+    moved = []
     if job.status == JobStatus.QUEUED:
-        transition(
+        moved = transition(
             session=session,
             previous=JobStatus.QUEUED,
             where=[Job.id == job.id],
             values=canceled_now(),
         )
-    elif job.status == JobStatus.RUNNING:
-        session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True))
+    if not moved and job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        # Running, or claimed since it was read as queued: flag it where it runs now.
+        held = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.RUNNING)
+            .values(cancel_requested=True)
+            .returning(Job.id, Job.worker_id)
+        ).all()
+        events.push_cancels_on_commit(session, [(row.id, row.worker_id) for row in held])
     session.flush()
     session.refresh(job)
     return job

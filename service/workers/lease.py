@@ -17,6 +17,45 @@ from service.workers.live import LiveReporter
 
 log = logging.getLogger(__name__)
 
+# Periodic renewals come every lease/3 seconds, but at least this often: the database's
+# progress (what GET /v1/jobs/{id} shows) stays this fresh.
+RENEW_AT_MOST_EVERY = 5.0
+
+# The keepers running in this process, for `nudge`.
+_keepers: set[LeaseKeeper] = set()
+_keepers_lock = threading.Lock()
+# Pushes that found no keeper holding their job, by job id (monotonic time): a cancel
+# can land between the claim's commit and the keeper's `add`. Kept this long.
+_unheld: dict[str, float] = {}
+UNHELD_SECONDS = 60.0
+
+
+def nudge(job_ids: list[str]) -> int:
+    """A cancel of these jobs was pushed: the keepers holding any of them renew now.
+
+    Returns how many keepers were woken. A job no keeper holds yet is remembered a
+    while: the keeper that takes it renews at once.
+    """
+    wanted = set(job_ids)
+    with _keepers_lock:
+        keepers = list(_keepers)
+        now = time.monotonic()
+        for job_id in [j for j, at in _unheld.items() if now - at > UNHELD_SECONDS]:
+            del _unheld[job_id]
+        _unheld.update(dict.fromkeys(wanted, now))
+    woken = 0
+    for keeper in keepers:
+        if keeper.holds(wanted):
+            keeper.poke()
+            woken += 1
+    return woken
+
+
+def _pushed_before(job_ids: list[str]) -> bool:
+    """Whether a cancel of one of these jobs was pushed before its keeper held it."""
+    with _keepers_lock:
+        return any(_unheld.pop(job_id, None) is not None for job_id in job_ids)
+
 
 class LeaseKeeper:
     """Renews leases every `lease/3` s, records progress, and collects cancel requests.
@@ -26,6 +65,11 @@ class LeaseKeeper:
     Jobs are named by their index in `job_ids` or by their id. The continuous engine's
     set of jobs changes while it runs: `add` a job when it is admitted, `remove` it once
     it is finished, and the renewals follow.
+
+    A cancel request is also pushed: `nudge(job_ids)` (service/workers/cancels.py calls
+    it when the worker's stream says a job was canceled) makes the keeper holding one
+    of them renew at once, and the renewal reads the flags from the database as ever.
+    A lost push only means the request is read at the next periodic renewal.
     """
 
     def __init__(
@@ -53,6 +97,7 @@ class LeaseKeeper:
         # The renewal thread reads `progress` while the model loop adds and removes jobs.
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._poked = threading.Event()  # set by `poke`: renew now, not at the next period
         self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
 
     def _id(self, index_or_key: int | str) -> str:
@@ -66,6 +111,8 @@ class LeaseKeeper:
                 self.deadlines.append(deadline)
             self._deadline_of[job_id] = deadline
             self.progress[job_id] = 0.0
+        if _pushed_before([job_id]):
+            self.poke()
 
     def remove(self, job_id: str) -> None:
         """Stop renewing `job_id` (it is finished or handed back)."""
@@ -73,6 +120,14 @@ class LeaseKeeper:
             self.progress.pop(job_id, None)
             self.texts.pop(job_id, None)
         self.live.forget(job_id)
+
+    def holds(self, job_ids: set[str]) -> bool:
+        with self._lock:
+            return not job_ids.isdisjoint(self.progress)
+
+    def poke(self) -> None:
+        """Renew (and so read cancel flags) now, in the keeper's own thread."""
+        self._poked.set()
 
     # RunControl
     def should_stop(self, index: int | str) -> bool:
@@ -115,18 +170,31 @@ class LeaseKeeper:
     # Thread
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()
+        with _keepers_lock:
+            _keepers.add(self)
+        if _pushed_before(self.job_ids):
+            self.poke()
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        with _keepers_lock:
+            _keepers.discard(self)
         self._stop.set()
+        self._poked.set()
         self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        interval = max(0.2, min(self.lease_seconds / 3, 5.0))
-        while not self._stop.wait(interval):
-            self.renew()
+        interval = max(0.2, min(self.lease_seconds / 3, RENEW_AT_MOST_EVERY))
+        due = time.monotonic() + interval
+        while True:
+            poked = self._poked.wait(max(0.0, due - time.monotonic()))
+            if self._stop.is_set():
+                return
+            self._poked.clear()
+            self.renew(pushed=poked)
+            due = time.monotonic() + interval
 
-    def renew(self) -> None:
+    def renew(self, pushed: bool = False) -> None:
         with self._lock:
             pending = {j: p for j, p in self.progress.items() if j not in self.lost}
         if not pending:
@@ -143,6 +211,9 @@ class LeaseKeeper:
         except Exception as exc:  # the DB may be briefly away; the lease has slack
             log.warning("lease renewal failed: %s", exc)
             return
+        if cancel - self.canceled:
+            log.info("cancel requested for %s (%s); stopping at the next step",
+                     sorted(cancel - self.canceled), "pushed" if pushed else "lease renewal")
         self.canceled |= cancel
         with self._lock:  # a job finished during the round trip is not lost, just done
             lost = {j for j in lost if j in self.progress}

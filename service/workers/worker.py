@@ -29,6 +29,7 @@ from service.core.settings import Settings
 from service.core.storage import storage_from_settings
 from service.core.tables import Worker, utcnow
 from service.workers import metrics as worker_metrics
+from service.workers.cancels import CancelWatch
 from service.workers.engine import EngineLoop
 from service.workers.executor import Executor
 from service.workers.tasks import register_tasks
@@ -101,6 +102,7 @@ def run_worker(
     )
     executor.events = event_log(settings)
     announce_on_commit(sessions, executor.events)  # started and terminal statuses
+    CancelWatch(executor.events, worker_id).start()  # cancels pushed to this worker
     app = make_celery(settings)
     executor.wake = lambda: _wake(app, settings, model_id)
     loop = None
