@@ -19,6 +19,7 @@ from PIL import Image
 from service.api.openai import schemas
 from service.core.events import event_log
 from tests.helpers import (
+    CLI,
     TEST_IMAGE_SIZE,
     TINY,
     Proc,
@@ -39,8 +40,9 @@ def stack(settings, tmp_path_factory):  # type: ignore[no-untyped-def]
     logs: Path = tmp_path_factory.mktemp("openai-e2e")
     procs: list[Proc] = []
 
-    def spawn(args: list[str], env: dict[str, str] | None = None, name: str = "proc") -> Proc:
-        proc = Proc(args, env or settings_env(settings), logs / f"{name}-{len(procs)}.log")
+    def spawn(args: list[str], env: dict[str, str] | None = None, name: str = "proc",
+              cli: list[str] = CLI) -> Proc:
+        proc = Proc(args, env or settings_env(settings), logs / f"{name}-{len(procs)}.log", cli)
         procs.append(proc)
         return proc
 
