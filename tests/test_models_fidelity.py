@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from service.models import catalog, runners  # noqa: E402
 from service.models.base import UnderstandRequest  # noqa: E402
 from service.models.checkpoints import tiny  # noqa: E402
-from service.models.janus_pro.sampling import top_k_filter  # noqa: E402
+from service.models.sampling import top_k_filter  # noqa: E402
 
 PUBLISHED = Path(__file__).resolve().parent / "data" / "published"
 SIZE = 64

@@ -13,6 +13,7 @@ import torch
 
 from service.models.base import GenerateRequest, InvalidInput, UnderstandRequest
 from service.models.prompts import PromptFormat
+from service.models.text_engine import TextJob
 
 # Images are VQ-decoded this many at a time: the published 16-image example runs out of
 # memory in the VQ decoder, not in the LLM.
@@ -29,18 +30,6 @@ class ImageJob:
     guidance: float
     temperature: float  # 0: greedy
     units: int  # progress units: image tokens plus VQ decode chunks
-
-
-@dataclass
-class TextJob:
-    index: int
-    embeds: torch.Tensor  # (p, hidden) prompt embeddings with image features in place
-    max_new_tokens: int
-    seed: int
-    temperature: float  # 0: greedy
-    top_p: float
-    top_k: int  # 0: no top-k filter
-    ids: list[int]  # the prompt's token ids, image tokens expanded
 
 
 class JobBuilder:
