@@ -126,3 +126,79 @@ def test_janus_pro_out_of_memory_steps_each_job_alone_and_fails_only_one_too_big
     assert isinstance(results["big"], OutOfMemory)
     for key, request in (("a", small[0]), ("b", small[1])):
         assert _pixels(results[key]) == _pixels(pro.generate([request])[0])
+
+
+def test_janusflow_text_rows_join_late_leave_at_their_budget_and_match_the_static_path(
+    flow,
+) -> None:
+    image = Image.new("RGB", (48, 80), (200, 30, 30))
+    greedy = UnderstandRequest(image, "What is in the picture?", seed=4, temperature=0.0,
+                               max_new_tokens=7)
+    sampled = UnderstandRequest(image, "Why?", seed=9, temperature=1.0, max_new_tokens=4)
+    default = UnderstandRequest(Image.new("RGB", (30, 30), "blue"), "hi", seed=2,
+                                max_new_tokens=5)  # the demo's 0.1 / 0.95 / top-k 50
+    engine = flow.open_engine("understand", 3)
+    results, at = _run(engine, {0: [("greedy", greedy)], 2: [("sampled", sampled)],
+                                3: [("default", default)]})
+    # Each left after its own budget (a random checkpoint never says end-of-sentence).
+    assert at == {"greedy": 6, "sampled": 5, "default": 7}
+    assert engine.active() == [] and engine.cache.rows == 0
+    for key, request in (("greedy", greedy), ("sampled", sampled), ("default", default)):
+        assert isinstance(results[key], UnderstandResult)
+        assert results[key].text == flow.understand([request])[0].text, key
+        assert results[key].stats["new_tokens"] == request.max_new_tokens
+    again = flow.understand([UnderstandRequest(image, "Why?", seed=10, temperature=1.0,
+                                               max_new_tokens=4)])[0]
+    assert again.text != results["sampled"].text  # the seed matters
+
+
+def test_janusflow_text_row_leaves_at_end_of_sentence(flow) -> None:
+    request = UnderstandRequest(Image.new("RGB", (40, 40), "red"), "hi?", seed=5,
+                                temperature=1.0, max_new_tokens=12)
+    engine = flow.open_engine("understand", 2)
+    engine.admit([("a", request)])
+    for _ in range(6):
+        engine.step()
+    out = list(engine.jobs["a"].out)
+    # The first token that did not come before it plays end-of-sentence in a second run.
+    cut = next(i for i in range(1, len(out)) if out[i] not in out[:i])
+    engine = flow.open_engine("understand", 2)
+    engine.eos = out[cut]
+    results, at = _run(engine, {0: [("a", request)]})
+    assert at == {"a": cut}
+    assert results["a"].stats["new_tokens"] == cut
+    assert results["a"].text == flow.tokenizer.decode(out[:cut], skip_special_tokens=True).strip()
+
+
+def test_janusflow_text_refusals_take_no_slot_and_drop_frees_one(flow) -> None:
+    image = Image.new("RGB", (32, 32), "green")
+    a = UnderstandRequest(image, "a?", seed=1, temperature=1.0, max_new_tokens=5)
+    b = UnderstandRequest(image, "b?", seed=2, max_new_tokens=5)
+    engine = flow.open_engine("understand", 2)
+    calls = []
+    tower = flow.model.image_features
+
+    def counted(pixels):  # type: ignore[no-untyped-def]
+        calls.append(pixels.shape[0])
+        return tower(pixels)
+
+    flow.model.image_features = counted
+    try:
+        refused = dict(engine.admit([
+            ("bad", UnderstandRequest(image, "x", max_new_tokens=0)),
+            ("image", GenerateRequest("not a question")),
+            ("a", a), ("b", b),
+            ("c", UnderstandRequest(image, "c?", seed=3)),
+        ]))
+    finally:
+        flow.model.image_features = tower
+    assert isinstance(refused["bad"], InvalidInput)
+    assert "not an understanding request" in str(refused["image"])
+    assert str(refused["c"]) == "no free slot in the engine"  # bad took none of the two
+    assert set(refused) == {"bad", "image", "c"} and engine.active() == ["a", "b"]
+    assert calls == [2]  # one tower pass for the jobs admitted together
+    engine.step()
+    assert engine.drop("a") and not engine.drop("a")
+    assert engine.active() == ["b"] and engine.free_slots() == 1 and engine.cache.rows == 1
+    results, _ = _run(engine, {})
+    assert results["b"].text == flow.understand([b])[0].text
