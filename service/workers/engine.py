@@ -18,8 +18,9 @@ go through `Executor._finish` (webhooks, batch counters and metrics follow from 
 A SIGKILL loses nothing: claimed jobs hold leases, and the dispatcher's sweeper requeues
 them once those expire, as for a static batch.
 
-Tasks whose runner has no engine (JanusFlow understanding) run through the static path
-(`Executor._run_batch`) when claimed, between engine steps.
+Every family has an engine for both tasks. A task whose runner has none (`open_engine`
+returns None) runs through the static path (`Executor._run_batch`) when claimed, between
+engine steps.
 """
 
 from __future__ import annotations
