@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
-
-# (scores, spans, generators, uniform, greedy) -> one token per row: `sample` or `multinomial`.
-Draw = Callable[
-    [torch.Tensor, list[tuple[int, int, int]], list[torch.Generator | None], torch.Tensor,
-     torch.Tensor | None],
-    torch.Tensor,
-]
 
 
 class Rows:
@@ -62,18 +54,14 @@ def sample(
 
 
 def multinomial(
-    scores: torch.Tensor,
-    spans: list[tuple[int, int, int]],
-    generators: list[torch.Generator | None],
-    uniform: torch.Tensor,
-    greedy: torch.Tensor | None,
+    scores: torch.Tensor, spans: list[tuple[int, int, int]], generators: list[Any]
 ) -> torch.Tensor:
     """One token per row as transformers' `generate` samples it: softmax, then
     `torch.multinomial` of that row alone from its job's generator (greedy jobs, with no
     generator: the argmax). A job seeded s draws exactly what `torch.manual_seed(s)` then
     `generate` draws, as DeepSeek's JanusFlow demo samples, alone or batched. The price
     is a vocabulary of random numbers per sampled row per step (see `sample`), which a
-    text row can afford. `uniform` and `greedy` are unused (the signature is `sample`'s)."""
+    text row can afford."""
     token = scores.argmax(dim=-1)
     probs = None
     for k, start, end in spans:

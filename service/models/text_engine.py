@@ -6,7 +6,7 @@ supplies `_jobs`: the requests admitted together -> their `TextJob`s (prompt emb
 with the image features in place), its image tower run once for all of them; and may
 check each request on its own first (`_prepare`). A step samples every row (temperature,
 top-k, top-p per row, in transformers' order, each job from its own generator) with the
-family's `draw`, lets finished rows leave, then decodes the rest.
+family's draw (`multinomial` or not), lets finished rows leave, then decodes the rest.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from service.models.base import UnderstandRequest, UnderstandResult
 from service.models.engine import Key
 from service.models.lm import LeanLM
 from service.models.ragged_engine import RaggedEngine, Row
-from service.models.sampling import Draw, sample, top_k_filter, top_p_filter
+from service.models.sampling import multinomial, sample, top_k_filter, top_p_filter
 
 
 @dataclass
@@ -40,12 +40,14 @@ class TextEngine(RaggedEngine):
     request_type = UnderstandRequest
 
     def __init__(self, lm: LeanLM, slots: int, *, head: Any, eos: int, tokenizer: Any,
-                 per_row: bool, draw: Draw = sample) -> None:
+                 per_row: bool, multinomial: bool = False) -> None:
         super().__init__(lm, "understand", slots, per_row)
         self.head = head  # hidden -> vocabulary logits
         self.eos = eos
         self.tokenizer = tokenizer
-        self.draw = draw
+        # True: draw as `torch.multinomial` does (`sampling.multinomial`: the random stream
+        # of DeepSeek's demo under the same seed); False: `sampling.sample`.
+        self.multinomial = multinomial
 
     def _jobs(self, ready: list[Any]) -> list[TextJob | Exception]:
         """The family's: these prepared requests -> their jobs (a bad one: its error)."""
@@ -110,7 +112,10 @@ class TextEngine(RaggedEngine):
             scores = top_k_filter(scores, self.top_k)
         if self.use_top_p:
             scores = top_p_filter(scores, self.top_p)
-        token = self.draw(scores, self.spans, self.generators, self.uniform, self.greedy)
+        if self.multinomial:
+            token = multinomial(scores, self.spans, self.generators)
+        else:
+            token = sample(scores, self.spans, self.generators, self.uniform, self.greedy)
         finished: set[Key] = set()
         for (key, live), t in zip(self.jobs.items(), token.tolist(), strict=True):
             live.done += 1

@@ -25,7 +25,6 @@ from service.models.base import InvalidInput, UnderstandRequest
 from service.models.engine import Key
 from service.models.janusflow.config import BOI, EOI, EOS, IMAGE
 from service.models.janusflow.load import ImageSettings
-from service.models.sampling import multinomial
 from service.models.text_engine import TextEngine, TextJob
 
 if TYPE_CHECKING:
@@ -113,7 +112,7 @@ class FlowTextEngine(TextEngine):
         assert runner.lm is not None, "load() the runner first"
         super().__init__(runner.lm, slots, head=runner.model.language_model.lm_head,
                          eos=runner.ids[EOS], tokenizer=runner.tokenizer,
-                         per_row=runner.batch_invariant, draw=multinomial)
+                         per_row=runner.batch_invariant, multinomial=True)
         self.runner = runner
 
     def _prepare(self, key: Key, request: UnderstandRequest) -> _Question:
