@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from tests.helpers import (
     SLOW,
     TINY,
     free_port,
+    png_bytes,
     queue_key,
     settings_env,
     start_worker,
@@ -148,6 +150,44 @@ def test_a_poison_job_fails_alone_and_its_batch_mates_succeed(settings, auth, sp
         # Two claims: the batch the poison killed, then one of its own that succeeded.
         assert (mate.status, mate.attempts) == ("succeeded", 2), mate
     assert len(workers) == 4  # the first, and one after each of the poison's deaths
+
+
+# A runner bug in the continuous engine: every decode step raises, after the step has
+# let its finished rows leave.
+STEP_FAULT_HOOK = textwrap.dedent("""
+    from service.models import ragged_engine
+
+    def _broken(self, x):
+        raise RuntimeError("injected")
+
+    ragged_engine.RaggedEngine._forward = _broken
+""")
+
+
+def test_a_faulty_engine_step_fails_every_job_of_the_step(settings, auth, spawn,
+                                                          tmp_path) -> None:
+    """Two understanding rows step together; the first is done at its first token and
+    leaves, then the step raises. Both fail with the error; neither is left running."""
+    from service.api import create_app
+
+    model = "janus-pro-step-fault"  # a queue of its own
+    own = settings.model_copy(update={"models": {**settings.models,
+                                                 model: settings.models[TINY]}})
+    api = create_app(own).test_client()
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(STEP_FAULT_HOOK)
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    image = base64.b64encode(png_bytes((20, 20), "red")).decode()
+    ids = [api.post("/v1/jobs", headers=auth, json={
+        "model": model, "task": "understand",
+        "input": {"image": image, "question": "q?", "max_new_tokens": n}}).json["id"]
+        for n in (1, 6)]
+    start_worker(spawn, own, model=model, env=settings_env(own, PYTHONPATH=path),
+                 max_batch=2)
+    done = [wait_terminal(api, auth, job_id, timeout=120) for job_id in ids]
+    assert [d["status"] for d in done] == ["failed", "failed"], done
+    assert all("injected" in d["error"]["message"] for d in done), done
 
 
 def test_redis_down_at_submit_then_sweeper_publishes(client, settings, auth, tmp_path) -> None:

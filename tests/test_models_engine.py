@@ -9,9 +9,11 @@ import pytest
 from PIL import Image
 
 from service.models.base import (
+    Canceled,
     GenerateRequest,
     GenerateResult,
     InvalidInput,
+    ModelError,
     OutOfMemory,
     UnderstandRequest,
     UnderstandResult,
@@ -19,7 +21,8 @@ from service.models.base import (
 
 pytest.importorskip("torch")
 
-
+from service.models.engine import run_to_completion  # noqa: E402
+from tests.helpers import Control  # noqa: E402
 
 
 def _run(engine: Any, joins: dict[int, list[tuple[str, Any]]]) -> tuple[dict, dict]:
@@ -202,3 +205,36 @@ def test_janusflow_text_refusals_take_no_slot_and_drop_frees_one(flow) -> None:
     assert engine.active() == ["b"] and engine.free_slots() == 1 and engine.cache.rows == 1
     results, _ = _run(engine, {})
     assert results["b"].text == flow.understand([b])[0].text
+
+
+def test_janusflow_static_understanding_drives_the_engine_under_its_control(flow) -> None:
+    image = Image.new("RGB", (36, 36), "yellow")
+    ok = UnderstandRequest(image, "ok?", seed=1, temperature=1.0, max_new_tokens=5)
+    batch = [ok, UnderstandRequest(image, "stop me", seed=2, max_new_tokens=20),
+             UnderstandRequest(image, "x", max_new_tokens=0),
+             UnderstandRequest(image, "never", seed=3)]
+    control = Control(stop_index=1, after=3)  # job 1: asked before the start and 2 steps
+    control.should_stop = lambda i, ask=control.should_stop: i == 3 or ask(i)  # type: ignore
+    results = flow.understand(batch, control)
+    assert isinstance(results[1], Canceled) and str(results[1]) == "canceled"
+    assert isinstance(results[2], InvalidInput)
+    assert isinstance(results[3], Canceled) and "before start" in str(results[3])
+    assert results[0].text == flow.understand([ok])[0].text
+    assert control.progress[0][-1] == 1.0 and len(control.texts[0]) == 4  # while it ran
+
+
+def test_a_fault_of_a_step_fails_each_job_still_running(flow) -> None:
+    image = Image.new("RGB", (36, 36), "yellow")
+    engine = flow.open_engine("understand", 2)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    engine.cache.step = broken
+    batch = [UnderstandRequest(image, "a?", max_new_tokens=1),
+             UnderstandRequest(image, "b?", max_new_tokens=4)]
+    results = run_to_completion(engine, batch, Control())
+    # The first job was done at its first token, but its step failed as a whole.
+    assert [str(r) for r in results] == ["a bug", "a bug"]
+    assert all(isinstance(r, ModelError) for r in results)
+    assert engine.active() == [] and engine.cache.rows == 0

@@ -180,7 +180,14 @@ def run_to_completion(engine: Engine, batch: list[Any], control: RunControl) -> 
             if control.should_stop(i):
                 engine.drop(i)
                 results[i] = Canceled("canceled")
-        for i, result in engine.step():
+        stepping = engine.active()
+        try:
+            finished = engine.step()
+        except Exception as exc:  # a fault of the step as a whole: every job in it fails
+            for i in engine.active():
+                engine.drop(i)
+            finished = [(i, failure(exc)) for i in stepping]
+        for i, result in finished:
             results[i] = result  # type: ignore[index]
             if not isinstance(result, ModelError):  # an early end of sentence finishes too
                 control.report_progress(i, 1.0)  # type: ignore[arg-type]

@@ -212,12 +212,13 @@ class EngineLoop:
         for task, engine in list(self.engines.items()):
             if engine is None or not engine.active():
                 continue
+            stepping = engine.active()
             try:
                 finished = engine.step()
             except Exception as exc:  # a runner bug must still end every job, not hang it
                 log.exception("the %s engine failed a step", task)
-                finished = [(k, ModelError(f"{type(exc).__name__}: {exc}")) for k in
-                            engine.active()]
+                # Every job of the step, the ones that left the engine in it included.
+                finished = [(k, ModelError(f"{type(exc).__name__}: {exc}")) for k in stepping]
                 for key in engine.active():
                     engine.drop(key)
             running = len(engine.active()) + len(finished)
