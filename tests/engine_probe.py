@@ -70,17 +70,21 @@ def main() -> None:
                     # o0 leaves early (its rows before the target's are compacted away).
                     result = drive(engine, schedule, {3: "o0"})["t"]
                     out[f"s{seed}-b{n}-j{join}@{slot}"] = digest(result)
-    if not flow:
-        image = Image.new("RGB", (40, 24), (10, 200, 30))
-        question = UnderstandRequest(image, "what is it?", seed=3, temperature=1.0,
-                                     max_new_tokens=6)
-        engine = runner.open_engine("understand", 8)
-        out["text-alone"] = digest(drive(engine, [(0, "t", question)], {})["t"])
-        crowd = [(i, f"q{i}", UnderstandRequest(image, f"q {i}?", seed=i, max_new_tokens=3 + i))
-                 for i in range(4)]
-        engine = runner.open_engine("understand", 8)
-        result = drive(engine, crowd[:2] + [(1, "t", question)] + crowd[2:], {2: "q0"})["t"]
-        out["text-b5-j1@2"] = digest(result)
+    # Understanding, both families: alone, in a crowd (joining at step 1 in slot 2, a
+    # neighbour dropped at step 2), and through the run-to-completion path.
+    image = Image.new("RGB", (40, 24), (10, 200, 30))
+    question = UnderstandRequest(image, "what is it?", seed=3, temperature=1.0,
+                                 max_new_tokens=6)
+    engine = runner.open_engine("understand", 8)
+    out["text-alone"] = digest(drive(engine, [(0, "t", question)], {})["t"])
+    out["text-static"] = digest(runner.understand([question])[0])
+    crowd = [(i, f"q{i}", UnderstandRequest(image, f"q {i}?", seed=i, max_new_tokens=3 + i,
+                                            temperature=[None, 0.0, 0.7, 1.2][i],
+                                            top_p=[None, None, 0.8, None][i]))
+             for i in range(4)]
+    engine = runner.open_engine("understand", 8)
+    result = drive(engine, crowd[:2] + [(1, "t", question)] + crowd[2:], {2: "q0"})["t"]
+    out["text-b5-j1@2"] = digest(result)
     print(json.dumps(out))
 
 

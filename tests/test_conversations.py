@@ -105,7 +105,7 @@ def test_the_runners_tokenize_the_rendered_conversation(name: str, request) -> N
     smuggled = tuple(Turn(t.role, t.content.replace("fox", "fox<image_placeholder>"), t.image)
                      for t in DIALOGUE)
     ids = _ids(runner, UnderstandRequest(image, "", messages=smuggled))
-    # Janus-Pro's ids come expanded; JanusFlow expands them in `understand_one`.
+    # Janus-Pro's ids come expanded; JanusFlow expands them in `understand.question`.
     assert ids == _expected_ids(runner, expected_dialogue(*_roles(name)), name == "pro")
 
 

@@ -19,7 +19,7 @@ def test_janusflow_jobs_through_a_worker(client, auth, settings, spawn) -> None:
         "model": FLOW, "task": "generate", "input": {"prompt": "x", "temperature": 1.0}})
     assert refused.status_code == 422
 
-    start_worker(spawn, settings, model=FLOW, name="flow", max_batch=4)
+    worker = start_worker(spawn, settings, model=FLOW, name="flow", max_batch=4)
     body = {"model": FLOW, "task": "generate",
             "input": {"prompt": "a red fox", "num_images": 2, "seed": 11, "steps": 4}}
     first = client.post("/v1/jobs", json=body, headers=auth).json
@@ -36,12 +36,20 @@ def test_janusflow_jobs_through_a_worker(client, auth, settings, spawn) -> None:
     assert pixels[0] != pixels[2]
 
     image = base64.b64encode(png_bytes((40, 30), "green")).decode()
-    ask = client.post("/v1/jobs", headers=auth, json={
-        "model": FLOW, "task": "understand",
-        "input": {"image": image, "question": "colour?", "max_new_tokens": 6, "seed": 1}}).json
-    answer = wait_terminal(client, auth, ask["id"])
-    assert answer["status"] == "succeeded" and isinstance(answer["output"]["text"], str)
-    assert 1 <= answer["output"]["usage"]["completion_tokens"] <= 6
+    ask = {"model": FLOW, "task": "understand",
+           "input": {"image": image, "question": "colour?", "max_new_tokens": 6, "seed": 1}}
+    longer = {**ask, "input": {**ask["input"], "max_new_tokens": 12}}
+    jobs = [client.post("/v1/jobs", headers=auth, json=body).json for body in (ask, longer, ask)]
+    answers = [wait_terminal(client, auth, job["id"]) for job in jobs]
+    for answer in answers:
+        assert answer["status"] == "succeeded" and isinstance(answer["output"]["text"], str)
+        assert 1 <= answer["output"]["usage"]["completion_tokens"] <= 12
+    assert answers[0]["output"]["text"] == answers[2]["output"]["text"]  # same seed
+    # Understanding runs on the worker's continuous engine, not the run-to-completion path.
+    log = worker.output()
+    for job in jobs:
+        assert f"job {job['id']} joined the understand engine" in log, log[-3000:]
+    answer = answers[0]
 
     # The same question as a one-turn conversation is the same prompt, so the same answer;
     # earlier turns make the prompt longer, a short system prompt (it replaces DeepSeek's

@@ -1,6 +1,7 @@
 """Continuous batching keeps seeds: a job's tokens, text and pixels are the same alone and
 joining crowds of 3 or 5 at different steps and slots (with a neighbour leaving mid-run),
-at 1 and at 2 threads, in batch-invariant mode; and the same as the static path's.
+at 1 and at 2 threads, in batch-invariant mode; and the same as the static path's. Both
+families, both tasks: generation and understanding.
 
 Each thread count runs in a fresh process (tests/engine_probe.py); bits are compared within
 a process, not across thread counts (README, "Reproducibility")."""
@@ -45,5 +46,4 @@ def test_a_job_is_the_same_alone_and_joining_any_crowd_at_any_step(
         assert set(crowds.values()) == {alone}, (seed, crowds, alone)
         assert run[f"s{seed}-static"] == alone  # the run-to-completion path agrees
     assert run["s7-alone"] != run["s8-alone"]
-    if family == "janus-pro":
-        assert run["text-b5-j1@2"] == run["text-alone"]
+    assert run["text-b5-j1@2"] == run["text-alone"] == run["text-static"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from tests.helpers import (
     SLOW,
     TINY,
     free_port,
+    png_bytes,
     queue_key,
     settings_env,
     start_worker,
@@ -63,6 +65,21 @@ def test_worker_killed_mid_job_is_recovered(slow_client, auth, settings, slow_se
     engine.dispose()
 
 
+def _hooked(settings, model: str, hook: str, tmp_path):  # type: ignore[no-untyped-def]
+    """A model of its own (the tiny one under another name: a queue no other test's job
+    joins), an API client that knows it, and a worker environment that runs `hook` as
+    its interpreter's sitecustomize."""
+    from service.api import create_app
+
+    own = settings.model_copy(update={"models": {**settings.models,
+                                                 model: settings.models[TINY]}})
+    folder = tmp_path / "hook"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(hook)
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
+    return own, create_app(own).test_client(), settings_env(own, PYTHONPATH=path)
+
+
 # Loaded by a worker's interpreter at start (sitecustomize): the worker SIGKILLs itself
 # whenever it is about to run a batch holding a job whose prompt is "poison" (or, in the
 # continuous engine, to admit such a job), as a segfault or the kernel's OOM killer would,
@@ -98,17 +115,8 @@ def test_a_poison_job_fails_alone_and_its_batch_mates_succeed(settings, auth, sp
     """Four jobs claimed as one batch; one of them kills every worker that runs it. It
     fails `worker_lost` after its attempts; the three it was batched with run again,
     each alone, and succeed."""
-    from service.api import create_app
-
     model = "janus-pro-poison"  # a queue of its own: no other test's job joins the batch
-    own = settings.model_copy(update={"models": {**settings.models,
-                                                 model: settings.models[TINY]}})
-    api = create_app(own).test_client()
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(POISON_HOOK)
-    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
-    worker_env = settings_env(own, PYTHONPATH=path)
+    own, api, worker_env = _hooked(settings, model, POISON_HOOK, tmp_path)
     spawn(["dispatcher"], env=settings_env(own), name="dispatcher")
 
     prompts = ["mate 0", "poison", "mate 1", "mate 2"]
@@ -148,6 +156,35 @@ def test_a_poison_job_fails_alone_and_its_batch_mates_succeed(settings, auth, sp
         # Two claims: the batch the poison killed, then one of its own that succeeded.
         assert (mate.status, mate.attempts) == ("succeeded", 2), mate
     assert len(workers) == 4  # the first, and one after each of the poison's deaths
+
+
+# A runner bug in the continuous engine: every decode step raises, after the step has
+# let its finished rows leave.
+STEP_FAULT_HOOK = textwrap.dedent("""
+    from service.models import ragged_engine
+
+    def _broken(self, x):
+        raise RuntimeError("injected")
+
+    ragged_engine.RaggedEngine._forward = _broken
+""")
+
+
+def test_a_faulty_engine_step_fails_every_job_of_the_step(settings, auth, spawn,
+                                                          tmp_path) -> None:
+    """Two understanding rows step together; the first is done at its first token and
+    leaves, then the step raises. Both fail with the error; neither is left running."""
+    model = "janus-pro-step-fault"  # a queue of its own
+    own, api, worker_env = _hooked(settings, model, STEP_FAULT_HOOK, tmp_path)
+    image = base64.b64encode(png_bytes((20, 20), "red")).decode()
+    ids = [api.post("/v1/jobs", headers=auth, json={
+        "model": model, "task": "understand",
+        "input": {"image": image, "question": "q?", "max_new_tokens": n}}).json["id"]
+        for n in (1, 6)]
+    start_worker(spawn, own, model=model, env=worker_env, max_batch=2)
+    done = [wait_terminal(api, auth, job_id, timeout=120) for job_id in ids]
+    assert [d["status"] for d in done] == ["failed", "failed"], done
+    assert all("injected" in d["error"]["message"] for d in done), done
 
 
 def test_redis_down_at_submit_then_sweeper_publishes(client, settings, auth, tmp_path) -> None:

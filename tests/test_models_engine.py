@@ -9,9 +9,11 @@ import pytest
 from PIL import Image
 
 from service.models.base import (
+    Canceled,
     GenerateRequest,
     GenerateResult,
     InvalidInput,
+    ModelError,
     OutOfMemory,
     UnderstandRequest,
     UnderstandResult,
@@ -19,7 +21,8 @@ from service.models.base import (
 
 pytest.importorskip("torch")
 
-
+from service.models.engine import run_to_completion  # noqa: E402
+from tests.helpers import Control  # noqa: E402
 
 
 def _run(engine: Any, joins: dict[int, list[tuple[str, Any]]]) -> tuple[dict, dict]:
@@ -105,7 +108,6 @@ def test_janusflow_jobs_with_their_own_steps_join_and_leave(flow) -> None:
     assert at == {"a": 4, "b": 4}
     for key, request in (("a", a), ("b", b)):
         assert _pixels(results[key]) == _pixels(flow.generate([request])[0])
-    assert flow.open_engine("understand", 2) is None  # keeps the static path
 
 
 def test_janus_pro_out_of_memory_steps_each_job_alone_and_fails_only_one_too_big(pro) -> None:
@@ -127,3 +129,112 @@ def test_janus_pro_out_of_memory_steps_each_job_alone_and_fails_only_one_too_big
     assert isinstance(results["big"], OutOfMemory)
     for key, request in (("a", small[0]), ("b", small[1])):
         assert _pixels(results[key]) == _pixels(pro.generate([request])[0])
+
+
+def test_janusflow_text_rows_join_late_leave_at_their_budget_and_match_the_static_path(
+    flow,
+) -> None:
+    image = Image.new("RGB", (48, 80), (200, 30, 30))
+    greedy = UnderstandRequest(image, "What is in the picture?", seed=4, temperature=0.0,
+                               max_new_tokens=7)
+    sampled = UnderstandRequest(image, "Why?", seed=9, temperature=1.0, max_new_tokens=4)
+    default = UnderstandRequest(Image.new("RGB", (30, 30), "blue"), "hi", seed=2,
+                                max_new_tokens=5)  # the demo's 0.1 / 0.95 / top-k 50
+    engine = flow.open_engine("understand", 3)
+    results, at = _run(engine, {0: [("greedy", greedy)], 2: [("sampled", sampled)],
+                                3: [("default", default)]})
+    # Each left after its own budget (a random checkpoint never says end-of-sentence).
+    assert at == {"greedy": 6, "sampled": 5, "default": 7}
+    assert engine.active() == [] and engine.cache.rows == 0
+    for key, request in (("greedy", greedy), ("sampled", sampled), ("default", default)):
+        assert isinstance(results[key], UnderstandResult)
+        assert results[key].text == flow.understand([request])[0].text, key
+        assert results[key].stats["new_tokens"] == request.max_new_tokens
+    again = flow.understand([UnderstandRequest(image, "Why?", seed=10, temperature=1.0,
+                                               max_new_tokens=4)])[0]
+    assert again.text != results["sampled"].text  # the seed matters
+
+
+def test_janusflow_text_row_leaves_at_end_of_sentence(flow) -> None:
+    request = UnderstandRequest(Image.new("RGB", (40, 40), "red"), "hi?", seed=5,
+                                temperature=1.0, max_new_tokens=12)
+    engine = flow.open_engine("understand", 2)
+    engine.admit([("a", request)])
+    for _ in range(6):
+        engine.step()
+    out = list(engine.jobs["a"].out)
+    # The first token that did not come before it plays end-of-sentence in a second run.
+    cut = next(i for i in range(1, len(out)) if out[i] not in out[:i])
+    engine = flow.open_engine("understand", 2)
+    engine.eos = out[cut]
+    results, at = _run(engine, {0: [("a", request)]})
+    assert at == {"a": cut}
+    assert results["a"].stats["new_tokens"] == cut
+    assert results["a"].text == flow.tokenizer.decode(out[:cut], skip_special_tokens=True).strip()
+
+
+def test_janusflow_text_refusals_take_no_slot_and_drop_frees_one(flow) -> None:
+    image = Image.new("RGB", (32, 32), "green")
+    a = UnderstandRequest(image, "a?", seed=1, temperature=1.0, max_new_tokens=5)
+    b = UnderstandRequest(image, "b?", seed=2, max_new_tokens=5)
+    engine = flow.open_engine("understand", 2)
+    calls = []
+    tower = flow.model.image_features
+
+    def counted(pixels):  # type: ignore[no-untyped-def]
+        calls.append(pixels.shape[0])
+        return tower(pixels)
+
+    flow.model.image_features = counted
+    try:
+        refused = dict(engine.admit([
+            ("bad", UnderstandRequest(image, "x", max_new_tokens=0)),
+            ("image", GenerateRequest("not a question")),
+            ("a", a), ("b", b),
+            ("c", UnderstandRequest(image, "c?", seed=3)),
+        ]))
+    finally:
+        flow.model.image_features = tower
+    assert isinstance(refused["bad"], InvalidInput)
+    assert "not an understanding request" in str(refused["image"])
+    assert str(refused["c"]) == "no free slot in the engine"  # bad took none of the two
+    assert set(refused) == {"bad", "image", "c"} and engine.active() == ["a", "b"]
+    assert calls == [2]  # one tower pass for the jobs admitted together
+    engine.step()
+    assert engine.drop("a") and not engine.drop("a")
+    assert engine.active() == ["b"] and engine.free_slots() == 1 and engine.cache.rows == 1
+    results, _ = _run(engine, {})
+    assert results["b"].text == flow.understand([b])[0].text
+
+
+def test_janusflow_static_understanding_drives_the_engine_under_its_control(flow) -> None:
+    image = Image.new("RGB", (36, 36), "yellow")
+    ok = UnderstandRequest(image, "ok?", seed=1, temperature=1.0, max_new_tokens=5)
+    batch = [ok, UnderstandRequest(image, "stop me", seed=2, max_new_tokens=20),
+             UnderstandRequest(image, "x", max_new_tokens=0),
+             UnderstandRequest(image, "never", seed=3)]
+    control = Control(stop_index=1, after=3)  # job 1: asked before the start and 2 steps
+    control.should_stop = lambda i, ask=control.should_stop: i == 3 or ask(i)  # type: ignore
+    results = flow.understand(batch, control)
+    assert isinstance(results[1], Canceled) and str(results[1]) == "canceled"
+    assert isinstance(results[2], InvalidInput)
+    assert isinstance(results[3], Canceled) and "before start" in str(results[3])
+    assert results[0].text == flow.understand([ok])[0].text
+    assert control.progress[0][-1] == 1.0 and len(control.texts[0]) == 4  # while it ran
+
+
+def test_a_fault_of_a_step_fails_each_job_still_running(flow) -> None:
+    image = Image.new("RGB", (36, 36), "yellow")
+    engine = flow.open_engine("understand", 2)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    engine.cache.step = broken
+    batch = [UnderstandRequest(image, "a?", max_new_tokens=1),
+             UnderstandRequest(image, "b?", max_new_tokens=4)]
+    results = run_to_completion(engine, batch, Control())
+    # The first job was done at its first token, but its step failed as a whole.
+    assert [str(r) for r in results] == ["a bug", "a bug"]
+    assert all(isinstance(r, ModelError) for r in results)
+    assert engine.active() == [] and engine.cache.rows == 0

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from service.models import catalog, runners  # noqa: E402
 from service.models.base import UnderstandRequest  # noqa: E402
 from service.models.checkpoints import tiny  # noqa: E402
-from service.models.janus_pro.sampling import top_k_filter  # noqa: E402
+from service.models.sampling import top_k_filter  # noqa: E402
 
 PUBLISHED = Path(__file__).resolve().parent / "data" / "published"
 SIZE = 64
@@ -201,6 +201,39 @@ def test_janus_understanding_samples_with_top_k(pro) -> None:
     with torch.inference_mode():
         out = pro.decoder.text_tokens([greedy, sampled], Control())
     assert out[0] == out[1]
+
+
+def test_janusflow_understanding_samples_as_the_demos_generate(flow) -> None:
+    """DeepSeek's JanusFlow demo: `torch.manual_seed(seed)`, then the Llama's `generate`
+    on the prompt embeddings (transformers' temperature, top-k 50, top-p, then
+    `torch.multinomial`). Our engine draws from a generator of the job's own: the same
+    tokens, greedy, at the defaults and hotter. (The two forward passes differ only in
+    rounding: transformers' Llama against `lm.LeanLM` over the same weights.)"""
+    from service.models.janusflow.config import BOS as FLOW_BOS
+    from service.models.janusflow.config import EOS as FLOW_EOS
+    from service.models.janusflow.understand import question, text_jobs
+
+    image = Image.new("RGB", (48, 80), (200, 30, 30))
+    requests = [UnderstandRequest(image, "What is in the picture?", seed=s, temperature=t,
+                                  top_p=p, max_new_tokens=12)
+                for s, t, p in ((1, 0.0, None), (2, None, None), (3, 1.0, None), (4, 1.3, 0.8))]
+    top_k = flow.defaults()["understand"]["top_k"]
+    answers = flow.understand(requests)
+    for request, answer in zip(requests, answers, strict=True):
+        with torch.inference_mode():
+            [job] = text_jobs(flow, [question(flow, request)])
+            sampled = job.temperature > 0
+            extra = {"temperature": job.temperature, "top_p": job.top_p, "top_k": top_k} \
+                if sampled else {}
+            torch.manual_seed(request.seed)
+            out = flow.model.language_model.generate(
+                inputs_embeds=job.embeds[None], attention_mask=torch.ones(1, len(job.ids),
+                                                                           dtype=torch.long),
+                max_new_tokens=job.max_new_tokens, do_sample=sampled,
+                pad_token_id=flow.ids[FLOW_EOS], bos_token_id=flow.ids[FLOW_BOS],
+                eos_token_id=flow.ids[FLOW_EOS], **extra)
+        expected = flow.tokenizer.decode(out[0].tolist(), skip_special_tokens=True).strip()
+        assert answer.text == expected, request
 
 
 # -- pixels ----------------------------------------------------------------------------

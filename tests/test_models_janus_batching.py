@@ -213,9 +213,9 @@ def test_runner_splits_batch_on_oom(runner, monkeypatch: pytest.MonkeyPatch) -> 
 def test_static_step_matches_eager(runner) -> None:
     # The fixed-shape step that torch.compile captures on a GPU, run eagerly here.
     from service.models.janus_pro.decode import JanusDecoder
-    from service.models.janus_pro.lm import LeanLM
+    from service.models.lm import LeanLM
 
-    lm = LeanLM(runner.model, static=True)
+    lm = LeanLM(runner.model.model.language_model, static=True)
     eager = runner.decoder
     try:
         runner.decoder = JanusDecoder(

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from service.models.base import ModelError
+from service.models.base import Canceled, ModelError, RunControl
 
 Key = Hashable
 Finished = list[tuple[Key, Any]]  # (key, GenerateResult | UnderstandResult | ModelError)
@@ -64,13 +64,57 @@ class Engine(Protocol):
 
 
 class EngineBase:
-    """Bookkeeping shared by the engines: slots, keys, refusal of duplicates."""
+    """Bookkeeping shared by the engines: slots, keys, and admission.
+
+    `admit` is the same for every engine: a key already running (or repeated), a request
+    of the other task, or one past the free slots is refused; `_prepare` checks and
+    readies each of the others on its own (its failure refuses it alone, and it takes no
+    slot); then `_start` starts the ready ones together (an engine whose jobs share a
+    tower pass runs it once there) and they become rows."""
+
+    request_type: type = object  # the request class of the engine's task
 
     def __init__(self, task: str, slots: int) -> None:
         if slots < 1:
             raise ValueError("an engine needs at least one slot")
         self.task = task
         self.slots = slots
+
+    def admit(self, items: list[tuple[Key, Any]]) -> list[tuple[Key, ModelError]]:
+        import torch
+
+        taken, refused = self._room(items)
+        ready: list[tuple[Key, Any]] = []
+        with torch.inference_mode():
+            for key, request in taken:
+                if not isinstance(request, self.request_type):
+                    kind = "a generation" if self.task == "generate" else "an understanding"
+                    refused.append((key, ModelError(
+                        f"not {kind} request: {type(request).__name__}")))
+                elif full := self._full(len(ready)):
+                    refused.append((key, full))
+                else:
+                    try:
+                        ready.append((key, self._prepare(key, request)))
+                    except Exception as e:
+                        refused.append((key, failure(e)))
+            rows = self._rows()
+            started = self._start([prepared for _, prepared in ready]) if ready else []
+            for (key, _), row in zip(ready, started, strict=True):
+                if isinstance(row, BaseException):
+                    refused.append((key, failure(row)))
+                else:
+                    rows[key] = row
+        return refused
+
+    def _prepare(self, key: Key, request: Any) -> Any:
+        """One request, checked and readied on its own; raises to refuse it."""
+        raise NotImplementedError
+
+    def _start(self, ready: list[Any]) -> list[Any]:
+        """The ready requests together -> each one's row (or the exception that refuses
+        it), in order. By default `_prepare` made the row already."""
+        return ready
 
     def active(self) -> list[Key]:
         return list(self._rows())
@@ -98,9 +142,10 @@ class EngineBase:
                 taken.append((key, request))
         return taken, refused
 
-    def _full(self) -> ModelError | None:
-        """Checked before each admission: a refused request takes no slot."""
-        return None if self.free_slots() else ModelError("no free slot in the engine")
+    def _full(self, pending: int = 0) -> ModelError | None:
+        """Checked before each admission (`pending`: admitted in this call so far): a
+        refused request takes no slot."""
+        return None if self.free_slots() > pending else ModelError("no free slot in the engine")
 
 
 def failure(exc: BaseException) -> ModelError:
@@ -114,6 +159,43 @@ def failure(exc: BaseException) -> ModelError:
 
         return OutOfMemory(str(exc).splitlines()[0] if str(exc) else "out of memory")
     return ModelError(str(exc) or type(exc).__name__)
+
+
+def run_to_completion(engine: Engine, batch: list[Any], control: RunControl) -> list[Any]:
+    """A static batch through an engine: every job admitted at once and stepped until the
+    last one leaves, under `control` (a stop before the start or between steps, progress,
+    the text so far). The run-to-completion path of a runner whose jobs run on its engine:
+    both paths then give a job the same output."""
+    results: list[Any] = [None] * len(batch)
+    items = []
+    for i, request in enumerate(batch):
+        if control.should_stop(i):
+            results[i] = Canceled("canceled before start")
+        else:
+            items.append((i, request))
+    for i, error in engine.admit(items):
+        results[i] = error
+    while engine.active():
+        for i in engine.active():
+            if control.should_stop(i):
+                engine.drop(i)
+                results[i] = Canceled("canceled")
+        stepping = engine.active()
+        try:
+            finished = engine.step()
+        except Exception as exc:  # a fault of the step as a whole: every job in it fails
+            for i in engine.active():
+                engine.drop(i)
+            finished = [(i, failure(exc)) for i in stepping]
+        for i, result in finished:
+            results[i] = result  # type: ignore[index]
+            if not isinstance(result, ModelError):  # an early end of sentence finishes too
+                control.report_progress(i, 1.0)  # type: ignore[arg-type]
+        for i, (done, steps) in engine.progress().items():
+            control.report_progress(i, done / steps, done, steps)  # type: ignore[arg-type]
+        for i, text in engine.texts().items():
+            control.report_text(i, text)
+    return results
 
 
 # A prompt budget for sizing only: longer prompts still run (the cache grows), they just

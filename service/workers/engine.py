@@ -18,8 +18,9 @@ go through `Executor._finish` (webhooks, batch counters and metrics follow from 
 A SIGKILL loses nothing: claimed jobs hold leases, and the dispatcher's sweeper requeues
 them once those expire, as for a static batch.
 
-Tasks whose runner has no engine (JanusFlow understanding) run through the static path
-(`Executor._run_batch`) when claimed, between engine steps.
+Every family has an engine for both tasks. A task whose runner has none (`open_engine`
+returns None) runs through the static path (`Executor._run_batch`) when claimed, between
+engine steps.
 """
 
 from __future__ import annotations
@@ -211,12 +212,13 @@ class EngineLoop:
         for task, engine in list(self.engines.items()):
             if engine is None or not engine.active():
                 continue
+            stepping = engine.active()
             try:
                 finished = engine.step()
             except Exception as exc:  # a runner bug must still end every job, not hang it
                 log.exception("the %s engine failed a step", task)
-                finished = [(k, ModelError(f"{type(exc).__name__}: {exc}")) for k in
-                            engine.active()]
+                # Every job of the step, the ones that left the engine in it included.
+                finished = [(k, ModelError(f"{type(exc).__name__}: {exc}")) for k in stepping]
                 for key in engine.active():
                     engine.drop(key)
             running = len(engine.active()) + len(finished)

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from service.models.base import Canceled, RunControl
-from service.models.janus_pro.jobs import ImageJob, TextJob
-from service.models.janus_pro.lm import KVCache, LeanLM
-from service.models.janus_pro.sampling import Rows, greedy_rows, sample, top_k_filter, top_p_filter
+from service.models.janus_pro.jobs import ImageJob
+from service.models.lm import KVCache, LeanLM
+from service.models.sampling import Rows, greedy_rows, sample, top_k_filter, top_p_filter
+from service.models.text_engine import TextJob
 
 
 class JanusDecoder:

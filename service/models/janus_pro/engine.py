@@ -1,23 +1,19 @@
 """Janus / Janus-Pro, continuous: image and text rows join the running decode between steps.
 
-Both engines keep their rows in a `RaggedCache` (each row owns its columns from 0), one
-block of rows per job in admission order, and the last hidden state of every row. A step
-samples one token for every job from its own generator (`sampling.sample`), lets the jobs
-that are done leave (compaction), then runs one decode step over the rows that remain. A
-job admitted between steps is prefilled on its own (its prompt unpadded, as when alone)
-and its rows are appended.
+Both engines keep their rows in a `RaggedCache` (`ragged_engine.RaggedEngine`: one block
+of rows per job, compaction, the shape of a step).
 
 Images (here): a job with guidance g != 1 has n conditional rows then n unconditional rows; with
 g == 1 only the n conditional rows (no unconditional pass at all). It finishes after its
 576th token (the last one is never fed back) and is VQ-decoded inside that step.
-Text (understanding): `text_engine`.
+Text (understanding): the family-neutral `text_engine.TextEngine`; the jobs admitted
+together share one pass of the image tower (`JobBuilder.text_jobs`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -27,137 +23,41 @@ from service.models.base import (
     GenerateResult,
     ModelError,
     NullControl,
-    OutOfMemory,
+    UnderstandRequest,
 )
-from service.models.engine import EngineBase, Finished, Key, failure
-from service.models.janus_pro.sampling import sample
-from service.models.janus_pro.slots import RaggedCache
+from service.models.engine import Key, failure
 from service.models.preview import due, thumbnail
+from service.models.ragged_engine import RaggedEngine, Row
+from service.models.sampling import sample
+from service.models.text_engine import TextEngine, TextJob
 
 if TYPE_CHECKING:
     from service.models.janus_pro.runner import JanusProRunner
 
 
-@dataclass
-class _Job:
-    job: Any  # ImageJob | TextJob
-    rows: int  # cache rows
-    generator: torch.Generator | None
-    started: float
-    done: int = 0  # tokens sampled
-    out: list[int] = field(default_factory=list)  # text: the answer's ids so far
-    tokens: torch.Tensor | None = None  # images: (n, steps)
-    preview: bool = False  # the job asked for previews
-    shown: int = 0  # images: tokens done at its last preview
+class ImageEngine(RaggedEngine):
+    request_type = GenerateRequest
 
-
-class _Ragged(EngineBase):
-    """Rows, hidden states and compaction shared by the image and text engines."""
-
-    def __init__(self, runner: JanusProRunner, task: str, slots: int) -> None:
-        super().__init__(task, slots)
-        self.runner = runner
-        self.decoder = runner.decoder
-        assert self.decoder is not None, "load() the runner first"
-        self.lm = self.decoder.lm
-        self.cache = RaggedCache(self.lm, per_row=runner.batch_invariant)
-        self.jobs: dict[Key, _Job] = {}  # admission order == cache order
-        self.hidden = torch.empty(0, self.lm.hidden, dtype=self.lm.dtype, device=self.lm.device)
-        self.steps_run = 0
-        self._layout_stale = True
-
-    def _rows(self) -> dict[Key, Any]:
-        return self.jobs
-
-    def _generator(self, job: Any) -> torch.Generator | None:
-        if job.temperature <= 0:
-            return None
-        return torch.Generator(device=self.lm.device).manual_seed(job.seed)
-
-    def _append(self, embeds: torch.Tensor, sources: list[int], extra: int) -> None:
-        """Prefill one job's distinct prompts (rows of `embeds`) and append its cache rows."""
-        last, kv = self.lm.prefill(embeds.to(self.lm.dtype))
-        self.cache.add(kv, sources, extra)
-        self.hidden = torch.cat([self.hidden, last[sources]])
-        self._layout_stale = True
-
-    def _blocks(self) -> list[tuple[Key, _Job, int, int]]:
-        out, start = [], 0
-        for key, live in self.jobs.items():
-            out.append((key, live, start, start + live.rows))
-            start += live.rows
-        return out
-
-    @torch.inference_mode()
-    def drop(self, key: Key) -> bool:
-        if key not in self.jobs:
-            return False
-        self._leave({key})
-        return True
-
-    def _leave(self, keys: set[Key]) -> None:
-        keep = [r for k, _, a, b in self._blocks() if k not in keys for r in range(a, b)]
-        for key in keys:
-            self.jobs.pop(key, None)
-        self.cache.keep(keep)
-        self.hidden = self.hidden[keep] if keep else self.hidden[:0]
-        self._layout_stale = True
-
-    def _forward(self, x: torch.Tensor) -> Finished:
-        """The decode step over every live row (x: each row's input); out of memory retries
-        each job's rows alone, and a job that cannot step alone fails."""
-        try:
-            self.hidden = self.cache.step(x)
-            return []
-        except torch.OutOfMemoryError:
-            pass
-        if self.lm.device.type == "cuda":
-            torch.cuda.empty_cache()
-        failed: Finished = []
-        hidden = []
-        for key, _, a, b in self._blocks():
-            try:
-                hidden.append(self.cache.step(x[a:b], a, b))
-            except torch.OutOfMemoryError:
-                failed.append((key, OutOfMemory("out of memory in a decode step, alone")))
-                hidden.append(self.hidden[a:b])
-        self.hidden = torch.cat(hidden)
-        self._leave({k for k, _ in failed})
-        return failed
-
-
-class ImageEngine(_Ragged):
     def __init__(self, runner: JanusProRunner, slots: int) -> None:
-        super().__init__(runner, "generate", slots)
+        assert runner.decoder is not None, "load() the runner first"
+        super().__init__(runner.decoder.lm, "generate", slots, runner.batch_invariant)
+        self.runner = runner
         self.steps = runner.num_image_tokens
         self.head = runner.model.model.generation_head
         self.embed = runner.model.prepare_embeddings_for_image_generation
         self._filler: int | None = None  # the preview's token for positions not produced yet
 
-    @torch.inference_mode()
-    def admit(self, items: list[tuple[Key, Any]]) -> list[tuple[Key, ModelError]]:
-        taken, refused = self._room(items)
-        for key, request in taken:
-            if full := self._full():
-                refused.append((key, full))
-                continue
-            try:
-                if not isinstance(request, GenerateRequest):
-                    raise ModelError(f"not a generation request: {type(request).__name__}")
-                job = self.runner._image_job(0, request)
-                guided = job.guidance != 1.0
-                n = job.num_images
-                ids = torch.stack([job.cond_ids, job.uncond_ids]) if guided else job.cond_ids[None]
-                embeds = self.lm.embed_tokens(ids.to(self.lm.device))
-                live = _Job(job, n * (2 if guided else 1), self._generator(job), time.monotonic())
-                live.tokens = torch.empty(n, self.steps, dtype=torch.long, device=self.lm.device)
-                live.preview = request.preview
-                self._append(embeds, [0] * n + ([1] * n if guided else []), self.steps - 1)
-            except Exception as e:
-                refused.append((key, failure(e)))
-                continue
-            self.jobs[key] = live
-        return refused
+    def _prepare(self, key: Key, request: GenerateRequest) -> Row:
+        job = self.runner._image_job(0, request)
+        guided = job.guidance != 1.0
+        n = job.num_images
+        ids = torch.stack([job.cond_ids, job.uncond_ids]) if guided else job.cond_ids[None]
+        embeds = self.lm.embed_tokens(ids.to(self.lm.device))
+        live = Row(job, n * (2 if guided else 1), self._generator(job), time.monotonic())
+        live.tokens = torch.empty(n, self.steps, dtype=torch.long, device=self.lm.device)
+        live.preview = request.preview
+        self._append(embeds, [0] * n + ([1] * n if guided else []), self.steps - 1)
+        return live
 
     def progress(self) -> dict[Key, tuple[int, int]]:
         return {k: (live.done, live.job.units) for k, live in self.jobs.items()}
@@ -220,13 +120,7 @@ class ImageEngine(_Ragged):
         self.generators = [live.generator for live in self.jobs.values()]
         self._layout_stale = False
 
-    @torch.inference_mode()
-    def step(self) -> Finished:
-        if not self.jobs:
-            return []
-        if self._layout_stale:
-            self._layout()
-        started = time.monotonic()
+    def _sample(self) -> tuple[torch.Tensor, set[Key]]:
         # DeepSeek's guidance, uncond + g * (cond - uncond), mixed before the head's last
         # (affine) layer as `JanusDecoder._guided_logits` does; g == 1 rows take cond as is.
         act = self.head.activation_fn(self.head.proj_out(self.hidden)).float()
@@ -240,24 +134,12 @@ class ImageEngine(_Ragged):
             live.done += 1
             if live.done == self.steps:
                 finished.add(key)
-        done = {k: self.jobs[k] for k in finished}
-        if finished:
-            keep = [i for (k, a, b), key in zip(self.spans, self.jobs, strict=True)
-                    if key not in finished for i in range(a, b)]
-            token = token[keep]
-            self._leave(finished)
-            self._layout()
-        out: Finished = []
-        if self.jobs:
-            x = self.embed(token[:, None])[self.row_image]
-            out += self._forward(x)
-        step_seconds = time.monotonic() - started
-        self.steps_run += 1
-        for key, live in done.items():
-            out.append((key, self._images(live, step_seconds)))
-        return out
+        return token, finished
 
-    def _images(self, live: _Job, step_seconds: float) -> GenerateResult | ModelError:
+    def _inputs(self, token: torch.Tensor) -> torch.Tensor:
+        return self.embed(token[:, None])[self.row_image]
+
+    def _result(self, live: Row, step_seconds: float) -> GenerateResult | ModelError:
         job = live.job
         stats = {"prompt_tokens": len(job.cond_ids), "image_tokens": self.steps * job.num_images,
                  "batch_jobs": len(self.jobs) + 1, "step_seconds": step_seconds}
@@ -265,3 +147,19 @@ class ImageEngine(_Ragged):
             return self.runner._decode_images(job, live.tokens, NullControl(), stats, live.started)
         except Exception as e:
             return failure(e)
+
+
+class JanusTextEngine(TextEngine):
+    def __init__(self, runner: JanusProRunner, slots: int) -> None:
+        decoder = runner.decoder
+        assert decoder is not None, "load() the runner first"
+        super().__init__(decoder.lm, slots, head=runner.model.lm_head, eos=decoder.eos_token_id,
+                         tokenizer=runner.processor.tokenizer, per_row=runner.batch_invariant)
+        self.runner = runner
+
+    def _prepare(self, key: Key, request: UnderstandRequest) -> UnderstandRequest:
+        return request  # checked in `_jobs`, with the group's image tower pass
+
+    def _jobs(self, ready: list[UnderstandRequest]) -> list[TextJob | Exception]:
+        return self.runner.jobs.text_jobs(  # type: ignore[union-attr]
+            [(0, r) for r in ready], self.runner.defaults()["understand"])

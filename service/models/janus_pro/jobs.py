@@ -13,6 +13,7 @@ import torch
 
 from service.models.base import GenerateRequest, InvalidInput, UnderstandRequest
 from service.models.prompts import PromptFormat
+from service.models.text_engine import TextJob
 
 # Images are VQ-decoded this many at a time: the published 16-image example runs out of
 # memory in the VQ decoder, not in the LLM.
@@ -29,28 +30,6 @@ class ImageJob:
     guidance: float
     temperature: float  # 0: greedy
     units: int  # progress units: image tokens plus VQ decode chunks
-
-
-@dataclass
-class TextJob:
-    index: int
-    embeds: torch.Tensor  # (p, hidden) prompt embeddings with image features in place
-    max_new_tokens: int
-    seed: int
-    temperature: float  # 0: greedy
-    top_p: float
-    top_k: int  # 0: no top-k filter
-    ids: list[int]  # the prompt's token ids, image tokens expanded
-
-
-def text_usage(job: TextJob, answer_tokens: int) -> dict[str, Any]:
-    """An understanding result's exact usage. The decoders keep the answer's tokens
-    without the end-of-sentence token; an answer shorter than its budget ended on one,
-    which the model sampled too (a canceled job has no result)."""
-    stopped = answer_tokens < job.max_new_tokens
-    return {"prompt_tokens": int(job.embeds.shape[0]),
-            "completion_tokens": answer_tokens + int(stopped),
-            "finish_reason": "stop" if stopped else "length"}
 
 
 class JobBuilder:

@@ -30,16 +30,11 @@ from service.models.base import (
 )
 from service.models.invariance import make_batch_invariant
 from service.models.janus_pro.decode import JanusDecoder
-from service.models.janus_pro.jobs import (
-    DECODE_CHUNK,
-    ImageJob,
-    JobBuilder,
-    TextJob,
-    text_usage,
-)
-from service.models.janus_pro.lm import LeanLM
+from service.models.janus_pro.jobs import DECODE_CHUNK, ImageJob, JobBuilder
+from service.models.lm import LeanLM
 from service.models.oom import run_split_on_oom
 from service.models.prompts import format_of
+from service.models.text_engine import TextJob, text_usage
 
 # On a GPU, cancellation (and end-of-text) is checked every this many steps: each check is
 # host work the device would otherwise not wait for.
@@ -104,7 +99,8 @@ class JanusProRunner(ModelRunner):
         self.jobs = JobBuilder(model, processor, self.device, self.dtype, prompts)
         self.decoder = JanusDecoder(
             model,
-            LeanLM(model, compile_step=self.compile, batch_invariant=self.batch_invariant),
+            LeanLM(model.model.language_model, compile_step=self.compile,
+                   batch_invariant=self.batch_invariant),
             self.num_image_tokens,
             eos_token_id=processor.tokenizer.eos_token_id,
             poll_every=CUDA_POLL_EVERY if self.cuda else 1,
@@ -144,10 +140,9 @@ class JanusProRunner(ModelRunner):
 
     def open_engine(self, task: str, slots: int) -> Any:
         """Continuous batching for both tasks (`janus_pro.engine`)."""
-        from service.models.janus_pro.engine import ImageEngine
-        from service.models.janus_pro.text_engine import TextEngine
+        from service.models.janus_pro.engine import ImageEngine, JanusTextEngine
 
-        return ImageEngine(self, slots) if task == "generate" else TextEngine(self, slots)
+        return ImageEngine(self, slots) if task == "generate" else JanusTextEngine(self, slots)
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 
 class FlowEngine(EngineBase):
+    request_type = GenerateRequest
+
     def __init__(self, runner: JanusFlowRunner, slots: int) -> None:
         super().__init__("generate", slots)
         self.runner = runner
@@ -39,27 +41,14 @@ class FlowEngine(EngineBase):
     def _rows(self) -> dict[Key, Any]:
         return self.jobs
 
-    @torch.inference_mode()
-    def admit(self, items: list[tuple[Key, Any]]) -> list[tuple[Key, ModelError]]:
-        taken, refused = self._room(items)
-        for key, request in taken:
-            if full := self._full():
-                refused.append((key, full))
-                continue
-            try:
-                if not isinstance(request, GenerateRequest):
-                    raise ModelError(f"not a generation request: {type(request).__name__}")
-                job = self.runner._flow_job(0, request)
-                self.sampler.start(job)  # type: ignore[union-attr]
-                if job.unconditional and self._bos is None:
-                    self._bos = self.sampler.bos_prefix()  # type: ignore[union-attr]
-            except Exception as e:
-                refused.append((key, failure(e)))
-                continue
-            job.keep_velocity = request.preview
-            self.jobs[key] = job
-            self.started[key] = time.monotonic()
-        return refused
+    def _prepare(self, key: Key, request: GenerateRequest) -> FlowJob:
+        job = self.runner._flow_job(0, request)
+        self.sampler.start(job)  # type: ignore[union-attr]
+        if job.unconditional and self._bos is None:
+            self._bos = self.sampler.bos_prefix()  # type: ignore[union-attr]
+        job.keep_velocity = request.preview
+        self.started[key] = time.monotonic()
+        return job
 
     def drop(self, key: Key) -> bool:
         job = self.jobs.pop(key, None)

@@ -1,9 +1,10 @@
 """JanusFlow-1.3B: our own runner over the published `deepseek-ai/JanusFlow-1.3B` weights.
 
-Understanding: SigLIP-L/16 at 384 px -> aligner -> Llama (`LlamaForCausalLM`) writes the
-answer, sampled like the published demo (temperature 0.1, top-p 0.95, at most 512 new
-tokens by default) and seeded per job. Generation: the batched rectified-flow ODE and
-SDXL-VAE decode of `sampler`. Loading: `load` (strict, by key).
+Understanding: SigLIP-L/16 at 384 px -> aligner -> Llama writes the answer, sampled like
+the published demo (temperature 0.1, top-p 0.95, at most 512 new tokens by default) and
+seeded per job, on the continuous text engine (`understand`), whose decode runs the
+Llama's weights through `lm.LeanLM` as Janus-Pro's does. Generation: the batched
+rectified-flow ODE and SDXL-VAE decode of `sampler`. Loading: `load` (strict, by key).
 
 The VAE is not part of the checkpoint: it comes from `vae_path` (the worker passes the
 `JANUS_VAE_PATH` setting; default `stabilityai/sdxl-vae`), except that a checkpoint
@@ -33,6 +34,7 @@ from service.models.base import (
     UnderstandRequest,
     UnderstandResult,
 )
+from service.models.engine import run_to_completion
 from service.models.invariance import make_batch_invariant
 from service.models.janusflow.attention import ATTN_IMPLEMENTATION
 from service.models.janusflow.config import (
@@ -56,7 +58,7 @@ from service.models.janusflow.load import (
     vae_source,
 )
 from service.models.janusflow.sampler import FlowJob, FlowSampler, decode_latents
-from service.models.janusflow.understand import Stop, understand_one
+from service.models.lm import LeanLM
 from service.models.prompts import JANUSFLOW_FORMAT
 
 DECODE_CHUNK = 4  # images per VAE call: bounds the decoder's activation peak
@@ -89,6 +91,7 @@ class JanusFlowRunner(ModelRunner):
         self.vae: Any = None
         self.tokenizer: Any = None
         self.sampler: FlowSampler | None = None
+        self.lm: LeanLM | None = None  # the Llama's decode for understanding
         self.image_size = 384
         self.max_positions = 16384
         self.images: Any = None  # ImageSettings
@@ -123,6 +126,9 @@ class JanusFlowRunner(ModelRunner):
         added = self.tokenizer.get_added_tokens_decoder().values()
         specials = {t.content for t in added if t.special} | set(SPECIAL_TOKENS)
         self._specials = sorted(specials, key=len, reverse=True)  # longest first
+        # Fuses the Llama's q/k/v and gate/up weights into views: the sampler's
+        # transformers forward runs on the same memory, unchanged.
+        self.lm = LeanLM(self.model.language_model.model, batch_invariant=self.batch_invariant)
         self.sampler = FlowSampler(
             self.model, latent=latent, grid=grid, bos_id=self.ids[BOS], pad_id=self.ids[PAD],
             device=self.device, dtype=self.dtype, reuse_prefix_kv=self.reuse_prefix_kv,
@@ -219,7 +225,9 @@ class JanusFlowRunner(ModelRunner):
         job is 2 rows of (1 + grid^2) tokens through the LLM every step. Per row: the
         layer's activations (4 x hidden + 3 x intermediate values per token, one layer
         live at a time), fp32 attention scores (heads x tokens x (prompt + tokens)), and
-        the job's prompt prefix KV (prompt budget x every layer's keys and values)."""
+        the job's prompt prefix KV (prompt budget x every layer's keys and values). Or an
+        understanding row (prompt budget + image patches + 512 answer tokens of KV, plus
+        25% for the step), whichever is larger: for the published model, that one."""
         from service.models.engine import SIZING_PROMPT_TOKENS, kv_bytes_per_token
 
         cfg = self.model.language_model.config
@@ -229,18 +237,21 @@ class JanusFlowRunner(ModelRunner):
         scores = cfg.num_attention_heads * tokens * (SIZING_PROMPT_TOKENS + tokens) * 4
         head_dim = cfg.hidden_size // cfg.num_attention_heads
         kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
-        prefix = SIZING_PROMPT_TOKENS * kv_bytes_per_token(
-            cfg.num_hidden_layers, kv_heads, head_dim, size)
-        return int(2 * (activations + scores) + prefix)
+        per_token = kv_bytes_per_token(cfg.num_hidden_layers, kv_heads, head_dim, size)
+        generation = 2 * (activations + scores) + SIZING_PROMPT_TOKENS * per_token
+        text = (SIZING_PROMPT_TOKENS + self.model.config.und.num_patches + 512) * per_token
+        return int(max(generation, 1.25 * text))
 
     def open_engine(self, task: str, slots: int) -> Any:
-        # Generation only: understanding runs through transformers' generate, one job at a
-        # time, and keeps the run-to-completion path.
-        if task != "generate":
-            return None
-        from service.models.janusflow.engine import FlowEngine
+        """Continuous batching for both tasks: the ODE (`janusflow.engine`) and the text
+        engine every family shares (`janusflow.understand`)."""
+        if task == "generate":
+            from service.models.janusflow.engine import FlowEngine
 
-        return FlowEngine(self, slots)
+            return FlowEngine(self, slots)
+        from service.models.janusflow.understand import FlowTextEngine
+
+        return FlowTextEngine(self, slots)
 
     def generate(
         self, batch: list[GenerateRequest], control: RunControl | None = None
@@ -289,17 +300,8 @@ class JanusFlowRunner(ModelRunner):
     def understand(
         self, batch: list[UnderstandRequest], control: RunControl | None = None
     ) -> list[UnderstandResult | ModelError]:
-        # One job at a time: each is a short prefill and a sampled answer, seeded on its own.
-        control = control or NullControl()
-        results: list[UnderstandResult | ModelError] = []
-        for i, req in enumerate(batch):
-            try:
-                if control.should_stop(i):
-                    raise Canceled("canceled before start")
-                with torch.inference_mode():
-                    results.append(understand_one(self, i, req, control))
-            except Stop:
-                results.append(Canceled("canceled"))
-            except Exception as e:
-                results.append(self._failure(e))
-        return results
+        # Run to completion on the engine itself: a job's answer is the same either way.
+        if not batch:
+            return []
+        engine = self.open_engine("understand", len(batch))
+        return run_to_completion(engine, batch, control or NullControl())

@@ -1,52 +1,49 @@
-"""JanusFlow understanding: image + question -> text, one job at a time.
+"""JanusFlow understanding: image + question -> text, on the continuous text engine.
 
 The prompt is DeepSeek's SFT format with the processor's system prompt and
 "<image_placeholder>\\n{question}" as the user turn, or the job's conversation
 (`JanusFlowRunner.understanding_ids`). The placeholder becomes
 <begin_of_image>, one <image_placeholder> per SigLIP patch, <end_of_image>; the
 begin-of-image position and the patches take `JanusFlowModel.image_features` (the learned
-begin-of-understanding embedding, then the aligned SigLIP features). The Llama then
-samples the answer (`generate` on input embeddings) after `torch.manual_seed(seed)`.
+begin-of-understanding embedding, then the aligned SigLIP features), computed once for
+the jobs admitted together. The Llama then samples the answer as DeepSeek's demo does
+(`generate` on input embeddings after `torch.manual_seed(seed)`): transformers'
+temperature, top-k, top-p, then `torch.multinomial`, here from each job's own generator
+(`sampling.multinomial`), so a job's answer depends only on its request and seed. The
+run-to-completion path (`JanusFlowRunner.understand`) runs the same engine.
 """
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList
 
-from service.models.base import InvalidInput, RunControl, UnderstandRequest, UnderstandResult
-from service.models.janusflow.config import BOI, BOS, EOI, EOS, IMAGE
+from service.models.base import InvalidInput, UnderstandRequest
+from service.models.engine import Key
+from service.models.janusflow.config import BOI, EOI, EOS, IMAGE
 from service.models.janusflow.load import ImageSettings
+from service.models.text_engine import TextEngine, TextJob
 
 if TYPE_CHECKING:
     from service.models.janusflow.runner import JanusFlowRunner
 
 
-class Stop(Exception):
-    """Raised from inside `generate` to abandon a job the control wants stopped."""
+@dataclass
+class _Question:
+    """A request checked and tokenised, its image as pixels: waiting for the tower."""
 
-
-class StepHook(StoppingCriteria):
-    """Called once per new token: checks for cancellation, reports progress, never stops."""
-
-    def __init__(self, control: RunControl, index: int, total: int, decode: Any = None) -> None:
-        self.control, self.index, self.total, self.done = control, index, max(total, 1), 0
-        self.decode = decode  # token ids -> text, for live watchers
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        if self.control.should_stop(self.index):
-            raise Stop
-        self.done += 1
-        self.control.report_progress(self.index, min(self.done / self.total, 1.0),
-                                     self.done, self.total)
-        if self.decode is not None:  # inputs_embeds only: input_ids holds the new tokens
-            self.control.report_text(self.index, self.decode(input_ids[0].tolist()))
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    ids: list[int]  # the prompt, its image placeholder expanded
+    at: int  # where the image's positions start (<begin_of_image>)
+    pixels: torch.Tensor  # (1, 3, S, S) float32
+    max_new_tokens: int
+    seed: int
+    temperature: float
+    top_p: float
+    top_k: int
 
 
 def image_tensor(s: ImageSettings, image: Image.Image) -> torch.Tensor:
@@ -70,10 +67,7 @@ def image_tensor(s: ImageSettings, image: Image.Image) -> torch.Tensor:
     return x[None]
 
 
-def understand_one(
-    runner: JanusFlowRunner, index: int, req: UnderstandRequest, control: RunControl
-) -> UnderstandResult:
-    started = time.monotonic()
+def question(runner: JanusFlowRunner, req: UnderstandRequest) -> _Question:
     d = runner.defaults()["understand"]
     max_new = d["max_new_tokens"] if req.max_new_tokens is None else int(req.max_new_tokens)
     temperature = d["temperature"] if req.temperature is None else float(req.temperature)
@@ -94,41 +88,36 @@ def understand_one(
             f"the model's context is {runner.max_positions}"
         )
     max_new = min(max_new, room)  # cut the answer budget, not the question
+    # top_k 50 was transformers 4.x's default, under which the published demo sampled.
+    return _Question(ids, at, image_tensor(runner.images, req.image), max_new, int(req.seed),
+                     temperature, top_p, int(d.get("top_k", 0)))
 
-    device, lm = runner.device, runner.model.language_model
-    embeds = lm.get_input_embeddings()(torch.tensor([ids], device=device))
-    pixels = image_tensor(runner.images, req.image).to(device, runner.dtype)
-    embeds[0, at : at + 1 + patches] = runner.model.image_features(pixels)[0]
 
-    sampling: dict[str, Any] = {"do_sample": temperature > 0}
-    if temperature > 0:
-        # top_k 50 was transformers 4.x's default, under which the published demo sampled.
-        sampling.update(temperature=temperature, top_p=top_p, top_k=int(d.get("top_k", 0)))
-    torch.manual_seed(req.seed)
-    out = lm.generate(
-        inputs_embeds=embeds,
-        attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=device),
-        max_new_tokens=max_new,
-        pad_token_id=ids_of[EOS],
-        bos_token_id=ids_of[BOS],
-        eos_token_id=ids_of[EOS],
-        stopping_criteria=StoppingCriteriaList([StepHook(
-            control, index, max_new,
-            lambda ids: runner.tokenizer.decode(ids, skip_special_tokens=True))]),
-        **sampling,
-    )
-    new_tokens = out[0].tolist()  # the sampled tokens, an ending EOS included
-    answer = runner.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
-    control.report_progress(index, 1.0)  # an early end-of-sentence finishes the job too
-    stopped = bool(new_tokens) and new_tokens[-1] == ids_of[EOS]
-    return UnderstandResult(
-        text=answer,
-        stats={
-            "prompt_tokens": len(ids),
-            "new_tokens": len(new_tokens),
-            "seconds": round(time.monotonic() - started, 3),
-        },
-        prompt_tokens=len(ids),
-        completion_tokens=len(new_tokens),
-        finish_reason="stop" if stopped else "length",
-    )
+def text_jobs(runner: JanusFlowRunner, questions: list[_Question]) -> list[TextJob]:
+    """The tower (SigLIP and aligner) once over all the questions' images, each job's
+    prompt embeddings with its features in place."""
+    pixels = torch.cat([q.pixels for q in questions]).to(runner.device, runner.dtype)
+    features = runner.model.image_features(pixels)  # (n, 1 + patches, hidden)
+    embed = runner.model.language_model.get_input_embeddings()
+    jobs = []
+    for q, feats in zip(questions, features, strict=True):
+        embeds = embed(torch.tensor(q.ids, device=runner.device))
+        embeds[q.at : q.at + feats.shape[0]] = feats
+        jobs.append(TextJob(0, embeds, q.max_new_tokens, q.seed, q.temperature, q.top_p,
+                            q.top_k, q.ids))
+    return jobs
+
+
+class FlowTextEngine(TextEngine):
+    def __init__(self, runner: JanusFlowRunner, slots: int) -> None:
+        assert runner.lm is not None, "load() the runner first"
+        super().__init__(runner.lm, slots, head=runner.model.language_model.lm_head,
+                         eos=runner.ids[EOS], tokenizer=runner.tokenizer,
+                         per_row=runner.batch_invariant, multinomial=True)
+        self.runner = runner
+
+    def _prepare(self, key: Key, request: UnderstandRequest) -> _Question:
+        return question(self.runner, request)
+
+    def _jobs(self, ready: list[Any]) -> list[TextJob | Exception]:
+        return list(text_jobs(self.runner, ready))

@@ -1,4 +1,5 @@
-"""The Janus LLM (a Llama) run directly from its weights, with our own static KV cache.
+"""A Llama decoder stack run directly from its weights, with our own static KV cache: the
+LLM of Janus/Janus-Pro (image and text decode) and of JanusFlow (text decode).
 
 transformers' image `generate` spends most of a small model's decode step in Python (mask
 building, cache bookkeeping, logits processors, output dataclasses): ~13 ms per step on the
@@ -70,12 +71,12 @@ class LeanLM:
 
     def __init__(
         self,
-        model: Any,
+        lm: Any,
         compile_step: bool = False,
         static: bool | None = None,
         batch_invariant: bool = False,
     ) -> None:
-        lm = model.model.language_model
+        # lm: the decoder stack (embed_tokens, layers, norm, rotary_emb), e.g. a LlamaModel.
         # One product per row when a row's numbers must not depend on the batch (invariance).
         self.linear = invariant_linear if batch_invariant else F.linear
         cfg = lm.config

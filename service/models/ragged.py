@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from service.models.janus_pro.lm import LeanLM
+from service.models.lm import LeanLM
 
 
 class RaggedCache:

@@ -53,6 +53,28 @@ def sample(
     return token
 
 
+def multinomial(
+    scores: torch.Tensor, spans: list[tuple[int, int, int]], generators: list[Any]
+) -> torch.Tensor:
+    """One token per row as transformers' `generate` samples it: softmax, then
+    `torch.multinomial` of that row alone from its job's generator (greedy jobs, with no
+    generator: the argmax). A job seeded s draws exactly what `torch.manual_seed(s)` then
+    `generate` draws, as DeepSeek's JanusFlow demo samples, alone or batched. The price
+    is a vocabulary of random numbers per sampled row per step (see `sample`), which a
+    text row can afford."""
+    token = scores.argmax(dim=-1)
+    probs = None
+    for k, start, end in spans:
+        generator = generators[k]
+        if generator is None:
+            continue
+        if probs is None:
+            probs = torch.softmax(scores, dim=-1)
+        for r in range(start, end):
+            token[r] = torch.multinomial(probs[r : r + 1], 1, generator=generator)[0, 0]
+    return token
+
+
 def greedy_rows(jobs: list[Any], rows: Rows, device: torch.device) -> torch.Tensor | None:
     flags = [jobs[k].temperature <= 0 for k, start, end in rows.spans() for _ in range(end - start)]
     return torch.tensor(flags, device=device) if any(flags) else None
