@@ -190,6 +190,8 @@ def run_to_completion(engine: Engine, batch: list[Any], control: RunControl) -> 
         for i, result in finished:
             results[i] = result  # type: ignore[index]
             if not isinstance(result, ModelError):  # an early end of sentence finishes too
+                if isinstance(getattr(result, "text", None), str):
+                    control.report_text(i, result.text)  # the whole answer, held-back bytes too
                 control.report_progress(i, 1.0)  # type: ignore[arg-type]
         for i, (done, steps) in engine.progress().items():
             control.report_progress(i, done / steps, done, steps)  # type: ignore[arg-type]
