@@ -13,7 +13,11 @@ GPU, `cpu` for the dry run CI does). Each check prints one table row; the last l
 - compile: `--compile` (CUDA only) gives the same greedy image tokens as eager.
 - continuous: the continuous engine (invariant products on): a job joining crowds at
   steps 0 and 3, first and last, a neighbour dropped mid-run, gives its images alone.
-- janusflow: the seeds check for JanusFlow (needs diffusers; reported as skipped without).
+- understand: the continuous text engine (invariant products on): an understanding job
+  sampled at temperature 1 gives the same text alone, in crowds joining at steps 0 and 3,
+  and through the run-to-completion path (the per-job generator on this device).
+- janusflow: the seeds, continuous and understand checks for JanusFlow (needs diffusers;
+  reported as skipped without).
 """
 
 from __future__ import annotations
@@ -31,7 +35,12 @@ if __package__ in (None, ""):  # run as a script: make `service` importable
 
 import torch  # noqa: E402
 
-from service.models.base import GenerateRequest, GenerateResult  # noqa: E402
+from service.models.base import (  # noqa: E402
+    GenerateRequest,
+    GenerateResult,
+    UnderstandRequest,
+    UnderstandResult,
+)
 from service.models.checkpoints.tiny import write_tiny_checkpoint  # noqa: E402
 from service.models.runners import load_runner  # noqa: E402
 
@@ -125,6 +134,40 @@ def continuous(family: str, checkpoint: str, device: str, steps: dict) -> None:
     report(f"continuous/{family}", not differing, detail)
 
 
+def understand(family: str, checkpoint: str, device: str) -> None:
+    from PIL import Image
+
+    runner = load_runner(checkpoint, device=device, batch_invariant=True)
+
+    def ask(n: int) -> UnderstandRequest:
+        image = Image.new("RGB", (40 + 8 * n, 32), (40 * n % 256, 90, 200))
+        return UnderstandRequest(image, f"what is in picture {n}?", seed=10 + n,
+                                 temperature=1.0, max_new_tokens=6 + n % 5)
+
+    target = ask(0)
+
+    def drive(schedule: list[tuple[int, str, Any]]) -> str:
+        engine, step, out = runner.open_engine("understand", 8), 0, {}
+        while schedule or engine.active():
+            assert not engine.admit([(k, r) for at, k, r in schedule if at <= step])
+            schedule = [item for item in schedule if item[0] > step]
+            out.update(engine.step())
+            step += 1
+        assert isinstance(out["t"], UnderstandResult), out["t"]
+        return out["t"].text
+
+    alone = drive([(0, "t", target)])
+    differing = [] if runner.understand([target])[0].text == alone else ["static"]
+    for n in (3, 5, 8):
+        others = [(i % 3, f"o{i}", ask(i + 1)) for i in range(n - 1)]
+        for join in (0, 3):
+            if drive(others + [(join, "t", target)]) != alone:
+                differing.append(f"b{n}-j{join}")
+    detail = f"{family}: " + (", ".join(differing) + " differ" if differing else
+                              "alone == static == every crowd and join step")
+    report(f"understand/{family}", not differing, detail)
+
+
 def compiled(checkpoint: str, device: str) -> None:
     if not device.startswith("cuda"):
         report("compile/janus-pro", None, "CUDA only")
@@ -155,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         for invariant in (True, False):
             seeds("janus-pro", pro, args.device, invariant, {})
         continuous("janus-pro", pro, args.device, {})
+        understand("janus-pro", pro, args.device)
         oom(pro, args.device)
         compiled(pro, args.device)
         try:
@@ -166,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
             for invariant in (True, False):
                 seeds("janusflow", flow, args.device, invariant, {"steps": 4})
             continuous("janusflow", flow, args.device, {"steps": 4})
+            understand("janusflow", flow, args.device)
     print(f"checks_failed={len(FAILED)}")
     sys.exit(1 if FAILED else 0)
 
