@@ -44,7 +44,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.scratch import Scratch  # noqa: E402
+
 REDIS_PORT = int(os.environ.get("BENCH_REDIS_PORT", "6393"))
 BODY = {"model": "tiny", "task": "generate",
         "input": {"prompt": "a red fox in snow", "seed": 7}}
@@ -206,17 +210,9 @@ def main() -> None:  # noqa: PLR0915 - one straight setup, measure, tear down
 
     import psycopg
 
-    name = f"janus_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    db_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     redis_url = f"redis://127.0.0.1:{REDIS_PORT}/0"
-    work = Path(tempfile.mkdtemp(prefix="janus-bench-"))
-    subprocess.run(["redis-server", "--port", str(REDIS_PORT), "--daemonize", "yes",
-                    "--save", "", "--appendonly", "no", "--dir", str(work)], check=True,
-                   capture_output=True)
-    procs: list[subprocess.Popen] = []
-    try:
+    with Scratch(redis_port=REDIS_PORT) as stack:
+        db_url, work, procs, name = stack.db_url, stack.work, stack.procs, stack.name
         bindir = Path(sys.executable).parent
         cli = [str(bindir / "janus-service")]
         ckpt = work / "tiny"
@@ -306,19 +302,6 @@ def main() -> None:  # noqa: PLR0915 - one straight setup, measure, tear down
         p50_ratio = best[("api", 1)]["p50"] / best[("floor", 1)]["p50"]
         rps_ratio = best[("api", 4)]["rps"] / best[("floor", 4)]["rps"]
         print(f"submit_p50_ratio={p50_ratio:.2f} submit_rps_ratio_c4={rps_ratio:.2f}")
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"],
-                       capture_output=True)
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

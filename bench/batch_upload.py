@@ -15,21 +15,18 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import psycopg
 import requests
 from sqlalchemy import create_engine, func, select, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.scratch import Scratch  # noqa: E402
 from service.core.tables import Batch, Job  # noqa: E402
 
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 
@@ -59,13 +56,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
 
-    name = f"janus_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    db_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    work = Path(tempfile.mkdtemp(prefix="janus-bench-"))
-    procs: list[subprocess.Popen] = []
-    try:
+    with Scratch() as stack:
+        db_url, work, procs = stack.db_url, stack.work, stack.procs
         from service.models.checkpoints.tiny import write_tiny_checkpoint
 
         ckpt = write_tiny_checkpoint("janus-pro", str(work / "tiny"), image_size=64)
@@ -149,16 +141,6 @@ def main() -> None:
         print(f"| GROUP BY over the jobs index | {statistics.median(agg_ms):.2f} | "
               f"{pct(agg_ms, 0.99):.2f} |")
         engine.dispose()
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -25,14 +25,10 @@ import argparse
 import json
 import os
 import random
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import requests
@@ -48,13 +44,10 @@ if sys.argv[2:] == ["where"]:
 from service.entry.cli import main
 main(sys.argv[2:])
 """
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from bench.scratch import Scratch, free_port  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -88,19 +81,9 @@ def main() -> None:  # noqa: PLR0915 - one straight setup, measure, tear down
     parser.add_argument("--port", type=int, default=0, help="API port (0: a free one)")
     args = parser.parse_args()
 
-    import psycopg
-
-    name = f"janus_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    db_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    work = Path(tempfile.mkdtemp(prefix="janus-bench-cancel-"))
     redis_port, port = free_port(), args.port or free_port()
-    subprocess.run(["redis-server", "--port", str(redis_port), "--daemonize", "yes",
-                    "--save", "", "--appendonly", "no", "--dir", str(work)], check=True,
-                   capture_output=True)
-    procs: list[subprocess.Popen] = []
-    try:
+    with Scratch(redis_port=redis_port, prefix="janus-bench-cancel-") as stack:
+        db_url, work, procs = stack.db_url, stack.work, stack.procs
         cli = [sys.executable, "-m", "service.entry.cli"]
         if args.code:  # this checkout's editable install would win over PYTHONPATH
             cli = [sys.executable, "-c", BOOT, str(Path(args.code).resolve())]
@@ -162,19 +145,6 @@ def main() -> None:  # noqa: PLR0915 - one straight setup, measure, tear down
                   f"load_average_end={load}")
         else:
             print(f"canceled=0/{args.rounds}: every job finished before its cancel landed")
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        subprocess.run(["redis-cli", "-p", str(redis_port), "shutdown", "nosave"],
-                       capture_output=True)
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

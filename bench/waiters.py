@@ -26,19 +26,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import requests
 
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.scratch import Scratch  # noqa: E402
+
 BODY = {"model": "idle", "task": "generate", "input": {"prompt": "a red fox", "seed": 7}}
 
 
@@ -80,18 +81,8 @@ def main() -> None:  # noqa: PLR0915 - one straight setup, measure, tear down
     parser.add_argument("--samples", type=int, default=300, help="healthz requests per phase")
     args = parser.parse_args()
 
-    import psycopg
-
-    name = f"janus_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    db_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    work = Path(tempfile.mkdtemp(prefix="janus-bench-"))
-    subprocess.run(["redis-server", "--port", str(args.redis_port), "--daemonize", "yes",
-                    "--save", "", "--appendonly", "no", "--dir", str(work)], check=True,
-                   capture_output=True)
-    api = None
-    try:
+    with Scratch(redis_port=args.redis_port) as stack:
+        db_url, work = stack.db_url, stack.work
         cli = [str(Path(sys.executable).parent / "janus-service")]
         env = {**os.environ, "JANUS_DATABASE_URL": db_url,
                "JANUS_BROKER_URL": f"redis://127.0.0.1:{args.redis_port}/0",
@@ -108,6 +99,7 @@ def main() -> None:  # noqa: PLR0915 - one straight setup, measure, tear down
         api = subprocess.Popen([*cli, "api", "--port", str(args.port),
                                 "--worker-class", args.worker_class], env=env,
                                stdout=log, stderr=log)
+        stack.procs.append(api)
         base = f"http://127.0.0.1:{args.port}"
         auth = {"Authorization": f"Bearer {key}"}
         deadline = time.monotonic() + 60
@@ -200,18 +192,6 @@ def main() -> None:  # noqa: PLR0915 - one straight setup, measure, tear down
               f"submit_p50_ms={statistics.median(busy_submit):.2f} "
               f"submit_p50_idle_ms={statistics.median(idle_submit):.2f} "
               f"answered={len(answers)}/{total}")
-    finally:
-        if api is not None:
-            api.terminate()
-            try:
-                api.wait(30)
-            except subprocess.TimeoutExpired:
-                api.kill()
-        subprocess.run(["redis-cli", "-p", str(args.redis_port), "shutdown", "nosave"],
-                       capture_output=True)
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
