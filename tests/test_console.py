@@ -20,14 +20,11 @@ from tests.helpers import (
     IDLE,
     TEST_IMAGE_SIZE,
     TINY,
-    Proc,
     assert_error_shape,
-    free_port,
     make_key,
     png_bytes,
-    settings_env,
+    start_api,
     start_worker,
-    wait_for,
 )
 
 
@@ -126,19 +123,7 @@ def driver(browser_paths, tmp_path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def live_api(settings, tmp_path_factory):  # type: ignore[no-untyped-def]
-    port = free_port()
-    api = Proc(["api", "--port", str(port), "--workers", "1"], settings_env(settings),
-               tmp_path_factory.mktemp("console-api") / "api.log")
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert api.alive(), api.output()
-        try:
-            return requests.get(f"{base}/healthz", timeout=1).ok
-        except requests.RequestException:
-            return False
-
-    wait_for(up, 60, what="api")
+    api, base = start_api(settings, tmp_path_factory.mktemp("console-api") / "api.log")
     yield base
     api.stop()
 

@@ -6,29 +6,14 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.helpers import free_port, settings_env, wait_for
+from tests.helpers import start_api
 
 
 @pytest.fixture(scope="module")
 def base(settings, tmp_path_factory):  # type: ignore[no-untyped-def]
-    from tests.helpers import Proc
-
-    port = free_port()
-    env = settings_env(settings)
-    root = tmp_path_factory.mktemp("files")
-    env["JANUS_STORAGE_URL"] = f"file://{root}"  # local files, served by the API
-    proc = Proc(["api", "--port", str(port), "--workers", "1"], env,
-                tmp_path_factory.mktemp("api") / "api.log")
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.alive(), proc.output()
-        try:
-            return requests.get(f"{url}/healthz", timeout=1).ok
-        except requests.RequestException:
-            return False
-
-    wait_for(up, 60, what="api")
+    root = tmp_path_factory.mktemp("files")  # local files, served by the API
+    proc, url = start_api(settings, tmp_path_factory.mktemp("api") / "api.log",
+                          JANUS_STORAGE_URL=f"file://{root}")
     yield url
     proc.stop()
 
