@@ -42,12 +42,17 @@ def nudge(job_ids: list[str]) -> int:
         now = time.monotonic()
         for job_id in [j for j, at in _unheld.items() if now - at > UNHELD_SECONDS]:
             del _unheld[job_id]
+        # Noted before the keepers are asked: a keeper that takes one meanwhile sees it.
         _unheld.update(dict.fromkeys(wanted, now))
-    woken = 0
+    woken, held = 0, set()
     for keeper in keepers:
-        if keeper.holds(wanted):
+        if mine := keeper.held(wanted):
             keeper.poke()
             woken += 1
+            held |= mine
+    with _keepers_lock:  # what a keeper holds needs no note
+        for job_id in held:
+            _unheld.pop(job_id, None)
     return woken
 
 
@@ -121,9 +126,10 @@ class LeaseKeeper:
             self.texts.pop(job_id, None)
         self.live.forget(job_id)
 
-    def holds(self, job_ids: set[str]) -> bool:
+    def held(self, job_ids: set[str]) -> set[str]:
+        """Which of `job_ids` this keeper holds."""
         with self._lock:
-            return not job_ids.isdisjoint(self.progress)
+            return job_ids & self.progress.keys()
 
     def poke(self) -> None:
         """Renew (and so read cancel flags) now, in the keeper's own thread."""
