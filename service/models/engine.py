@@ -15,12 +15,12 @@ the step at which it joined (tested in tests/test_engine_invariance.py).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 from PIL import Image
 
-from service.models.base import Canceled, ModelError, RunControl
+from service.models.base import Canceled, ModelError, NullControl, RunControl
 
 Key = Hashable
 Finished = list[tuple[Key, Any]]  # (key, GenerateResult | UnderstandResult | ModelError)
@@ -29,6 +29,7 @@ Finished = list[tuple[Key, Any]]  # (key, GenerateResult | UnderstandResult | Mo
 class Engine(Protocol):
     task: str
     slots: int
+    defer: bool  # True: `step` may return a finished row as a `Deferred` to finish
 
     def admit(self, items: list[tuple[Key, Any]]) -> list[tuple[Key, ModelError]]:
         """Start these requests; returns the ones refused (bad input, no room) with why.
@@ -73,6 +74,7 @@ class EngineBase:
     tower pass runs it once there) and they become rows."""
 
     request_type: type = object  # the request class of the engine's task
+    defer = False  # True: `step` hands finished image rows out as `Deferred` (see there)
 
     def __init__(self, task: str, slots: int) -> None:
         if slots < 1:
@@ -148,6 +150,51 @@ class EngineBase:
         return None if self.free_slots() > pending else ModelError("no free slot in the engine")
 
 
+class Deferred:
+    """A finished row whose last, heavy part (decoding its images: the VQ decoder, the VAE)
+    has not run yet. An engine whose `defer` is True hands these out of `step` instead of
+    decoding inside it, so its caller can finish them on another thread while the next
+    steps run (the worker's finisher does); the slot is free either way. `finish` runs on
+    the calling thread, under the caller's control: a stop between decode chunks gives
+    `Canceled`, and progress goes on from the token loop's share to 1."""
+
+    def __init__(self, work: Callable[[RunControl], Any]) -> None:
+        self._work = work
+
+    def finish(self, key: Key = 0, control: RunControl | None = None) -> Any:
+        """The row's result (never raises: a failure is the job's `ModelError`)."""
+        import torch
+
+        try:
+            with torch.inference_mode():  # per thread: the finisher's is not the engine's
+                return self._work(_OneJob(key, control or NullControl()))
+        except Exception as e:
+            return failure(e)
+
+
+class _OneJob:
+    """The caller's control, addressed by the finishing row's key whatever index the
+    runner's decode uses for it."""
+
+    def __init__(self, key: Key, control: RunControl) -> None:
+        self.key, self.control = key, control
+
+    def should_stop(self, index: Any) -> bool:
+        return self.control.should_stop(self.key)  # type: ignore[arg-type]
+
+    def report_progress(self, index: Any, fraction: float, step: int | None = None,
+                        steps: int | None = None) -> None:
+        self.control.report_progress(self.key, fraction, step, steps)  # type: ignore[arg-type]
+
+    def report_text(self, index: Any, text_so_far: str) -> None:
+        self.control.report_text(self.key, text_so_far)
+
+
+def finish(result: Any, key: Key = 0, control: RunControl | None = None) -> Any:
+    """`result` as a finished job's outcome: a `Deferred` is finished here."""
+    return result.finish(key, control) if isinstance(result, Deferred) else result
+
+
 def failure(exc: BaseException) -> ModelError:
     """Any exception of one job, as that job's error."""
     import torch
@@ -188,7 +235,7 @@ def run_to_completion(engine: Engine, batch: list[Any], control: RunControl) -> 
                 engine.drop(i)
             finished = [(i, failure(exc)) for i in stepping]
         for i, result in finished:
-            results[i] = result  # type: ignore[index]
+            result = results[i] = finish(result, i, control)  # type: ignore[index]
             if not isinstance(result, ModelError):  # an early end of sentence finishes too
                 if isinstance(getattr(result, "text", None), str):
                     control.report_text(i, result.text)  # the whole answer, held-back bytes too

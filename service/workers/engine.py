@@ -6,10 +6,10 @@ FOR UPDATE SKIP LOCKED, lane then age, with a lease), admits them to the runner'
 (`service.models.engine`), and steps the engine. Every `admit_every` steps it claims
 again, so a job submitted while others are hundreds of steps in starts at the next
 claim, not after the batch. A job that finishes leaves at once: its slot is free for the
-next claim, and its images are uploaded and it is committed `succeeded` on the
-`Finisher`'s thread while the others keep stepping. When no job is running and none is
-queued the task returns (after the finisher is done): the worker sleeps until the next
-message.
+next claim, and its images are decoded (VQ or VAE) and uploaded and it is committed
+`succeeded` on the `Finisher`'s thread while the others keep stepping. When no job is
+running and none is queued the task returns (after the finisher is done): the worker
+sleeps until the next message.
 
 Per row, as the static path does per batch: one `LeaseKeeper` renews the leases of the
 changing set of running jobs and carries progress (and an understanding row's text so
@@ -38,7 +38,7 @@ from service.core.tables import Job
 from service.lifecycle import claims
 from service.lifecycle.status import JobStatus
 from service.models.base import Canceled, ModelError
-from service.models.engine import Engine
+from service.models.engine import Deferred, Engine
 from service.workers import metrics as worker_metrics
 from service.workers.executor import Executor, TransientError
 from service.workers.finisher import Finisher
@@ -118,7 +118,10 @@ class EngineLoop:
 
     def _engine(self, task: str) -> Engine | None:
         if task not in self.engines:
-            self.engines[task] = self.x.runner.open_engine(task, self.slots)
+            engine = self.x.runner.open_engine(task, self.slots)
+            if engine is not None and not self.finisher.inline:
+                engine.defer = True  # finished rows' images are decoded on the finisher
+            self.engines[task] = engine
         return self.engines[task]
 
     # -- joining ----------------------------------------------------------------------
@@ -248,25 +251,42 @@ class EngineLoop:
             log.warning("previews failed; the jobs go on", exc_info=True)
 
     def _row_finished(self, job_id: str, result: Any, keeper: LeaseKeeper, running: int) -> None:
-        """The one place a job leaves the engine with an outcome (a result, an error, or
-        `Canceled` for a cancel request or a passed deadline). Its slot is free now; it is
-        stored and committed on the finisher's thread, its lease renewed until then."""
+        """The one place a job leaves the engine with an outcome (a result, an error,
+        `Canceled` for a cancel request or a passed deadline, or a `Deferred` whose images
+        are still to decode). Its slot is free now; it is decoded, stored and committed on
+        the finisher's thread, its lease renewed (and cancel requests heard) until then."""
         job = self.jobs.get(job_id)
         if job is None:
             return
         if job_id in keeper.lost:
             self._forget(job_id, keeper)  # another worker owns it now
             return
-        elapsed = round(time.monotonic() - self.started[job_id], 3)
+        started = self.started[job_id]
+        deferred = isinstance(result, Deferred)
+        elapsed = None if deferred else self._ended(job, result, keeper, started, running)
+        self._forget(job_id, keeper, renew=True)
+        self.finisher.submit(
+            job_id, lambda: self._store(job, result, keeper, started, running, elapsed))
+
+    def _ended(self, job: Job, result: Any, keeper: LeaseKeeper, started: float,
+               running: int) -> float:
+        elapsed = round(time.monotonic() - started, 3)
         worker_metrics.record_row(self.x.model_id, job.task, result, elapsed, running)
         if not isinstance(result, ModelError):
-            keeper.report_progress(job_id, 1.0)  # watchers see it reach the end, then finish
-        self._forget(job_id, keeper, renew=True)
-        self.finisher.submit(job_id, lambda: self._store(job, result, keeper, elapsed))
+            keeper.report_progress(job.id, 1.0)  # watchers see it reach the end, then finish
+        return elapsed
 
-    def _store(self, job: Job, result: Any, keeper: LeaseKeeper, elapsed: float) -> None:
-        """On the finisher's thread: upload and commit one finished row."""
+    def _store(self, job: Job, result: Any, keeper: LeaseKeeper, started: float,
+               running: int, elapsed: float | None) -> None:
+        """On the finisher's thread: decode (a `Deferred`), upload and commit one row."""
         try:
+            if elapsed is None:
+                # The decode hears a cancel, a passed deadline or a lost lease between its
+                # chunks, as the engine's steps do.
+                result = result.finish(job.id, keeper)
+                if job.id in keeper.lost:
+                    return
+                elapsed = self._ended(job, result, keeper, started, running)
             self.x._complete(job, job.id, result, keeper, elapsed)  # type: ignore[arg-type]
         except StorageError as exc:
             log.warning("job %s: storing its output failed (%s); back to the queue", job.id, exc)

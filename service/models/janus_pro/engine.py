@@ -5,7 +5,8 @@ of rows per job, compaction, the shape of a step).
 
 Images (here): a job with guidance g != 1 has n conditional rows then n unconditional rows; with
 g == 1 only the n conditional rows (no unconditional pass at all). It finishes after its
-576th token (the last one is never fed back) and is VQ-decoded inside that step.
+576th token (the last one is never fed back) and leaves; it is VQ-decoded inside that step,
+or, when the caller set `defer`, handed out as a `Deferred` that the caller decodes.
 Text (understanding): the family-neutral `text_engine.TextEngine`; the jobs admitted
 together share one pass of the image tower (`JobBuilder.text_jobs`).
 """
@@ -13,19 +14,16 @@ together share one pass of the image tower (`JobBuilder.text_jobs`).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
 from service.models.base import (
     GenerateRequest,
-    GenerateResult,
-    ModelError,
-    NullControl,
     UnderstandRequest,
 )
-from service.models.engine import Key, failure
+from service.models.engine import Deferred, Key
 from service.models.preview import due, thumbnail
 from service.models.ragged_engine import RaggedEngine, Row
 from service.models.sampling import sample
@@ -139,14 +137,13 @@ class ImageEngine(RaggedEngine):
     def _inputs(self, token: torch.Tensor) -> torch.Tensor:
         return self.embed(token[:, None])[self.row_image]
 
-    def _result(self, live: Row, step_seconds: float) -> GenerateResult | ModelError:
-        job = live.job
+    def _result(self, live: Row, step_seconds: float) -> Any:
+        job, tokens = live.job, live.tokens
         stats = {"prompt_tokens": len(job.cond_ids), "image_tokens": self.steps * job.num_images,
                  "batch_jobs": len(self.jobs) + 1, "step_seconds": step_seconds}
-        try:
-            return self.runner._decode_images(job, live.tokens, NullControl(), stats, live.started)
-        except Exception as e:
-            return failure(e)
+        decode = Deferred(lambda control: self.runner._decode_images(
+            job, tokens, control, stats, live.started))
+        return decode if self.defer else decode.finish()
 
 
 class JanusTextEngine(TextEngine):

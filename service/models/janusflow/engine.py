@@ -2,20 +2,29 @@
 
 Each job carries its own clock (`FlowJob.done`), noise and prompt prefix, so a job that
 joins at step 200 of another simply runs its own t = 0, 1/N, ... alongside; the sampler's
-`advance` already handles per-row times. A finished job's latents are VAE-decoded inside
-the `step` that finished them, and it leaves at once.
+`advance` already handles per-row times. A finished job leaves at once; its latents are
+VAE-decoded inside the `step` that finished them, or, when the caller set `defer`, by the
+caller (a `Deferred`).
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
-from service.models.base import GenerateRequest, GenerateResult, ModelError, OutOfMemory
-from service.models.engine import EngineBase, Finished, Key, failure
+from service.models.base import (
+    Canceled,
+    GenerateRequest,
+    GenerateResult,
+    ModelError,
+    OutOfMemory,
+    RunControl,
+)
+from service.models.engine import Deferred, EngineBase, Finished, Key
 from service.models.janusflow.attention import KV
 from service.models.janusflow.sampler import FlowJob, decode_latents
 from service.models.preview import due, flow_every, thumbnail
@@ -97,21 +106,24 @@ class FlowEngine(EngineBase):
         for key, job in list(self.jobs.items()):
             if job.done < job.steps:
                 continue
-            try:
-                decode_started = time.monotonic()
-                images = self.runner.decode(job.z)  # type: ignore[arg-type]
-                result: Any = GenerateResult(images=images, stats={
-                    "prompt_tokens": len(job.prompt_ids), "steps": job.steps,
-                    "guidance": job.guidance, "batch_jobs": len(self.jobs),
-                    "step_seconds": step_seconds,
-                    "vae_seconds": round(time.monotonic() - decode_started, 3),
-                    "seconds": round(time.monotonic() - self.started[key], 3),
-                })
-            except Exception as e:
-                result = failure(e)
-            self.drop(key)
-            out.append((key, result))
+            stats = {"prompt_tokens": len(job.prompt_ids), "steps": job.steps,
+                     "guidance": job.guidance, "batch_jobs": len(self.jobs),
+                     "step_seconds": step_seconds}
+            decode = Deferred(partial(self._decode, job.z, stats, self.started[key]))
+            self.drop(key)  # the latents live on in `decode` alone
+            out.append((key, decode if self.defer else decode.finish()))
         return out
+
+    def _decode(self, z: torch.Tensor, stats: dict[str, Any], started: float,
+                control: RunControl) -> GenerateResult | Canceled:
+        if control.should_stop(0):  # canceled between its last step and its decode
+            return Canceled("canceled")
+        decode_started = time.monotonic()
+        images = self.runner.decode(z)
+        now = time.monotonic()
+        return GenerateResult(images=images, stats={
+            **stats, "vae_seconds": round(now - decode_started, 3),
+            "seconds": round(now - started, 3)})
 
     def _advance(self, items: list[tuple[Key, FlowJob]]) -> list[tuple[Key, ModelError]]:
         """One step of these jobs; out of memory splits them (a step of each half is the

@@ -1,0 +1,155 @@
+"""Finished image rows handed out undecoded (`engine.defer`, `service.models.engine.Deferred`):
+the worker's finisher decodes them on its own thread while the engine steps on. The
+pixels are the engine's own; a stop before or between decode chunks cancels the rest."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from service.core.db import make_engine, make_sessionmaker, session_scope
+from service.core.keys import create_key
+from service.core.tables import Job
+from service.lifecycle.jobs import JobSpec, create_job, request_cancel
+from service.models.base import Canceled, GenerateRequest, GenerateResult
+
+pytest.importorskip("torch")
+
+from service.models.engine import Deferred, run_to_completion  # noqa: E402
+from tests.helpers import Control  # noqa: E402
+from tests.test_engine_finisher import HeldStorage  # noqa: E402
+
+
+def _finished(engine: Any, joins: dict[int, list[tuple[str, Any]]]) -> dict[str, Any]:
+    out, step = {}, 0
+    while step <= max(joins) or engine.active():
+        assert engine.admit(joins.get(step, [])) == []
+        out.update(engine.step())
+        step += 1
+    return out
+
+
+def _on_a_thread(deferred: Deferred, key: str, control: Any = None) -> Any:
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(deferred.finish(key, control)))
+    thread.start()
+    thread.join(300)
+    return box[0]
+
+
+@pytest.mark.parametrize("family", ["pro", "flow"])
+def test_deferred_rows_decode_elsewhere_to_the_pixels_of_the_static_path(
+    family: str, request: pytest.FixtureRequest
+) -> None:
+    runner = request.getfixturevalue(family)
+    extra = {"steps": 4} if family == "flow" else {}
+    a = GenerateRequest("a red cat", num_images=2, seed=3, **extra)
+    b = GenerateRequest("a dog", seed=5, guidance=1.0, **extra)
+    engine = runner.open_engine("generate", 3)
+    engine.defer = True
+    finished = _finished(engine, {0: [("a", a)], 1: [("b", b)]})
+    assert set(finished) == {"a", "b"}
+    assert all(isinstance(d, Deferred) for d in finished.values())
+    assert engine.active() == [] and engine.free_slots() == 3  # slots free before the decode
+    for key, req in (("a", a), ("b", b)):
+        control = Control()
+        result = _on_a_thread(finished[key], key, control)
+        assert isinstance(result, GenerateResult), result
+        want = runner.generate([req])[0]
+        assert [im.tobytes() for im in result.images] == [im.tobytes() for im in want.images]
+        assert set(control.asked) <= {key}  # the caller's key, whatever index the runner uses
+
+
+@pytest.mark.parametrize("family", ["pro", "flow"])
+def test_a_stop_before_the_decode_cancels_it(family: str, request: pytest.FixtureRequest,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = request.getfixturevalue(family)
+    extra = {"steps": 3} if family == "flow" else {}
+    engine = runner.open_engine("generate", 1)
+    engine.defer = True
+    finished = _finished(engine, {0: [("a", GenerateRequest("a kite", seed=1, **extra))]})
+    decodes: list[int] = []
+    name = "_decode_rows" if family == "pro" else "decode"
+    real = getattr(runner, name)
+    monkeypatch.setattr(runner, name, lambda *a: (decodes.append(1), real(*a))[1])
+    result = finished["a"].finish("a", Control(stop_index="a"))  # type: ignore[arg-type]
+    assert isinstance(result, Canceled)
+    assert decodes == []
+
+
+def test_janus_pro_decode_reports_progress_to_the_end_under_the_key(pro) -> None:
+    engine = pro.open_engine("generate", 1)
+    engine.defer = True
+    finished = _finished(engine, {0: [("a", GenerateRequest("a kite", num_images=2, seed=1))]})
+    control = Control()
+    assert isinstance(finished["a"].finish("a", control), GenerateResult)
+    fractions = control.progress["a"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_run_to_completion_finishes_deferred_rows_itself(pro) -> None:
+    engine = pro.open_engine("generate", 2)
+    engine.defer = True
+    req = GenerateRequest("a boat", seed=9)
+    [result] = run_to_completion(engine, [req], Control())
+    assert isinstance(result, GenerateResult)
+    want = pro.generate([req])[0]
+    assert [im.tobytes() for im in result.images] == [im.tobytes() for im in want.images]
+
+
+def test_a_cancel_after_the_last_step_stops_the_decode_in_the_worker(
+    settings, pro, tmp_path: Path
+) -> None:
+    """b's tokens are all sampled while the finisher is still busy with a; a cancel that
+    lands then is heard before b's decode: b ends `canceled`, no image of it stored."""
+    from service.workers import lease
+    from service.workers.engine import EngineLoop
+    from service.workers.executor import Executor
+
+    model = f"deferred-{uuid.uuid4().hex[:6]}"  # no other worker claims it
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    storage = HeldStorage(tmp_path)
+    with session_scope(sessions) as session:
+        key_id = create_key(session=session, name="deferred").id
+
+    def submit(seed: int) -> str:
+        spec = JobSpec(model=model, task="generate", input={"prompt": "a kite", "seed": seed})
+        job, _ = create_job(engine=engine, storage=storage, api_key_id=key_id, spec=spec)
+        return job.id
+
+    a, b = submit(1), submit(2)
+    storage.hold = a
+    executor = Executor(settings, sessions, storage, pro, model, f"w-{model}", 1)
+    loop = EngineLoop(executor, slots=1, admit_every=1)
+    worker = threading.Thread(target=loop.run, args=("",), daemon=True)
+    worker.start()
+    try:
+        assert storage.holding.wait(120), "a never reached its upload"
+        deadline = time.monotonic() + 120
+        while loop.finisher.pending() < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert loop.finisher.pending() == 2  # b left the engine; its decode waits behind a
+        with session_scope(sessions) as session:
+            request_cancel(session=session, job=session.get(Job, b))
+        lease.nudge([b])  # what the cancel's push does in a worker process
+        deadline = time.monotonic() + 60
+        while not any(k.should_stop(b) for k in list(lease._keepers) if k.held({b})):
+            assert time.monotonic() < deadline, "the keeper never heard b's cancel"
+            time.sleep(0.02)
+    finally:
+        storage.gate.set()
+        worker.join(120)
+    assert not worker.is_alive()
+    with session_scope(sessions) as session:
+        rows = {r.id: r for r in session.scalars(select(Job).where(Job.id.in_([a, b])))}
+        assert rows[a].status == "succeeded"
+        assert rows[b].status == "canceled" and rows[b].output is None
+    assert not list(tmp_path.rglob(f"*{b}*")), "b's images were stored"
+    engine.dispose()
