@@ -13,10 +13,12 @@ GPU, `cpu` for the dry run CI does). Each check prints one table row; the last l
 - compile: `--compile` (CUDA only) gives the same greedy image tokens as eager.
 - continuous: the continuous engine (invariant products on): a job joining crowds at
   steps 0 and 3, first and last, a neighbour dropped mid-run, gives its images alone.
+- deferred: finished rows decoded on a second thread while the engine steps the others
+  (the worker's finisher) give the images of each job alone, decoded inside the step.
 - understand: the continuous text engine (invariant products on): an understanding job
   sampled at temperature 1 gives the same text alone, in crowds joining at steps 0 and 3,
   and through the run-to-completion path (the per-job generator on this device).
-- janusflow: the seeds, continuous and understand checks for JanusFlow (needs diffusers;
+- janusflow: the seeds, continuous, deferred and understand checks for JanusFlow (needs diffusers;
   reported as skipped without).
 """
 
@@ -185,6 +187,37 @@ def compiled(checkpoint: str, device: str) -> None:
            f"compile + warm-up {warm:.1f} s")
 
 
+def deferred(family: str, checkpoint: str, device: str, steps: dict) -> None:
+    """The worker's finisher: finished rows are decoded on another thread while the engine
+    steps the others (on CUDA both threads queue kernels on the one default stream)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runner = load_runner(checkpoint, device=device, batch_invariant=True)
+    requests = [(f"j{i}", GenerateRequest(f"prompt {i}", num_images=1 + i % 2, seed=200 + i,
+                                          guidance=[None, 1.0][i % 2], **steps))
+                for i in range(6)]
+
+    def drive(queue: list[tuple[str, Any]], defer: bool) -> dict[str, Any]:
+        engine, out = runner.open_engine("generate", 3), {}
+        engine.defer = defer
+        with ThreadPoolExecutor(1) as finisher:
+            while queue or engine.active():
+                take, queue = queue[: engine.free_slots()], queue[engine.free_slots():]
+                assert not engine.admit(take)
+                for key, result in engine.step():
+                    out[key] = finisher.submit(result.finish, key) if defer else result
+        return {k: _digest(v.result() if defer else v) for k, v in out.items()}
+
+    alone = {}
+    for item in requests:
+        alone.update(drive([item], defer=False))
+    got = drive(list(requests), defer=True)
+    differing = sorted(k for k in alone if got.get(k) != alone[k])
+    detail = f"{family}: " + (", ".join(differing) + " differ" if differing else
+                              "decoded on a second thread == decoded in the step, alone")
+    report(f"deferred/{family}", not differing, detail)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -198,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         for invariant in (True, False):
             seeds("janus-pro", pro, args.device, invariant, {})
         continuous("janus-pro", pro, args.device, {})
+        deferred("janus-pro", pro, args.device, {})
         understand("janus-pro", pro, args.device)
         oom(pro, args.device)
         compiled(pro, args.device)
@@ -210,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
             for invariant in (True, False):
                 seeds("janusflow", flow, args.device, invariant, {"steps": 4})
             continuous("janusflow", flow, args.device, {"steps": 4})
+            deferred("janusflow", flow, args.device, {"steps": 4})
             understand("janusflow", flow, args.device)
     print(f"checks_failed={len(FAILED)}")
     sys.exit(1 if FAILED else 0)

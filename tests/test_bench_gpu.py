@@ -31,7 +31,9 @@ def test_gpu_script_dry_run_on_cpu(tmp_path: Path) -> None:
     assert serve.strip().splitlines()[-1].startswith("p50_latency_ratio_static_vs_continuous=")
     assert "| continuous/janus-pro | pass |" in checks
     assert "| understand/janus-pro | pass |" in checks
+    assert "| deferred/janus-pro | pass |" in checks
     assert "torch" in (tmp_path / "env.txt").read_text()
     if (tmp_path / "janusflow-small.txt").exists():  # diffusers is a models extra: it is
         assert "max_invariance_cost=" in (tmp_path / "invariance.txt").read_text()
         assert "| understand/janusflow | pass |" in checks
+        assert "| deferred/janusflow | pass |" in checks
