@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,8 @@ class Service:
 class MemoryService:
     """`--no-db` (a GPU machine has no Postgres): the same two modes over an in-memory
     queue, calling the runner directly (static: `generate` on up to max-batch queued jobs;
-    continuous: its engine, admitting every `admit_every` steps). No storage, no SQL:
+    continuous: its engine, admitting every `admit_every` steps, finished rows decoded on
+    a thread of their own as the worker's finisher does). No storage, no SQL:
     latency is arrival -> result, the model's share of the service's."""
 
     def __init__(self, runner: Any, max_batch: int, admit_every: int) -> None:
@@ -212,9 +214,19 @@ class MemoryService:
                 del queue[:limit]
             return taken
 
+        errors: list[Any] = []
+
+        def finish(n: int, deferred: Any) -> None:
+            result = deferred.finish(n)
+            if not isinstance(result, GenerateResult):
+                errors.append(result)  # seen after the run: a future would swallow it
+            done[n] = time.monotonic()
+
         def serve() -> None:
             engine = self.runner.open_engine("generate", self.max_batch) \
                 if mode == "continuous" else None
+            if engine is not None:
+                engine.defer = True  # decoded on a thread of its own, as the worker does
             steps = 0
             while len(done) < len(inputs):
                 if engine is None:
@@ -233,10 +245,10 @@ class MemoryService:
                     time.sleep(0.005)
                     continue
                 for n, result in engine.step():
-                    assert isinstance(result, GenerateResult), result
-                    done[n] = time.monotonic()
+                    finisher.submit(finish, n, result)
                 steps += 1
 
+        finisher = ThreadPoolExecutor(1)  # the worker's finisher (service/workers/finisher.py)
         worker = threading.Thread(target=serve, daemon=True)
         worker.start()
         start = time.monotonic()
@@ -248,6 +260,8 @@ class MemoryService:
             with lock:
                 queue.append((n, request))
         worker.join()
+        finisher.shutdown(wait=True)
+        assert not errors, errors
         latencies = sorted(done[n] - arrived[n] for n in done)
         return {"p50": statistics.median(latencies),
                 "p95": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
