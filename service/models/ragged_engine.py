@@ -31,6 +31,11 @@ class Row:
     started: float
     done: int = 0  # tokens sampled
     out: list[int] = field(default_factory=list)  # text: the answer's ids so far
+    # Text: the answer decoded so far, incrementally (`text_engine.detokenize`): out[:read]
+    # is in `text`; decoding restarts at out[prefix:] so a token's text keeps its context.
+    text: str = ""
+    prefix: int = 0
+    read: int = 0
     tokens: torch.Tensor | None = None  # images: (n, steps)
     preview: bool = False  # the job asked for previews
     shown: int = 0  # images: tokens done at its last preview

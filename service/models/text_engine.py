@@ -7,6 +7,8 @@ with the image features in place), its image tower run once for all of them; and
 check each request on its own first (`_prepare`). A step samples every row (temperature,
 top-k, top-p per row, in transformers' order, each job from its own generator) with the
 family's draw (`multinomial` or not), lets finished rows leave, then decodes the rest.
+The text so far of each row (`texts`) is detokenized incrementally (`detokenize`); a
+result decodes its whole answer once, as the static path does.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from service.models.engine import Key
 from service.models.lm import LeanLM
 from service.models.ragged_engine import RaggedEngine, Row
 from service.models.sampling import multinomial, sample, top_k_filter, top_p_filter
+
+_REPLACEMENT = "\ufffd"  # what a decoder gives for the bytes of an unfinished character
 
 
 @dataclass
@@ -44,6 +48,31 @@ def text_usage(job: TextJob, answer_tokens: int) -> dict[str, Any]:
     return {"prompt_tokens": int(job.embeds.shape[0]),
             "completion_tokens": answer_tokens + int(stopped),
             "finish_reason": "stop" if stopped else "length"}
+
+
+def detokenize(tokenizer: Any, live: Row) -> str:
+    """`live.text` brought up to `live.out` and returned (not stripped), as TGI and vLLM
+    detokenize: decoding the whole answer after every step is quadratic in its length.
+
+    Only the tokens since `live.prefix` are decoded, with and without those after
+    `live.read`; the difference is the new text. The tokens before `read` give context
+    (a tokenizer may drop a piece's leading space when it comes first). A difference that
+    ends in U+FFFD is part of a character whose bytes have not all come yet: it waits."""
+    if live.read == len(live.out):
+        return live.text
+    window = live.out[live.prefix:]
+    before = tokenizer.decode(window[:live.read - live.prefix], skip_special_tokens=True)
+    after = tokenizer.decode(window, skip_special_tokens=True)
+    if len(after) <= len(before) or after.endswith(_REPLACEMENT):
+        return live.text
+    if after.startswith(before):
+        live.text += after[len(before):]
+    else:
+        # Invalid UTF-8: a byte-fallback decoder turns a whole run of byte pieces into
+        # U+FFFD, ones it had decoded into characters included. Rare: decode it all once.
+        live.text = tokenizer.decode(live.out, skip_special_tokens=True)
+    live.prefix, live.read = live.read, len(live.out)
+    return live.text
 
 
 class TextEngine(RaggedEngine):
@@ -88,9 +117,11 @@ class TextEngine(RaggedEngine):
         }
 
     def texts(self) -> dict[Key, str]:
-        return {k: self._text(live) for k, live in self.jobs.items()}
+        return {k: detokenize(self.tokenizer, live).strip() for k, live in self.jobs.items()}
 
     def _text(self, live: Row) -> str:
+        # The answer is decoded whole once, at the end: it is what the static path gives,
+        # whatever the incremental text held back or decoded differently.
         return self.tokenizer.decode(live.out, skip_special_tokens=True).strip()
 
     def _layout(self) -> None:
