@@ -150,8 +150,9 @@ class Service:
         executor = Executor(self.settings, self.sessions, self.storage, self.runner, MODEL,
                             f"bench-{mode}-{uuid.uuid4().hex[:6]}", self.max_batch)
         handler: Any = executor
-        if mode == "continuous":
-            handler = EngineLoop(executor, self.max_batch, self.admit_every)
+        if mode in ("continuous", "inline"):
+            handler = EngineLoop(executor, self.max_batch, self.admit_every,
+                                 defer_decode=mode == "continuous")
         stop = threading.Event()
 
         def serve() -> None:
@@ -214,19 +215,21 @@ class MemoryService:
                 del queue[:limit]
             return taken
 
+        from service.models.engine import finish as finish_row
+
         errors: list[Any] = []
 
-        def finish(n: int, deferred: Any) -> None:
-            result = deferred.finish(n)
+        def finish(n: int, result: Any) -> None:
+            result = finish_row(result, n)  # a `Deferred` is decoded here
             if not isinstance(result, GenerateResult):
                 errors.append(result)  # seen after the run: a future would swallow it
             done[n] = time.monotonic()
 
         def serve() -> None:
             engine = self.runner.open_engine("generate", self.max_batch) \
-                if mode == "continuous" else None
-            if engine is not None:
-                engine.defer = True  # decoded on a thread of its own, as the worker does
+                if mode in ("continuous", "inline") else None
+            if engine is not None:  # decoded on a thread of its own, as the worker does
+                engine.defer = mode == "continuous"
             steps = 0
             while len(done) < len(inputs):
                 if engine is None:
@@ -245,7 +248,7 @@ class MemoryService:
                     time.sleep(0.005)
                     continue
                 for n, result in engine.step():
-                    finisher.submit(finish, n, result)
+                    finisher.submit(finish, n, result) if engine.defer else finish(n, result)
                 steps += 1
 
         finisher = ThreadPoolExecutor(1)  # the worker's finisher (service/workers/finisher.py)
@@ -298,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated fractions of capacity (the summary needs 0.6)")
     parser.add_argument("--no-db", action="store_true",
                         help="no Postgres: an in-memory queue and the runner only")
+    parser.add_argument("--modes", default="static,continuous",
+                        help="of static, continuous, inline (the engine decoding finished "
+                             "rows inside its step, not on the finisher's thread)")
     parser.add_argument("--quick", action="store_true",
                         help="CI: the tiny shape, 6 jobs per rate, batches of 4")
     args = parser.parse_args(argv)
@@ -335,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
                 rate = load * cap
                 gaps = [rng.expovariate(rate) for _ in inputs]
                 arrivals = [sum(gaps[:i]) for i in range(len(gaps))]
-                for mode in ("static", "continuous"):
+                for mode in args.modes.split(","):
                     stats = service.run(mode, arrivals, inputs)
                     if load == 0.6:
                         at_06[mode] = stats
@@ -346,6 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     x = at_06["static"]["p50"] / at_06["continuous"]["p50"]
     y = at_06["continuous"]["images_per_s"] / at_06["static"]["images_per_s"]
     print(f"load after: {_load()}")
+    if "inline" in at_06:  # what decoding on the finisher's thread adds to the engine
+        print(f"p50_latency_ratio_inline_vs_continuous="
+              f"{at_06['inline']['p50'] / at_06['continuous']['p50']:.2f} throughput_ratio="
+              f"{at_06['continuous']['images_per_s'] / at_06['inline']['images_per_s']:.2f}")
     print(f"p50_latency_ratio_static_vs_continuous={x:.2f} throughput_ratio={y:.2f}")
 
 

@@ -48,8 +48,12 @@ log = logging.getLogger(__name__)
 
 
 class EngineLoop:
-    def __init__(self, executor: Executor, slots: int, admit_every: int = 4) -> None:
+    def __init__(self, executor: Executor, slots: int, admit_every: int = 4,
+                 defer_decode: bool = True) -> None:
         self.x = executor
+        # False: finished rows' images are decoded inside the engine's step (bench/serve.py's
+        # "inline" baseline); the finisher still stores them.
+        self.defer_decode = defer_decode
         self.slots = max(1, slots)
         self.admit_every = max(1, admit_every)
         self.engines: dict[str, Engine | None] = {}
@@ -119,7 +123,7 @@ class EngineLoop:
     def _engine(self, task: str) -> Engine | None:
         if task not in self.engines:
             engine = self.x.runner.open_engine(task, self.slots)
-            if engine is not None and not self.finisher.inline:
+            if engine is not None and self.defer_decode and not self.finisher.inline:
                 engine.defer = True  # finished rows' images are decoded on the finisher
             self.engines[task] = engine
         return self.engines[task]
