@@ -49,7 +49,7 @@ def stack(settings, tmp_path_factory):  # type: ignore[no-untyped-def]
     api, base = start_api(settings, logs / "api.log")
     procs.append(api)
     start_worker(spawn, settings)
-    # Its tick finishes OpenAI batches nobody reads (service/api/openai/batch_tick.py).
+    # Its tick finishes OpenAI batches nobody reads (service/openai_wire/batch_tick.py).
     spawn(["dispatcher"], settings_env(settings, JANUS_SWEEP_INTERVAL_SECONDS="0.5"),
           "dispatcher")
     yield base

@@ -1,5 +1,5 @@
 """OpenAI batches move on with nobody reading them: the dispatcher's tick
-(service/api/openai/batch_tick.py) expires them and writes their result files, once,
+(service/openai_wire/batch_tick.py) expires them and writes their result files, once,
 racing reads and other dispatchers. Driven like tests/test_openai.py (the official
 client against a live API, jobs ended through the lifecycle), the tick run here;
 tests/test_openai_e2e.py and tests/test_embedded.py run it inside a real dispatcher.
@@ -39,9 +39,9 @@ def engine(settings):  # type: ignore[no-untyped-def]
 def tick(settings):  # type: ignore[no-untyped-def]
     """One tick of the dispatcher's OpenAI batch step, run here (service/entry/dispatcher.py
     runs it every sweep; tests/test_openai_e2e.py has a real dispatcher)."""
-    from service.api.openai.batch_tick import advance_due
     from service.core.db import make_engine, make_sessionmaker
     from service.core.storage import storage_from_settings
+    from service.openai_wire.batch_tick import advance_due
 
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
@@ -185,9 +185,9 @@ def test_one_broken_batch_does_not_stop_the_tick(oai: OpenAI, engine, tick) -> N
 
 
 def test_a_failing_batch_sits_out_more_ticks_each_time(oai: OpenAI, engine, settings) -> None:  # type: ignore[no-untyped-def]
-    from service.api.openai.batch_tick import Ticker
     from service.core.db import make_engine, make_sessionmaker
     from service.core.storage import storage_from_settings
+    from service.openai_wire.batch_tick import Ticker
 
     broken = oai.batches.create(input_file_id=upload(oai, [image_line("again")]).id,
                                 endpoint="/v1/images/generations", completion_window="24h")

@@ -2,8 +2,11 @@
 storage as /v1 (docs/API.md, "OpenAI-compatible face").
 
 errors (OpenAI's error shape), blueprint (the routes' blueprint and shared checks),
-translate (request bodies -> our jobs), render (jobs -> OpenAI objects), jobs (submit
-and wait), and one module of routes per resource: models, images, chat, files, batches.
+translate (request bodies -> our jobs), render (stream chunks, a job's OpenAIError),
+jobs (submit and wait), batch_lines (a batch file's lines -> checked jobs), and one
+module of routes per resource: models, images, chat, files, batches. What the
+dispatcher needs too (finished jobs -> OpenAI bodies, batch result files, the batch
+tick) is in service/openai_wire, which imports no Flask.
 """
 
 from service.api.openai import batches, chat, files, images, models  # noqa: F401 - routes

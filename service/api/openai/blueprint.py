@@ -6,7 +6,6 @@ route needs one of our API keys as the Bearer token, as on /v1.
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any
 
@@ -22,15 +21,6 @@ bp = Blueprint("openai", __name__, url_prefix="/openai/v1")
 bp.before_request(require_api_key)
 
 _WAIT = re.compile(r"(?:^|[;,\s])wait=(\d{1,9})")
-DEFAULT_IMAGE_SIZE = 384
-# Where a checkpoint's config.json says how many pixels a side its images have:
-# transformers' Janus layout, DeepSeek's original Janus layout, JanusFlow.
-_SIZE_PATHS = (
-    ("vision_config", "image_size"),
-    ("vision_config", "params", "image_size"),
-    ("vision_und_enc_config", "params", "image_size"),
-    ("gen_vision_config", "params", "image_size"),
-)
 
 
 def json_body() -> dict[str, Any]:
@@ -59,31 +49,6 @@ def model_info(model: Any, param: str = "model") -> ModelInfo:
         raise OpenAIError(404, f"The model `{model[:200]}` does not exist or you do not have "
                           "access to it.", param=param, code="model_not_found")
     return info
-
-
-def image_size(model_id: str, models: dict[str, str] | None = None) -> int:
-    """Pixels a side of the model's images, read once from its config.json; `models` (id
-    -> checkpoint) defaults to the app's settings, and is given where no app runs (the
-    dispatcher writing a batch's output file)."""
-    models = runtime().settings.models if models is None else models
-    return _read_size(models.get(model_id, ""))
-
-
-@functools.lru_cache(maxsize=256)
-def _read_size(path: str) -> int:
-    from service.models import catalog
-
-    try:
-        config: Any = catalog.read_config(path)
-    except catalog.CheckpointError:
-        return DEFAULT_IMAGE_SIZE  # the API may not see the workers' disks
-    for keys in _SIZE_PATHS:
-        value = config
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, int) and value > 0:
-            return value
-    return DEFAULT_IMAGE_SIZE
 
 
 def api_error_param(exc: ApiError, names: dict[str, str]) -> str | None:

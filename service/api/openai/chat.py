@@ -11,21 +11,18 @@ from flask import Response, g, jsonify, stream_with_context
 
 from service.api.context import current_key, runtime
 from service.api.openai.blueprint import bp, hold_seconds, json_body
-from service.api.openai.errors import error_body
 from service.api.openai.jobs import TextStream, submit, wait_terminal
-from service.api.openai.render import (
-    JOB_HEADER,
-    chat_completion,
-    chunk,
-    created,
-    finish_reason,
-    job_error,
-    timeout_error,
-    usage,
-)
+from service.api.openai.render import JOB_HEADER, chunk, job_error, timeout_error
 from service.api.openai.translate import chat_request
 from service.core.tables import Job
 from service.lifecycle.status import JobStatus
+from service.openai_wire.render import (
+    chat_completion,
+    created,
+    error_body,
+    finish_reason,
+    usage,
+)
 
 
 def _event(body: dict[str, Any]) -> str:
@@ -49,7 +46,8 @@ def _stream(job: Job, seconds: int, include_usage: bool) -> Iterator[str]:
         return
     yield _event(chunk(job.id, job.model, at, {}, finish_reason(done)))
     if include_usage:
-        yield _event(chunk(job.id, job.model, at, {}, usage_=usage(done), choices=False))
+        counts = usage(done, runtime().settings.models)
+        yield _event(chunk(job.id, job.model, at, {}, usage_=counts, choices=False))
     yield "data: [DONE]\n\n"
 
 
@@ -71,6 +69,6 @@ def create_chat_completion() -> Response:
             raise timeout_error(job.id, seconds)
         if done.status != JobStatus.SUCCEEDED:
             raise job_error(done)
-        response = jsonify(chat_completion(done))
+        response = jsonify(chat_completion(done, rt.settings.models))
     response.headers[JOB_HEADER] = job.id
     return response

@@ -5,7 +5,8 @@ own typed exceptions (BadRequestError, AuthenticationError, NotFoundError, ...).
 `service.api.errors` renders every error; for /openai/ paths it hands the status, code,
 message and details to `openai_response` here, so refusals that happen before any
 OpenAI route runs (auth, rate limit, body too large, an outage, an unknown path) come
-out in this shape too.
+out in this shape too. The body itself is `error_body` (service/openai_wire/render.py),
+which batch result files hold too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from flask import Response, jsonify
 
 from service.api.errors import ApiError
+from service.openai_wire.render import error_body
 
 PREFIX = "/openai/"
 
@@ -28,14 +30,6 @@ _CODES = {
     "validation_error": (400, "invalid_value"),
     "invalid_json": (400, "invalid_json"),
 }
-
-
-def _type(status: int) -> str:
-    if status == 429:
-        return "requests"  # what OpenAI's rate-limit errors carry
-    if status >= 500:
-        return "server_error"
-    return "invalid_request_error"
 
 
 class OpenAIError(ApiError):
@@ -59,11 +53,6 @@ class OpenAIError(ApiError):
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
     return OpenAIError(400, message, param=param, code=code)
-
-
-def error_body(message: str, status: int, param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": _type(status), "param": param, "code": code}}
 
 
 def _param_and_message(message: str, details: Any) -> tuple[str | None, str]:

@@ -16,13 +16,10 @@ from service.api.openai.blueprint import bp
 from service.api.openai.errors import OpenAIError, bad_request
 from service.core.tables import OpenAIFile
 from service.lifecycle import openai_records as records
+from service.openai_wire.keys import storage_key
 
 UPLOAD_PURPOSES = ("batch",)
 MAX_LIST = 10_000
-
-
-def storage_key(file_id: str) -> str:
-    return f"openai/files/{file_id}"
 
 
 def file_object(row: OpenAIFile) -> dict[str, Any]:

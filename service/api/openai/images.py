@@ -7,9 +7,10 @@ from flask import Response, g, jsonify
 from service.api.context import current_key, runtime
 from service.api.openai.blueprint import bp, hold_seconds, json_body
 from service.api.openai.jobs import submit, wait_terminal
-from service.api.openai.render import JOB_HEADER, images_body, job_error, timeout_error
+from service.api.openai.render import JOB_HEADER, job_error, timeout_error
 from service.api.openai.translate import image_request
 from service.lifecycle.status import JobStatus
+from service.openai_wire.render import images_body
 
 
 @bp.post("/images/generations")

@@ -12,10 +12,12 @@ from typing import Any
 
 from service.api.context import runtime
 from service.api.errors import ApiError
-from service.api.openai.blueprint import api_error_param, image_size, model_info
+from service.api.openai.blueprint import api_error_param, model_info
 from service.api.openai.errors import OpenAIError, bad_request
 from service.api.schemas import MAX_CONVERSATION_CHARS, MAX_MESSAGE_CHARS, MAX_MESSAGES
 from service.api.submit import CheckedJob, check_job
+from service.openai_wire.keys import RESPONSE_FORMAT_KEY
+from service.openai_wire.render import image_size
 
 # Janus knobs a client passes as extra body fields (`extra_body` in the openai client).
 IMAGE_EXTRAS = ("seed", "guidance", "temperature", "steps")
@@ -34,7 +36,6 @@ CHAT_DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
 }
 LABELS = ("user", "safety_identifier")  # kept in the job's metadata
 DEFAULT_QUESTION = "Describe this image."
-RESPONSE_FORMAT_KEY = "openai_response_format"  # job metadata, read when batch lines render
 
 
 @dataclass
@@ -103,7 +104,7 @@ def image_request(body: dict[str, Any]) -> ImageRequest:
     response_format = body.get("response_format") or "url"
     if response_format not in ("url", "b64_json"):
         raise bad_request("response_format must be url or b64_json", "response_format")
-    side = image_size(info.id)
+    side = image_size(info.id, runtime().settings.models)
     size = body.get("size")
     if size is not None and size not in ("auto", f"{side}x{side}"):
         raise bad_request(f"size {str(size)[:40]!r} is not supported by {info.id}: it makes "

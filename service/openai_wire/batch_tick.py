@@ -12,10 +12,11 @@ are due (openai_records.due_records) and, each in its own transactions:
   (batch_output.finalize, under the record's row lock taken with SKIP LOCKED: a racer
   skips it and sees `finalizing`).
 
-Reads of the batch do the same things (batches.py), so whichever comes first does each
-once: never two output files, never a second cancel. One batch that fails (its files
-cannot be stored, a bad row) is logged and tried again a few ticks later (Ticker); the
-others go on.
+Reads of the batch do the same things (service/api/openai/batches.py), so whichever
+comes first does each once: never two output files, never a second cancel. One batch
+that fails (its files cannot be stored, a bad row) is logged and tried again a few
+ticks later (Ticker); the others go on. Nothing here imports Flask or service.api: the
+dispatcher runs it.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.api.openai.batch_output import finalize
 from service.core.db import session_scope
 from service.core.settings import Settings
 from service.core.storage import Storage
 from service.core.tables import utcnow
 from service.lifecycle import openai_records as records
 from service.lifecycle.status import BatchStatus
+from service.openai_wire.batch_output import finalize
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ any line's job (for example for fresh image URLs once the file's have expired).
 
 The files are written once, by whichever comes first once the batch's jobs have all
 finished (OpenAI's `finalizing`): the dispatcher's tick (batch_tick.py) or a read of the
-batch. It needs no request: the dispatcher runs it too. Lines are spooled to disk past a
-few MB, so a large batch of b64_json images never sits in memory whole.
+batch (service/api/openai/batches.py). It needs no request and no app: the dispatcher
+runs it too. Lines are spooled to disk past a few MB, so a large batch of b64_json
+images never sits in memory whole.
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ from typing import IO, Any
 
 from sqlalchemy.orm import Session
 
-from service.api.openai.files import storage_key
-from service.api.openai.render import chat_completion, failure_body, images_body
-from service.api.openai.translate import RESPONSE_FORMAT_KEY
 from service.core.settings import Settings
 from service.core.storage import Storage
 from service.lifecycle import openai_records as records
 from service.lifecycle.status import JobStatus
+from service.openai_wire.keys import RESPONSE_FORMAT_KEY, storage_key
+from service.openai_wire.render import chat_completion, failure_body, images_body
 
 SPOOL_BYTES = 8 * 1024 * 1024
 
