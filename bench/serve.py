@@ -17,6 +17,9 @@ batching and once through the engine. Per rate and mode: p50/p95 latency (arriva
 succeeded) and images/s (images / (last completion - first arrival)). The last line:
 `p50_latency_ratio_static_vs_continuous=<x> throughput_ratio=<y>` at 0.6 load
 (x: static p50 / continuous p50; y: continuous images/s / static images/s).
+`--modes static,inline,continuous` adds the engine with each finished row's images
+decoded inside its step (as before the worker's finisher decoded them) and a line
+comparing it with `continuous` just before the last.
 """
 
 from __future__ import annotations

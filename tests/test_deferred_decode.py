@@ -153,3 +153,18 @@ def test_a_cancel_after_the_last_step_stops_the_decode_in_the_worker(
         assert rows[b].status == "canceled" and rows[b].output is None
     assert not list(tmp_path.rglob(f"*{b}*")), "b's images were stored"
     engine.dispose()
+
+
+def test_a_decode_that_raises_is_the_jobs_error(pro, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.models.base import ModelError
+
+    engine = pro.open_engine("generate", 1)
+    engine.defer = True
+    finished = _finished(engine, {0: [("a", GenerateRequest("a kite", seed=1))]})
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("decoder on fire")
+
+    monkeypatch.setattr(pro, "_decode_rows", broken)
+    result = _on_a_thread(finished["a"], "a")
+    assert isinstance(result, ModelError) and "decoder on fire" in str(result)
