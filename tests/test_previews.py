@@ -123,10 +123,6 @@ def test_a_worker_streams_previews_only_to_jobs_that_asked(client, auth, setting
 
 
 def test_a_failing_preview_is_skipped_not_the_jobs_failure(caplog) -> None:
-    from types import SimpleNamespace
-
-    from service.workers.engine import EngineLoop
-
     class Broken:
         def previews(self, every: int) -> dict:
             raise RuntimeError("VQ decode failed")
@@ -134,9 +130,7 @@ def test_a_failing_preview_is_skipped_not_the_jobs_failure(caplog) -> None:
         def progress(self) -> dict:
             return {}
 
-    loop = EngineLoop(SimpleNamespace(settings=SimpleNamespace(preview_every_steps=4)), 1)  # type: ignore[arg-type]
-    keeper = SimpleNamespace(live=LiveReporter(_Log(), 0.0))  # type: ignore[arg-type]
-    loop._previews(Broken(), keeper)  # type: ignore[arg-type]
+    LiveReporter(_Log(), 0.0).engine_previews(Broken(), 4)  # type: ignore[arg-type]
     assert "previews failed" in caplog.text
     log = _Log()
 
@@ -147,7 +141,7 @@ def test_a_failing_preview_is_skipped_not_the_jobs_failure(caplog) -> None:
         def progress(self) -> dict:
             return {"j": (8, 577)}
 
-    loop._previews(One(), SimpleNamespace(live=LiveReporter(log, 0.0)))  # type: ignore[arg-type]
+    LiveReporter(log, 0.0).engine_previews(One(), 4)  # type: ignore[arg-type]
     assert [(j, n, d["step"], d["steps"]) for j, n, d in log.sent] == [("j", "preview", 8, 577)]
 
 

@@ -31,11 +31,9 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from service.core.db import session_scope
 from service.core.logs import log_context
 from service.core.storage import StorageError
 from service.core.tables import Job
-from service.lifecycle import claims
 from service.lifecycle.status import JobStatus
 from service.models.base import Canceled, ModelError
 from service.models.engine import Deferred, Engine
@@ -198,7 +196,7 @@ class EngineLoop:
             self.x._run_batch(batch, time.monotonic())
         except (StorageError, OperationalError) as exc:
             log.warning("static batch failed (%s); its jobs go back to the queue", exc)
-            self.x._release(batch)
+            self.x._release([job.id for job in batch])
 
     # -- stepping ---------------------------------------------------------------------
 
@@ -235,24 +233,7 @@ class EngineLoop:
                 keeper.report_progress(str(key), done / steps, done, steps)
             for key, text in engine.texts().items():
                 keeper.report_text(str(key), text)
-            self._previews(engine, keeper)
-
-    def _previews(self, engine: Engine, keeper: LeaseKeeper) -> None:
-        """Previews of the rows that asked (the engine paces them): a preview is a nicety,
-        so any failure here is logged and skipped, never a job's failure."""
-        take = getattr(engine, "previews", None)
-        if take is None:
-            return
-        try:
-            shots = take(self.x.settings.preview_every_steps)
-            if not shots:
-                return
-            progress = engine.progress()
-            for key, image in shots.items():
-                done, steps = progress.get(key, (None, None))
-                keeper.live.preview(str(key), image, done, steps)
-        except Exception:
-            log.warning("previews failed; the jobs go on", exc_info=True)
+            keeper.live.engine_previews(engine, self.x.settings.preview_every_steps)
 
     def _row_finished(self, job_id: str, result: Any, keeper: LeaseKeeper, running: int) -> None:
         """The one place a job leaves the engine with an outcome (a result, an error,
@@ -294,7 +275,7 @@ class EngineLoop:
             self.x._complete(job, job.id, result, keeper, elapsed)  # type: ignore[arg-type]
         except StorageError as exc:
             log.warning("job %s: storing its output failed (%s); back to the queue", job.id, exc)
-            self._hand_back(job.id)
+            self.x._release([job.id])
         except OperationalError as exc:
             # Its lease runs out and the sweeper requeues it; the others go on.
             log.warning("job %s: committing failed (%s); its lease will expire", job.id, exc)
@@ -310,13 +291,6 @@ class EngineLoop:
         if not renew:
             keeper.remove(job_id)
 
-    def _hand_back(self, job_id: str) -> None:
-        try:
-            with session_scope(self.x.sessions) as session:
-                claims.release(session=session, job_id=job_id, worker_id=self.x.worker_id)
-        except Exception as exc:
-            log.warning("could not release %s (%s); its lease will expire", job_id, exc)
-
     def _release(self, job_ids: list[str], keeper: LeaseKeeper,
                  extra: dict[str, Job] | None = None) -> None:
         for job_id in job_ids:
@@ -325,5 +299,5 @@ class EngineLoop:
                 engine = self.engines[job.task]
                 if engine is not None:
                     engine.drop(job_id)
-            self._hand_back(job_id)
+            self.x._release([job_id])
             self._forget(job_id, keeper)

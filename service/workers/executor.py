@@ -73,7 +73,7 @@ class Executor:
             with log_context(**job_fields([job.id for job in batch])):
                 self._run_batch(batch, started)
         except (StorageError, OperationalError) as exc:
-            self._release(batch)
+            self._release([job.id for job in batch])
             raise TransientError(str(exc)) from exc
         self._keep_draining()
 
@@ -118,13 +118,15 @@ class Executor:
                 batch.append(job)
         return batch
 
-    def _release(self, batch: list[Job]) -> None:
+    def _release(self, job_ids: list[str]) -> None:
+        """Back to the queue now, not at lease expiry (a fault that is not theirs)."""
         try:
             with session_scope(self.sessions) as session:
-                for job in batch:
-                    claims.release(session=session, job_id=job.id, worker_id=self.worker_id)
-        except OperationalError:
-            log.warning("could not release %d job(s); their leases will expire", len(batch))
+                for job_id in job_ids:
+                    claims.release(session=session, job_id=job_id, worker_id=self.worker_id)
+        except Exception as exc:  # best effort, often on the way out of another fault
+            log.warning("could not release %d job(s) (%s); their leases will expire",
+                        len(job_ids), exc)
 
     # -- running ----------------------------------------------------------------
     def _run_batch(self, batch: list[Job], started: float) -> None:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import time
+from typing import Any
 
 from PIL import Image
 
 from service.core import events
 from service.core.events import EventLog
+
+log = logging.getLogger(__name__)
 
 # Held back from a token event until more text follows: a partly decoded character
 # (the tokenizer's replacement mark) and trailing whitespace, which the final answer
@@ -78,6 +82,23 @@ class LiveReporter:
         if answer.startswith(sent) and len(answer) > len(sent):
             self._sent[job_id] = answer
             self.log.emit(job_id, events.TOKEN, {"text": answer[len(sent):]})
+
+    def engine_previews(self, engine: Any, every: int) -> None:
+        """Previews of the engine's rows that asked (the engine paces them). A preview is a
+        nicety: any failure here is logged and skipped, never a job's failure."""
+        take = getattr(engine, "previews", None)
+        if take is None:
+            return
+        try:
+            shots = take(every)
+            if not shots:
+                return
+            progress = engine.progress()
+            for key, image in shots.items():
+                done, steps = progress.get(key, (None, None))
+                self.preview(str(key), image, done, steps)
+        except Exception:
+            log.warning("previews failed; the jobs go on", exc_info=True)
 
     def preview(self, job_id: str, image: Image.Image, step: int | None,
                 steps: int | None) -> None:
