@@ -168,3 +168,45 @@ def test_a_decode_that_raises_is_the_jobs_error(pro, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(pro, "_decode_rows", broken)
     result = _on_a_thread(finished["a"], "a")
     assert isinstance(result, ModelError) and "decoder on fire" in str(result)
+
+
+def test_a_retried_job_decodes_on_the_engine_thread_before_anything_joins(
+    settings, pro, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retried job may be what killed its last worker: it runs alone, its decode too,
+    so the job claimed after it is not in the process if that decode kills it again. A
+    first attempt's decode runs on the finisher's thread."""
+    from sqlalchemy import update
+
+    from service.workers.engine import EngineLoop
+    from service.workers.executor import Executor
+
+    model = f"deferred-{uuid.uuid4().hex[:6]}"
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    storage = HeldStorage(tmp_path)
+    with session_scope(sessions) as session:
+        key_id = create_key(session=session, name="deferred").id
+    ids = []
+    for seed in (1, 2):
+        spec = JobSpec(model=model, task="generate", input={"prompt": "a kite", "seed": seed})
+        ids.append(create_job(engine=engine, storage=storage, api_key_id=key_id, spec=spec)[0].id)
+    with session_scope(sessions) as session:  # the first was claimed once, by a worker now gone
+        session.execute(update(Job).where(Job.id == ids[0]).values(attempts=1))
+    threads: list[str] = []
+    real = pro._decode_rows
+    monkeypatch.setattr(pro, "_decode_rows",
+                        lambda rows: (threads.append(threading.current_thread().name),
+                                      real(rows))[1])
+    executor = Executor(settings, sessions, storage, pro, model, f"w-{model}", 2)
+    loop = EngineLoop(executor, slots=2, admit_every=1)
+    worker = threading.Thread(target=loop.run, args=("",), name="engine-loop", daemon=True)
+    worker.start()
+    worker.join(300)
+    assert not worker.is_alive()
+    with session_scope(sessions) as session:
+        rows = {r.id: r for r in session.scalars(select(Job).where(Job.id.in_(ids)))}
+    assert [(rows[i].status, rows[i].attempts) for i in ids] == [("succeeded", 2),
+                                                                ("succeeded", 1)]
+    assert threads == ["engine-loop", "engine-finisher"]
+    engine.dispose()

@@ -243,6 +243,10 @@ class EngineLoop:
         job = self.jobs.get(job_id)
         if job is None:
             return
+        if job_id == self.solo and isinstance(result, Deferred):
+            # A retried job may be what killed its last worker: its decode, too, ends
+            # before anything joins (nothing else runs now, so nothing waits on it).
+            result = result.finish(job_id, keeper)
         if job_id in keeper.lost:
             self._forget(job_id, keeper)  # another worker owns it now
             return
