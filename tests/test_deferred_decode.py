@@ -210,3 +210,29 @@ def test_a_retried_job_decodes_on_the_engine_thread_before_anything_joins(
                                                                 ("succeeded", 1)]
     assert threads == ["engine-loop", "engine-finisher"]
     engine.dispose()
+
+
+def test_a_janusflow_decode_out_of_memory_is_split_and_fails_only_alone(
+    flow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from service.models.base import OutOfMemory
+    from service.models.janusflow import sampler
+
+    real, sizes, limit = sampler.decode_latents, [], [1]
+
+    def flaky(vae: Any, z: Any, upsample_to: Any = None) -> Any:
+        sizes.append(len(z))
+        if len(z) > limit[0]:  # the device's own error type, where a real one would come
+            raise torch.OutOfMemoryError("injected: VAE batch too large")
+        return real(vae, z, upsample_to)
+
+    monkeypatch.setattr(sampler, "decode_latents", flaky)
+    request = GenerateRequest("a lake", num_images=3, seed=1, steps=2)
+    [result] = flow.generate([request])
+    assert isinstance(result, GenerateResult) and len(result.images) == 3
+    assert sizes == [3, 1, 2, 1, 1]
+    limit[0] = 0  # not even one image fits
+    [result] = flow.generate([request])
+    assert isinstance(result, OutOfMemory) and result.code == "out_of_memory"

@@ -57,7 +57,7 @@ from service.models.janusflow.load import (
     vae_factor,
     vae_source,
 )
-from service.models.janusflow.sampler import FlowJob, FlowSampler, decode_latents
+from service.models.janusflow.sampler import FlowJob, FlowSampler, decode_job
 from service.models.lm import LeanLM
 from service.models.prompts import JANUSFLOW_FORMAT
 
@@ -213,12 +213,10 @@ class JanusFlowRunner(ModelRunner):
         return {**self._sample(jobs[:half], control), **self._sample(jobs[half:], control)}
 
     def decode(self, z: torch.Tensor) -> list[Image.Image]:
-        """Final latents of one job -> its images, a few per VAE call."""
-        size = UPSAMPLED_SIZE if self.upsample_1024 else None
-        images: list[Image.Image] = []
-        for chunk in z.split(DECODE_CHUNK):
-            images.extend(decode_latents(self.vae, chunk, size))
-        return images
+        """Final latents of one job -> its images, a few per VAE call (a call out of
+        memory is split; an image that cannot decode alone raises `OutOfMemory`)."""
+        return decode_job(self.vae, z, DECODE_CHUNK,
+                          UPSAMPLED_SIZE if self.upsample_1024 else None)
 
     def slot_bytes(self) -> int:
         """Memory of one engine slot (docs/OPERATIONS.md, "Sizing"): a single-image guided

@@ -35,6 +35,7 @@ from PIL import Image
 from service.models.base import Canceled, ModelError, RunControl
 from service.models.janusflow.attention import KV, Group, Plan
 from service.models.janusflow.modules import JanusFlowModel
+from service.models.oom import run_split_on_oom
 
 
 @dataclass
@@ -232,4 +233,18 @@ def decode_latents(vae, z: torch.Tensor, upsample_to: int | None = None) -> list
     images = [Image.fromarray(a) for a in rgb.permute(0, 2, 3, 1).cpu().numpy()]
     if upsample_to:
         images = [im.resize((upsample_to, upsample_to), Image.LANCZOS) for im in images]
+    return images
+
+
+def decode_job(vae, z: torch.Tensor, chunk: int, upsample_to: int | None) -> list[Image.Image]:
+    """One job's latents -> its images, `chunk` per VAE call (bounding the decoder's
+    activations); a call out of memory is split, an image that cannot decode alone
+    raises `OutOfMemory`."""
+    images: list[Image.Image] = []
+    for part in z.split(chunk):
+        for image in run_split_on_oom(
+                lambda rows: decode_latents(vae, torch.stack(rows), upsample_to), list(part)):
+            if isinstance(image, ModelError):
+                raise image
+            images.append(image)
     return images
