@@ -5,11 +5,11 @@ of the worker's model into free slots (`claims.claim_next`, exactly as the stati
 FOR UPDATE SKIP LOCKED, lane then age, with a lease), admits them to the runner's engine
 (`service.models.engine`), and steps the engine. Every `admit_every` steps it claims
 again, so a job submitted while others are hundreds of steps in starts at the next
-claim, not after the batch. A job that finishes leaves at once: its slot is free for the
-next claim, and its images are decoded (VQ or VAE) and uploaded and it is committed
-`succeeded` on the `Finisher`'s thread while the others keep stepping. When no job is
-running and none is queued the task returns (after the finisher is done): the worker
-sleeps until the next message.
+claim, not after the batch. A job that finishes leaves the engine at once: its images
+are decoded (VQ or VAE) and uploaded and it is committed `succeeded` on the `Finisher`'s
+thread while the others keep stepping; its slot takes the next claim once its images
+are decoded. When no job is running and none is queued the task returns (after the
+finisher is done): the worker sleeps until the next message.
 
 Per row, as the static path does per batch: one `LeaseKeeper` renews the leases of the
 changing set of running jobs and carries progress (and an understanding row's text so
@@ -26,6 +26,7 @@ engine steps.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -63,6 +64,8 @@ class EngineLoop:
         self.solo: str | None = None
         self.stopping = False  # a warm shutdown: finish the running rows, claim no more
         self.finisher = Finisher(depth=self.slots)
+        self.decoding: set[str] = set()  # rows left the engine, images not decoded yet
+        self._decoded = threading.Condition()
 
     def stop(self) -> None:
         """Called on the worker's warm shutdown (any thread): stop claiming."""
@@ -112,11 +115,19 @@ class EngineLoop:
             if not self.jobs and self.waiting is None:
                 if claimed:
                     continue  # all claimed jobs ended at once (deadline, bad input)
+                if self.decoding and not self.stopping:
+                    self._wait_decoded()  # its slot may take a queued job
+                    continue
                 return
             self._stops(keeper)
             if self.jobs:
                 self._step(keeper)
             steps += 1
+
+    def _wait_decoded(self) -> None:
+        with self._decoded:
+            held = len(self.decoding)
+            self._decoded.wait_for(lambda: len(self.decoding) < held, timeout=1.0)
 
     def _engine(self, task: str) -> Engine | None:
         if task not in self.engines:
@@ -130,7 +141,9 @@ class EngineLoop:
 
     def _fill(self, keeper: LeaseKeeper) -> int:
         """Claim queued jobs into the free slots and admit them; returns how many claimed."""
-        free = self.slots - len(self.jobs)
+        # A row whose images are still decoding on the finisher holds its slot: the
+        # worker never computes for more than `--max-batch` jobs at once.
+        free = self.slots - len(self.jobs) - len(self.decoding)
         if free <= 0:
             return 0
         try:
@@ -238,8 +251,9 @@ class EngineLoop:
     def _row_finished(self, job_id: str, result: Any, keeper: LeaseKeeper, running: int) -> None:
         """The one place a job leaves the engine with an outcome (a result, an error,
         `Canceled` for a cancel request or a passed deadline, or a `Deferred` whose images
-        are still to decode). Its slot is free now; it is decoded, stored and committed on
-        the finisher's thread, its lease renewed (and cancel requests heard) until then."""
+        are still to decode). It is decoded, stored and committed on the finisher's
+        thread, its lease renewed (and cancel requests heard) until then; its slot is free
+        once it is decoded."""
         job = self.jobs.get(job_id)
         if job is None:
             return
@@ -252,6 +266,8 @@ class EngineLoop:
             return
         started = self.started[job_id]
         deferred = isinstance(result, Deferred)
+        if deferred:
+            self.decoding.add(job_id)
         elapsed = None if deferred else self._ended(job, result, keeper, started, running)
         self._forget(job_id, keeper, renew=True)
         self.finisher.submit(
@@ -272,7 +288,12 @@ class EngineLoop:
             if elapsed is None:
                 # The decode hears a cancel, a passed deadline or a lost lease between its
                 # chunks, as the engine's steps do.
-                result = result.finish(job.id, keeper)
+                try:
+                    result = result.finish(job.id, keeper)
+                finally:
+                    with self._decoded:
+                        self.decoding.discard(job.id)
+                        self._decoded.notify_all()
                 if job.id in keeper.lost:
                     return
                 elapsed = self._ended(job, result, keeper, started, running)
