@@ -26,7 +26,6 @@ engine steps.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -64,8 +63,6 @@ class EngineLoop:
         self.solo: str | None = None
         self.stopping = False  # a warm shutdown: finish the running rows, claim no more
         self.finisher = Finisher(depth=self.slots)
-        self.decoding: set[str] = set()  # rows left the engine, images not decoded yet
-        self._decoded = threading.Condition()
 
     def stop(self) -> None:
         """Called on the worker's warm shutdown (any thread): stop claiming."""
@@ -75,15 +72,8 @@ class EngineLoop:
 
     def run(self, job_id: str) -> None:
         x = self.x
-        keeper = LeaseKeeper(
-            x.sessions,
-            x.worker_id,
-            x.settings.lease_seconds,
-            [],
-            [],
-            x.events,
-            x.settings.events_progress_seconds,
-        )
+        keeper = LeaseKeeper(x.sessions, x.worker_id, x.settings.lease_seconds, [], [],
+                             x.events, x.settings.events_progress_seconds)
         with keeper:
             try:
                 self._loop(keeper)
@@ -115,19 +105,14 @@ class EngineLoop:
             if not self.jobs and self.waiting is None:
                 if claimed:
                     continue  # all claimed jobs ended at once (deadline, bad input)
-                if self.decoding and not self.stopping:
-                    self._wait_decoded()  # its slot may take a queued job
+                if self.finisher.held() and not self.stopping:
+                    self.finisher.wait_release()  # its slot may take a queued job
                     continue
                 return
             self._stops(keeper)
             if self.jobs:
                 self._step(keeper)
             steps += 1
-
-    def _wait_decoded(self) -> None:
-        with self._decoded:
-            held = len(self.decoding)
-            self._decoded.wait_for(lambda: len(self.decoding) < held, timeout=1.0)
 
     def _engine(self, task: str) -> Engine | None:
         if task not in self.engines:
@@ -143,7 +128,7 @@ class EngineLoop:
         """Claim queued jobs into the free slots and admit them; returns how many claimed."""
         # A row whose images are still decoding on the finisher holds its slot: the
         # worker never computes for more than `--max-batch` jobs at once.
-        free = self.slots - len(self.jobs) - len(self.decoding)
+        free = self.slots - len(self.jobs) - self.finisher.held()
         if free <= 0:
             return 0
         try:
@@ -267,7 +252,7 @@ class EngineLoop:
         started = self.started[job_id]
         deferred = isinstance(result, Deferred)
         if deferred:
-            self.decoding.add(job_id)
+            self.finisher.hold(job_id)
         elapsed = None if deferred else self._ended(job, result, keeper, started, running)
         self._forget(job_id, keeper, renew=True)
         self.finisher.submit(
@@ -291,9 +276,7 @@ class EngineLoop:
                 try:
                     result = result.finish(job.id, keeper)
                 finally:
-                    with self._decoded:
-                        self.decoding.discard(job.id)
-                        self._decoded.notify_all()
+                    self.finisher.release(job.id)
                 if job.id in keeper.lost:
                     return
                 elapsed = self._ended(job, result, keeper, started, running)

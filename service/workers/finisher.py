@@ -6,10 +6,13 @@ milliseconds of CPU and I/O. Done inline, that time stalls every other row of th
 engine once per finishing job; here the engine steps on while it happens (as vLLM's
 and TGI's servers detokenize and answer off the model loop).
 
-Work runs in submission order on one thread. The queue is bounded: when storage falls
-behind, `submit` waits, so finished images cannot pile up in memory. Nothing changes for
-faults: a job whose commit has not happened still holds its lease (the caller stops
-renewing it only once its work is done), so a SIGKILL here loses nothing either.
+A finished image row's decode (a `Deferred`) runs here too; the job holds its engine
+slot (`hold`/`release`) until its images are decoded, so a worker computes for at most
+`--max-batch` jobs at once. Work runs in submission order on one thread. The queue is
+bounded: when storage falls behind, `submit` waits, so finished images cannot pile up
+in memory. Nothing changes for faults: a job whose commit has not happened still holds
+its lease (the caller stops renewing it only once its work is done), so a SIGKILL here
+loses nothing either.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Finisher:
         self._thread: threading.Thread | None = None
         self._pending = 0
         self._idle = threading.Condition()
+        self._held: set[str] = set()  # jobs whose work still holds their engine slot
 
     def submit(self, job_id: str, work: Callable[[], None]) -> None:
         """Run `work` (the job's store-and-commit) after the work submitted before it."""
@@ -44,6 +48,27 @@ class Finisher:
         with self._idle:
             self._pending += 1
         self._work.put((job_id, work))  # waits while the queue is full: backpressure
+
+    def hold(self, job_id: str) -> None:
+        """`job_id`'s work still computes for it (its images decode): it keeps its slot
+        until `release`."""
+        with self._idle:
+            self._held.add(job_id)
+
+    def release(self, job_id: str) -> None:
+        with self._idle:
+            self._held.discard(job_id)
+            self._idle.notify_all()
+
+    def held(self) -> int:
+        with self._idle:
+            return len(self._held)
+
+    def wait_release(self, timeout: float = 1.0) -> None:
+        """Until one held job is released (or `timeout` s pass)."""
+        with self._idle:
+            held = len(self._held)
+            self._idle.wait_for(lambda: len(self._held) < held, timeout=timeout)
 
     def pending(self) -> int:
         with self._idle:
