@@ -63,6 +63,19 @@ def test_submit_waits_when_the_queue_is_full() -> None:
     assert finisher.pending() == 0
 
 
+def test_a_held_job_keeps_its_slot_until_released() -> None:
+    finisher = Finisher(depth=2)
+    finisher.hold("a")
+    finisher.hold("b")
+    assert finisher.held() == 2
+    threading.Timer(0.05, finisher.release, args=("a",)).start()
+    finisher.wait_release(timeout=60)  # returns once one of them is released
+    assert finisher.held() == 1
+    finisher.release("b")
+    finisher.release("b")  # twice is harmless
+    assert finisher.held() == 0
+
+
 # -- in the engine loop, against Postgres ---------------------------------------------
 
 
