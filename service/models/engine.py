@@ -154,8 +154,9 @@ class Deferred:
     """A finished row whose last, heavy part (decoding its images: the VQ decoder, the VAE)
     has not run yet. An engine whose `defer` is True hands these out of `step` instead of
     decoding inside it, so its caller can finish them on another thread while the next
-    steps run (the worker's finisher does); the slot is free either way. `finish` runs on
-    the calling thread, under the caller's control: a stop between decode chunks gives
+    steps run (the worker's finisher does). The row has left the engine either way (the
+    worker still counts it against its slots until decoded). `finish` runs on the calling
+    thread, under the caller's control: a stop before or between decode chunks gives
     `Canceled`, and progress goes on from the token loop's share to 1."""
 
     def __init__(self, work: Callable[[RunControl], Any]) -> None:
