@@ -6,24 +6,22 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from service.core.db import make_engine, make_sessionmaker, session_scope
-from service.core.keys import create_key
+from service.core.db import session_scope
 from service.core.tables import Job
-from service.lifecycle.jobs import JobSpec, create_job, request_cancel
+from service.lifecycle.jobs import request_cancel
 from service.models.base import Canceled, GenerateRequest, GenerateResult
 
 pytest.importorskip("torch")
 
 from service.models.engine import Deferred, run_to_completion  # noqa: E402
 from tests.helpers import Control  # noqa: E402
-from tests.test_engine_finisher import HeldStorage  # noqa: E402
+from tests.test_engine_finisher import ModelQueue  # noqa: E402
 
 
 def _finished(engine: Any, joins: dict[int, list[tuple[str, Any]]]) -> dict[str, Any]:
@@ -109,25 +107,12 @@ def test_a_cancel_after_the_last_step_stops_the_decode_in_the_worker(
     """b's tokens are all sampled while the finisher is still busy with a; a cancel that
     lands then is heard before b's decode: b ends `canceled`, no image of it stored."""
     from service.workers import lease
-    from service.workers.engine import EngineLoop
-    from service.workers.executor import Executor
 
-    model = f"deferred-{uuid.uuid4().hex[:6]}"  # no other worker claims it
-    engine = make_engine(settings.database_url)
-    sessions = make_sessionmaker(engine)
-    storage = HeldStorage(tmp_path)
-    with session_scope(sessions) as session:
-        key_id = create_key(session=session, name="deferred").id
-
-    def submit(seed: int) -> str:
-        spec = JobSpec(model=model, task="generate", input={"prompt": "a kite", "seed": seed})
-        job, _ = create_job(engine=engine, storage=storage, api_key_id=key_id, spec=spec)
-        return job.id
-
-    a, b = submit(1), submit(2)
+    q = ModelQueue(settings, tmp_path, "deferred")
+    storage, sessions = q.storage, q.sessions
+    a, b = q.submit(1), q.submit(2)
     storage.hold = a
-    executor = Executor(settings, sessions, storage, pro, model, f"w-{model}", 1)
-    loop = EngineLoop(executor, slots=1, admit_every=1)
+    loop = q.loop(pro, slots=1)
     worker = threading.Thread(target=loop.run, args=("",), daemon=True)
     worker.start()
     try:
@@ -152,7 +137,7 @@ def test_a_cancel_after_the_last_step_stops_the_decode_in_the_worker(
         assert rows[a].status == "succeeded"
         assert rows[b].status == "canceled" and rows[b].output is None
     assert not list(tmp_path.rglob(f"*{b}*")), "b's images were stored"
-    engine.dispose()
+    q.engine.dispose()
 
 
 def test_a_decode_that_raises_is_the_jobs_error(pro, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,19 +163,9 @@ def test_a_retried_job_decodes_on_the_engine_thread_before_anything_joins(
     first attempt's decode runs on the finisher's thread."""
     from sqlalchemy import update
 
-    from service.workers.engine import EngineLoop
-    from service.workers.executor import Executor
-
-    model = f"deferred-{uuid.uuid4().hex[:6]}"
-    engine = make_engine(settings.database_url)
-    sessions = make_sessionmaker(engine)
-    storage = HeldStorage(tmp_path)
-    with session_scope(sessions) as session:
-        key_id = create_key(session=session, name="deferred").id
-    ids = []
-    for seed in (1, 2):
-        spec = JobSpec(model=model, task="generate", input={"prompt": "a kite", "seed": seed})
-        ids.append(create_job(engine=engine, storage=storage, api_key_id=key_id, spec=spec)[0].id)
+    q = ModelQueue(settings, tmp_path, "deferred")
+    sessions = q.sessions
+    ids = [q.submit(1), q.submit(2)]
     with session_scope(sessions) as session:  # the first was claimed once, by a worker now gone
         session.execute(update(Job).where(Job.id == ids[0]).values(attempts=1))
     threads: list[str] = []
@@ -198,8 +173,7 @@ def test_a_retried_job_decodes_on_the_engine_thread_before_anything_joins(
     monkeypatch.setattr(pro, "_decode_rows",
                         lambda rows: (threads.append(threading.current_thread().name),
                                       real(rows))[1])
-    executor = Executor(settings, sessions, storage, pro, model, f"w-{model}", 2)
-    loop = EngineLoop(executor, slots=2, admit_every=1)
+    loop = q.loop(pro, slots=2)
     worker = threading.Thread(target=loop.run, args=("",), name="engine-loop", daemon=True)
     worker.start()
     worker.join(300)
@@ -209,7 +183,7 @@ def test_a_retried_job_decodes_on_the_engine_thread_before_anything_joins(
     assert [(rows[i].status, rows[i].attempts) for i in ids] == [("succeeded", 2),
                                                                 ("succeeded", 1)]
     assert threads == ["engine-loop", "engine-finisher"]
-    engine.dispose()
+    q.engine.dispose()
 
 
 def test_a_janusflow_decode_out_of_memory_is_split_and_fails_only_alone(

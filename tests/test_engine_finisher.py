@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -94,31 +95,45 @@ class HeldStorage(LocalStorage):
         super().put(key, data, content_type)
 
 
+class ModelQueue:
+    """A model no other worker serves: its database handles, held storage, an API key,
+    and the worker's engine loop over it."""
+
+    def __init__(self, settings: Any, tmp_path: Path, name: str) -> None:
+        self.settings, self.model = settings, f"{name}-{uuid.uuid4().hex[:6]}"
+        self.engine = make_engine(settings.database_url)
+        self.sessions = make_sessionmaker(self.engine)
+        self.storage = HeldStorage(tmp_path)
+        with session_scope(self.sessions) as session:
+            self.key_id = create_key(session=session, name=name).id
+
+    def submit(self, seed: int) -> str:
+        spec = JobSpec(model=self.model, task="generate",
+                       input={"prompt": "a kite", "seed": seed})
+        return create_job(engine=self.engine, storage=self.storage, api_key_id=self.key_id,
+                          spec=spec)[0].id
+
+    def loop(self, runner: Any, slots: int) -> Any:
+        from service.workers.engine import EngineLoop
+        from service.workers.executor import Executor
+
+        executor = Executor(self.settings, self.sessions, self.storage, runner, self.model,
+                            f"w-{self.model}", slots)
+        return EngineLoop(executor, slots=slots, admit_every=1)
+
+
 def test_the_next_job_runs_while_a_finished_one_is_stored(settings, pro, tmp_path) -> None:
-    from service.workers.engine import EngineLoop
-    from service.workers.executor import Executor
-
-    model = f"finisher-{uuid.uuid4().hex[:6]}"  # no other worker claims it
-    engine = make_engine(settings.database_url)
-    sessions = make_sessionmaker(engine)
-    storage = HeldStorage(tmp_path)
-    with session_scope(sessions) as session:
-        key_id = create_key(session=session, name="finisher").id
-
-    def submit(seed: int) -> str:
-        spec = JobSpec(model=model, task="generate", input={"prompt": "a kite", "seed": seed})
-        job, _ = create_job(engine=engine, storage=storage, api_key_id=key_id, spec=spec)
-        return job.id
+    q = ModelQueue(settings, tmp_path, "finisher")
+    storage, sessions = q.storage, q.sessions
 
     def statuses() -> dict[str, str]:
         with session_scope(sessions) as session:
             rows = session.execute(select(Job.id, Job.status).where(Job.id.in_([a, b])))
             return {r.id: r.status for r in rows}
 
-    a, b = submit(1), submit(2)
+    a, b = q.submit(1), q.submit(2)
     storage.hold = a
-    executor = Executor(settings, sessions, storage, pro, model, f"w-{model}", 1)
-    loop = EngineLoop(executor, slots=1, admit_every=1)  # one slot: b waits for a's slot
+    loop = q.loop(pro, slots=1)  # one slot: b waits for a's slot
     worker = threading.Thread(target=loop.run, args=("",), daemon=True)
     worker.start()
     try:
@@ -138,7 +153,7 @@ def test_the_next_job_runs_while_a_finished_one_is_stored(settings, pro, tmp_pat
         done = dict(session.execute(select(Job.id, Job.completed_at)
                                     .where(Job.id.in_([a, b]))).all())
     assert done[a] <= done[b]  # stored in the order they finished
-    engine.dispose()
+    q.engine.dispose()
 
 
 @pytest.mark.timeout(600)
