@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+import redis
 from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 
@@ -133,8 +134,6 @@ def ping(celery: Celery, timeout: float = PUBLISH_SOCKET_TIMEOUT) -> None:
     """Raise unless the broker answers within about `timeout` seconds (for /readyz)."""
     url = celery.conf.broker_url or ""
     if url.startswith(("redis://", "rediss://")):
-        import redis
-
         # A direct PING: kombu's connection check retries and waits far longer than
         # a readiness probe may when Redis accepts connections but does not answer.
         client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -160,6 +159,24 @@ def queue_depths(celery: Celery, models: list[str]) -> dict[str, int | None]:
 
 def queue_depth(celery: Celery, model: str) -> int | None:
     """Messages waiting in a model's broker queue, or None if the broker can't say."""
+    fast: RedisPublisher | None = getattr(celery, "janus_publisher", None)
+    fast = fast or getattr(celery, "janus_depth_reader", None)
+    url = celery.conf.broker_url or ""
+    if fast is None and url.startswith(("redis://", "rediss://")):
+        # A consumer's app publishes through kombu: a reader of its own, so that the
+        # app's publishing stays as configured.
+        prefix = (celery.conf.broker_transport_options or {}).get("global_keyprefix", "")
+        fast = celery.janus_depth_reader = RedisPublisher(  # type: ignore[attr-defined]
+            url, prefix, PUBLISH_SOCKET_TIMEOUT)
+    if fast is not None:
+        # Not kombu's passive queue_declare: with a `global_keyprefix` it checks that the
+        # queue exists under the unprefixed key, finds none and reads as an empty queue,
+        # so the sweeper would take any waiting queue for a lost one.
+        try:
+            return fast.depth(queue_name(model))
+        except (redis.RedisError, OSError) as exc:
+            log.debug("queue depth unavailable: %s", exc)
+            return None
     try:
         with celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)

@@ -64,6 +64,10 @@ class RedisPublisher:
             },
         })
 
+    def depth(self, queue: str) -> int:
+        """Messages waiting in `queue` (the key this publisher pushes to)."""
+        return int(self.redis.llen(f"{self.key_prefix}{queue}"))
+
     def publish(
         self, task: str, jobs: list[tuple[str, str]], max_retries: int, deadline: float
     ) -> set[str]:

@@ -111,6 +111,9 @@ class LeanRedis:
     def lpush(self, name: str, *values: str | bytes) -> int:
         return self._call(b"LPUSH", name, *values)
 
+    def llen(self, name: str) -> int:
+        return self._call(b"LLEN", name)
+
     def _call(self, *args: Any) -> Any:
         packed = _pack(args)
         for attempt in (1, 2):

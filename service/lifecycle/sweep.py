@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from service.core.broker import publish, queue_depth
@@ -109,30 +109,39 @@ def republish(*, session: Session, celery: Celery, settings: Settings) -> list[s
     those count only while the model's broker queue is empty. Messages are
     wake-ups that claim the head of the queue in SQL and pass the baton while
     work remains, so a model needs one per live worker, not one per job.
+
+    Lost rows are read first, and stale rows per model: a long, healthy queue of one
+    model (old rows, messages waiting) must not fill a pass and hide another model's
+    lost rows behind it sweep after sweep.
     """
-    stale_before = utcnow() - timedelta(seconds=settings.republish_after_seconds)
-    rows = list(
-        session.scalars(
-            select(Job)
-            .where(
-                Job.status == JobStatus.QUEUED,
-                or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale_before),
-            )
+    queued = select(Job).where(Job.status == JobStatus.QUEUED)
+    by_model: dict[str, list[Job]] = {}
+    for job in session.scalars(
+        queued.where(Job.enqueued_at.is_(None))
+        .order_by(Job.lane, Job.id)
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    ):
+        by_model.setdefault(job.model, []).append(job)
+    stale = Job.enqueued_at < utcnow() - timedelta(seconds=settings.republish_after_seconds)
+    for model in session.scalars(
+        select(Job.model).where(Job.status == JobStatus.QUEUED, stale).distinct()
+    ).all():
+        # A model with a lost row gets a wake-up anyway; the baton reaches its stale rows.
+        if model in by_model or queue_depth(celery, model) != 0:
+            continue
+        rows = session.scalars(
+            queued.where(Job.model == model, stale)
             .order_by(Job.lane, Job.id)
             .limit(BATCH)
             .with_for_update(skip_locked=True)
-        )
-    )
-    by_model: dict[str, list[Job]] = {}
-    for job in rows:
-        by_model.setdefault(job.model, []).append(job)
+        ).all()
+        if rows:
+            by_model[model] = list(rows)
     workers = live_workers(session=session, stale_after=3 * settings.worker_heartbeat_seconds)
     now = utcnow()
     done: list[str] = []
     for model, jobs in by_model.items():
-        lost = any(job.enqueued_at is None for job in jobs)
-        if not lost and queue_depth(celery, model) != 0:
-            continue
         wakeups = [(job.id, model) for job in jobs[: max(1, workers.get(model, 0))]]
         if publish(celery, wakeups, settings.publish_max_retries):
             continue  # broker still away: try again next sweep
