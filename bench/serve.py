@@ -17,6 +17,8 @@ batching and once through the engine. Per rate and mode: p50/p95 latency (arriva
 succeeded) and images/s (images / (last completion - first arrival)). The last line:
 `p50_latency_ratio_static_vs_continuous=<x> throughput_ratio=<y>` at 0.6 load
 (x: static p50 / continuous p50; y: continuous images/s / static images/s).
+`--capacity J` takes J jobs/s as the capacity instead (the same seed and loads then give
+the same arrival times as a run that measured J, e.g. at another `--max-batch`).
 `--modes static,inline,continuous` adds the engine with each finished row's images
 decoded inside its step (as before the worker's finisher decoded them) and a line
 comparing it with `continuous` just before the last.
@@ -307,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", default="static,continuous",
                         help="of static, continuous, inline (the engine decoding finished "
                              "rows inside its step, not on the finisher's thread)")
+    parser.add_argument("--capacity", type=float, default=0.0,
+                        help="jobs/s to take as capacity instead of measuring it (the same "
+                             "arrival times as another run's, e.g. at another --max-batch)")
     parser.add_argument("--quick", action="store_true",
                         help="CI: the tiny shape, 6 jobs per rate, batches of 4")
     args = parser.parse_args(argv)
@@ -327,14 +332,15 @@ def main(argv: list[str] | None = None) -> None:
               for i in range(args.jobs)]
     with tempfile.TemporaryDirectory() as tmp:
         runner = make_runner(args.family, args.shape, args.device, tmp)
-        cap = capacity(runner, args.max_batch, inputs)
+        cap = args.capacity or capacity(runner, args.max_batch, inputs)
         service: Any = MemoryService(runner, args.max_batch, args.admit_every) if args.no_db \
             else Service(args.pg_admin, tmp, runner, args.max_batch, args.admit_every)
         print(f"serve: family={args.family} shape={args.shape} device={args.device} "
               f"max_batch={args.max_batch} admit_every={args.admit_every} jobs/rate={args.jobs} "
               f"threads={torch.get_num_threads()} cpu={_cpu_model()!r} load={_load()} "
               f"path={'runner only (--no-db)' if args.no_db else 'Postgres + worker code'}")
-        print(f"batched capacity: {cap:.3f} jobs/s ({args.max_batch} jobs as one static batch)")
+        print(f"batched capacity: {cap:.3f} jobs/s " + (
+            "(given)" if args.capacity else f"({args.max_batch} jobs as one static batch)"))
         header = "load | rate jobs/s | mode       | p50 s  | p95 s  | images/s"
         print(header)
         print("-" * len(header))
@@ -352,9 +358,12 @@ def main(argv: list[str] | None = None) -> None:
                           f"{stats['p95']:6.2f} | {stats['images_per_s']:8.3f}", flush=True)
         finally:
             service.close()
+    print(f"load after: {_load()}")
+    if not {"static", "continuous"} <= set(at_06):
+        print("(0.6 load not run with both modes: no ratio line)")
+        return
     x = at_06["static"]["p50"] / at_06["continuous"]["p50"]
     y = at_06["continuous"]["images_per_s"] / at_06["static"]["images_per_s"]
-    print(f"load after: {_load()}")
     if "inline" in at_06:  # what decoding on the finisher's thread adds to the engine
         print(f"p50_latency_ratio_inline_vs_continuous="
               f"{at_06['inline']['p50'] / at_06['continuous']['p50']:.2f} throughput_ratio="
