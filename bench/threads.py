@@ -46,8 +46,11 @@ def mkl_branch() -> str:
     """MKL's CNR setting as it reports it (mkl_cbwr_get(MKL_CBWR_ALL)), e.g. 0x10002."""
     import torch
 
-    lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
-    return hex(lib.mkl_serv_cbwr_get(ctypes.c_int(-1)))
+    try:
+        lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        return hex(lib.mkl_serv_cbwr_get(ctypes.c_int(-1)))
+    except (OSError, AttributeError):  # a torch build without MKL linked in
+        return "no MKL"
 
 
 def child(family: str, checkpoint: str, config: int) -> None:

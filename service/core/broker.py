@@ -54,9 +54,13 @@ def make_celery(settings: Settings, *, publisher: bool = False) -> Celery:
                              socket_timeout=PUBLISH_SOCKET_TIMEOUT, retry_on_timeout=False)
         if settings.broker_key_prefix:
             transport["global_keyprefix"] = settings.broker_key_prefix
-        if publisher:  # one LPUSH per message instead of send_task (service/core/fastpublish.py)
-            app.janus_publisher = RedisPublisher(  # type: ignore[attr-defined]
-                settings.broker_url, settings.broker_key_prefix, PUBLISH_SOCKET_TIMEOUT)
+        # Queue lists are read (`queue_depth`) and, by publishers, pushed to directly: one
+        # LPUSH per message instead of send_task (service/core/fastpublish.py).
+        queues = RedisPublisher(
+            settings.broker_url, settings.broker_key_prefix, PUBLISH_SOCKET_TIMEOUT)
+        app.janus_queues = queues  # type: ignore[attr-defined]
+        if publisher:
+            app.janus_publisher = queues  # type: ignore[attr-defined]
     # (kombu's SQLAlchemy transport hands its options to create_engine, so it gets none.)
     app.conf.update(
         task_acks_late=True,
@@ -159,21 +163,13 @@ def queue_depths(celery: Celery, models: list[str]) -> dict[str, int | None]:
 
 def queue_depth(celery: Celery, model: str) -> int | None:
     """Messages waiting in a model's broker queue, or None if the broker can't say."""
-    fast: RedisPublisher | None = getattr(celery, "janus_publisher", None)
-    fast = fast or getattr(celery, "janus_depth_reader", None)
-    url = celery.conf.broker_url or ""
-    if fast is None and url.startswith(("redis://", "rediss://")):
-        # A consumer's app publishes through kombu: a reader of its own, so that the
-        # app's publishing stays as configured.
-        prefix = (celery.conf.broker_transport_options or {}).get("global_keyprefix", "")
-        fast = celery.janus_depth_reader = RedisPublisher(  # type: ignore[attr-defined]
-            url, prefix, PUBLISH_SOCKET_TIMEOUT)
-    if fast is not None:
+    queues: RedisPublisher | None = getattr(celery, "janus_queues", None)
+    if queues is not None:
         # Not kombu's passive queue_declare: with a `global_keyprefix` it checks that the
         # queue exists under the unprefixed key, finds none and reads as an empty queue,
         # so the sweeper would take any waiting queue for a lost one.
         try:
-            return fast.depth(queue_name(model))
+            return queues.depth(queue_name(model))
         except (redis.RedisError, OSError) as exc:
             log.debug("queue depth unavailable: %s", exc)
             return None
