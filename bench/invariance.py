@@ -2,10 +2,13 @@
 
 For Janus-Pro (the image-token decode loop) and JanusFlow (the rectified-flow ODE), at the
 "small" shapes of `bench/generate.py` / `bench/generate_janusflow.py` (random weights, 384 px
-geometry), it runs batches of 1, 4 and 8 one-image jobs with the library's batched matrix
-products and with `service.models.invariance` (one product per row), interleaved, best of
---repeats, and prints seconds per image, the cost, and whether job 0's output was the same
-bits alone and inside the batch in each mode.
+geometry), it runs batches of 1, 4 and 8 one-image jobs in three modes, interleaved, best of
+--repeats: `batched` (the library's batched products and SDPA), `rows` (one product per row,
+`make_batch_invariant(threads=False)`: the mode as it was before it also covered thread
+counts) and `invariant` (the mode as the runners set it: per row, and on a CPU attention
+as explicit products, pointwise convolutions as Linears, activations in serial chunks).
+It prints seconds per image, the costs against `batched`, and whether job 0's output was
+the same bits alone and inside the batch in each mode.
 
     python bench/invariance.py [--repeats 2] [--threads N] [--flow-steps 10] [--device cuda]
 """
@@ -26,10 +29,21 @@ import torch.nn.functional as F  # noqa: E402
 
 from service.models.base import GenerateRequest, NullControl  # noqa: E402
 from service.models.invariance import (  # noqa: E402
+    in_serial_chunks,
+    invariant_attention,
     invariant_linear,
     make_batch_invariant,
+    per_row,
     undo_batch_invariant,
 )
+
+MODES = ("batched", "rows", "invariant")
+
+
+def _wrap(model: Any, mode: str) -> None:
+    undo_batch_invariant(model)
+    if mode != "batched":
+        make_batch_invariant(model, threads=mode == "invariant")
 
 
 def _sync(device: str) -> None:
@@ -52,9 +66,14 @@ def _janus_pro(device: str) -> tuple[Any, Any]:
     requests = [GenerateRequest(PROMPTS[i % len(PROMPTS)], seed=i) for i in range(64)]
     jobs = [runner._image_job(i, r) for i, r in enumerate(requests)]
 
-    def set_mode(invariant: bool) -> None:
-        (make_batch_invariant if invariant else undo_batch_invariant)(model)
-        runner.decoder.lm.linear = invariant_linear if invariant else F.linear
+    def set_mode(mode: str) -> None:
+        _wrap(model, mode)
+        lm = runner.decoder.lm
+        lm.linear = F.linear if mode == "batched" else invariant_linear
+        full = mode == "invariant" and device == "cpu"
+        lm.attend = invariant_attention if full else F.scaled_dot_product_attention
+        lm.act = {"batched": F.silu, "rows": per_row(F.silu),
+                  "invariant": per_row(in_serial_chunks(F.silu))}[mode]
 
     def run(n: int) -> tuple[float, bytes]:
         _sync(device)
@@ -69,6 +88,7 @@ def _janus_pro(device: str) -> tuple[Any, Any]:
 
 def _janusflow(steps: int, device: str) -> tuple[Any, Any]:
     from bench.generate_janusflow import ATTN_IMPLEMENTATION, _config, _jobs
+    from service.models.janusflow.attention import ATTN_INVARIANT
     from service.models.janusflow.config import parse_config
     from service.models.janusflow.load import build_model
     from service.models.janusflow.sampler import FlowSampler
@@ -82,8 +102,11 @@ def _janusflow(steps: int, device: str) -> tuple[Any, Any]:
                           dtype=_dtype(device))
     vocab = raw["language_config"]["vocab_size"]
 
-    def set_mode(invariant: bool) -> None:
-        (make_batch_invariant if invariant else undo_batch_invariant)(model)
+    def set_mode(mode: str) -> None:
+        _wrap(model, mode)
+        full = mode == "invariant" and device == "cpu"
+        model.language_model.config._attn_implementation = ATTN_INVARIANT if full \
+            else ATTN_IMPLEMENTATION
 
     def run(n: int) -> tuple[float, bytes]:
         jobs = _jobs(n, steps, 64, 2.0, vocab)
@@ -110,10 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(n) for n in args.sizes.split(",")]
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, "
           f"{str(_dtype(args.device)).removeprefix('torch.')}, best of {args.repeats}")
-    header = (
-        "family | batch | s/img batched | s/img invariant | cost | "
-        "same bits (batched / invariant)"
-    )
+    header = ("family | batch | s/img batched | s/img rows | s/img invariant | cost rows | "
+              "cost invariant | same bits (batched / rows / invariant)")
     print(header)
     print("-" * len(header))
     costs = []
@@ -123,24 +144,24 @@ def main(argv: list[str] | None = None) -> None:
     }
     for family in args.families.split(","):
         set_mode, run = builders[family]()
-        alone: dict[bool, bytes] = {}
-        for invariant in (False, True):  # warm-up, and job 0 alone in each mode
-            set_mode(invariant)
-            alone[invariant] = run(1)[1]
+        alone: dict[str, bytes] = {}
+        for mode in MODES:  # warm-up, and job 0 alone in each mode
+            set_mode(mode)
+            alone[mode] = run(1)[1]
         for n in sizes:
-            best = {False: float("inf"), True: float("inf")}
+            best = dict.fromkeys(MODES, float("inf"))
             same = {}
             for _ in range(max(1, args.repeats)):
-                for invariant in (False, True):
-                    set_mode(invariant)
+                for mode in MODES:
+                    set_mode(mode)
                     seconds, out = run(n)
-                    best[invariant] = min(best[invariant], seconds)
-                    same[invariant] = out == alone[invariant]
-            cost = best[True] / best[False] - 1
-            costs.append(cost)
-            print(f"{family:9} | {n:5d} | {best[False] / n:13.3f} | {best[True] / n:15.3f} | "
-                  f"{cost:+5.0%} | {'yes' if same[False] else 'NO'} / "
-                  f"{'yes' if same[True] else 'NO'}")
+                    best[mode] = min(best[mode], seconds)
+                    same[mode] = out == alone[mode]
+            rows, full = (best[m] / best["batched"] - 1 for m in ("rows", "invariant"))
+            costs.append(full)
+            print(f"{family:9} | {n:5d} | {best['batched'] / n:13.3f} | {best['rows'] / n:10.3f} "
+                  f"| {best['invariant'] / n:15.3f} | {rows:+9.0%} | {full:+14.0%} | "
+                  + " / ".join("yes" if same[m] else "NO" for m in MODES))
     print(f"max_invariance_cost={max(costs):.3f}")
 
 

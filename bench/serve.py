@@ -76,8 +76,6 @@ def _janusflow_shape(runner: Any, shape: str, device: str) -> Any:
     from diffusers import AutoencoderKL
 
     from bench.generate_janusflow import _config
-    from service.models.invariance import make_batch_invariant
-    from service.models.janusflow.attention import ATTN_IMPLEMENTATION
     from service.models.janusflow.config import parse_config
     from service.models.janusflow.load import build_model
     from service.models.janusflow.sampler import FlowSampler
@@ -86,11 +84,10 @@ def _janusflow_shape(runner: Any, shape: str, device: str) -> Any:
     raw["language_config"]["vocab_size"] = runner.model.language_model.config.vocab_size
     config = parse_config(raw)
     torch.manual_seed(0)
-    model = build_model(config, device, ATTN_IMPLEMENTATION).to(runner.dtype).eval()
-    if runner.batch_invariant:
-        make_batch_invariant(model)
+    model = build_model(config, device, runner.attention()).to(runner.dtype).eval()
     with torch.device(device):
         vae = AutoencoderKL(**vae_kwargs).eval().to(runner.dtype)
+    runner.make_invariant(model, vae)
     latent, grid = config.latent_grid(2 ** (len(vae_kwargs["block_out_channels"]) - 1))
     runner.model, runner.vae = model, vae
     runner.sampler = FlowSampler(model, latent=latent, grid=grid, bos_id=runner.sampler.bos_id,

@@ -7,7 +7,8 @@ images each) in a fresh process at 1 and at 2 threads, under these configuration
 prints how many seeds gave the same PNG bytes at both counts:
 
 - `batched`: batched products (Janus-Pro's default);
-- `invariant`: JANUS_BATCH_INVARIANT=on (one product per row; images still decoded per job);
+- `invariant`: JANUS_BATCH_INVARIANT=on (one product per row; since session 8 also the
+  kernels whose bits follow the thread count avoided, and JanusFlow's VAE per image);
 - `+ per-image decode`: also the VQ/VAE decoder one image at a time;
 - `+ no oneDNN`: also convolutions through im2col + BLAS instead of oneDNN;
 

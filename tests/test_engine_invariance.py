@@ -1,10 +1,11 @@
 """Continuous batching keeps seeds: a job's tokens, text and pixels are the same alone and
 joining crowds of 3 or 5 at different steps and slots (with a neighbour leaving mid-run),
-at 1 and at 2 threads, in batch-invariant mode; and the same as the static path's. Both
-families, both tasks: generation and understanding.
+in batch-invariant mode; and the same as the static path's, and the same at 1 and at 2
+threads. Both families, both tasks: generation and understanding.
 
-Each thread count runs in a fresh process (tests/engine_probe.py); bits are compared within
-a process, not across thread counts (README, "Reproducibility")."""
+Each thread count runs in a fresh process (tests/engine_probe.py). Tiny models: at real
+shapes the same held op for op (bench/RESULTS.md, "Thread counts"), and README,
+"Reproducibility", says what holds beyond that."""
 
 from __future__ import annotations
 
@@ -31,19 +32,21 @@ def _digests(family: str, checkpoint: str, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("family", ["janus-pro", "janusflow"])
-def test_a_job_is_the_same_alone_and_joining_any_crowd_at_any_step(
-    family: str, threads: int, tiny_checkpoint: str, flow_checkpoint: str
+def test_a_job_is_the_same_alone_and_joining_any_crowd_at_any_step_at_any_thread_count(
+    family: str, tiny_checkpoint: str, flow_checkpoint: str
 ) -> None:
     checkpoint = flow_checkpoint if family == "janusflow" else tiny_checkpoint
-    run = _digests(family, checkpoint, threads)
-    for seed in (7, 8):
-        alone = run[f"s{seed}-alone"]
-        crowds = {k: v for k, v in run.items() if k.startswith(f"s{seed}-b")}
-        assert len(crowds) == 8
-        assert set(crowds.values()) == {alone}, (seed, crowds, alone)
-        assert run[f"s{seed}-static"] == alone  # the run-to-completion path agrees
-    assert run["s7-alone"] != run["s8-alone"]
-    assert run["text-b5-j1@2"] == run["text-alone"] == run["text-static"]
+    runs = [_digests(family, checkpoint, threads) for threads in (1, 2)]
+    for run in runs:
+        for seed in (7, 8):
+            alone = run[f"s{seed}-alone"]
+            crowds = {k: v for k, v in run.items() if k.startswith(f"s{seed}-b")}
+            assert len(crowds) == 8
+            assert set(crowds.values()) == {alone}, (seed, crowds, alone)
+            assert run[f"s{seed}-static"] == alone  # the run-to-completion path agrees
+        assert run["s7-alone"] != run["s8-alone"]
+        assert run["text-b5-j1@2"] == run["text-alone"] == run["text-static"]
+    # On a CPU the mode also avoids the kernels that round by thread count.
+    assert runs[0] == runs[1]

@@ -4,8 +4,8 @@ slot in the batch, on the CPU kernels CI machines differ by.
 Each case runs in a fresh process with MKL and ATen held to their AVX2 code paths (where
 batched matrix products were seen to round differently by batch size: one pixel level off
 between two identical JanusFlow rows) as well as with the machine's own kernels, at 1 and at
-2 threads. The bits are not compared across thread counts: elementwise kernels split their
-work by thread, and that is not yet invariant (see README, "Reproducibility")."""
+2 threads. In the batch-invariant mode (JanusFlow's CPU default) the two thread counts must
+agree as well; Janus-Pro's default (batched products) promises nothing across them."""
 
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ def test_a_job_is_the_same_alone_and_in_any_batch_and_slot(
             assert set(batched.values()) == {alone}, (seed, batched, alone)
         assert run["text-b5@2"] == run["text-alone"]
     assert runs[0]["s7-alone"] != runs[0]["s8-alone"]  # seeds do matter
+    if family == "janusflow":  # invariant by default on a CPU: thread counts agree too
+        assert runs[0] == runs[1]
 
 
 def test_the_mode_wraps_each_module_once_and_undoes_cleanly() -> None:

@@ -22,7 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.models.invariance import invariant_linear, per_row
+from service.models.invariance import (
+    in_serial_chunks,
+    invariant_attention,
+    invariant_linear,
+    per_row,
+)
 
 
 class KVCache:
@@ -79,8 +84,11 @@ class LeanLM:
         # lm: the decoder stack (embed_tokens, layers, norm, rotary_emb), e.g. a LlamaModel.
         # One product per row when a row's numbers must not depend on the batch (invariance).
         self.linear = invariant_linear if batch_invariant else F.linear
-        cfg = lm.config
         self.device = lm.embed_tokens.weight.device
+        # SDPA's CPU kernel splits one query's keys between threads (every decode step).
+        self.attend = (invariant_attention if batch_invariant and self.device.type == "cpu"
+                       else F.scaled_dot_product_attention)
+        cfg = lm.config
         self.dtype = lm.embed_tokens.weight.dtype
         self.hidden = cfg.hidden_size
         self.heads = cfg.num_attention_heads
@@ -97,7 +105,7 @@ class LeanLM:
         # The module wrapper costs a Python call per layer per step; SiLU is the Llama default.
         self.act = F.silu if cfg.hidden_act == "silu" else act
         if batch_invariant:
-            self.act = per_row(self.act)
+            self.act = per_row(in_serial_chunks(self.act))
         self.layers = [self._fuse(layer) for layer in lm.layers]
         # cos and sign-folded sin per position, computed once by the model's own rotary
         # module (its rope type and scaling apply; length-dependent variants would not).
@@ -212,7 +220,7 @@ class LeanLM:
             q, k, v = self._qkv(x, layer, rope)
             kv[i, 0].copy_(k)
             kv[i, 1].copy_(v)
-            attn = F.scaled_dot_product_attention(
+            attn = self.attend(
                 q, k, v, is_causal=True, scale=self.scaling, enable_gqa=self.gqa
             )
             x = self._finish_layer(x, attn, layer)
@@ -238,7 +246,7 @@ class LeanLM:
             keys, values = cache.kv[i, 0], cache.kv[i, 1]
             keys[:, :, column:end].copy_(k)
             values[:, :, column:end].copy_(v)
-            attn = F.scaled_dot_product_attention(
+            attn = self.attend(
                 q,
                 keys[:, :, :end],
                 values[:, :, :end],
@@ -263,7 +271,7 @@ class LeanLM:
             q, k, v = self._qkv(x, layer, rope)
             kv[i, 0].index_copy_(2, col, k)
             kv[i, 1].index_copy_(2, col, v)
-            attn = F.scaled_dot_product_attention(
+            attn = self.attend(
                 q, kv[i, 0], kv[i, 1], attn_mask=mask, scale=self.scaling, enable_gqa=self.gqa
             )
             x = self._finish_layer(x, attn, layer)

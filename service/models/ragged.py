@@ -104,7 +104,7 @@ class RaggedCache:
             values[rows, :, columns] = v[:, :, 0]
             if self.per_row:
                 attn = torch.cat([
-                    F.scaled_dot_product_attention(
+                    lm.attend(
                         q[r : r + 1], keys[r : r + 1, :, :length], values[r : r + 1, :, :length],
                         attn_mask=mask[r : r + 1, ..., :length], scale=lm.scaling,
                         enable_gqa=lm.gqa,

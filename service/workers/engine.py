@@ -37,7 +37,7 @@ from service.core.tables import Job
 from service.lifecycle.status import JobStatus
 from service.models.base import Canceled, ModelError
 from service.models.engine import Deferred, Engine
-from service.workers import metrics as worker_metrics
+from service.workers.engine_rows import row_ended, store_row
 from service.workers.executor import Executor, TransientError
 from service.workers.finisher import Finisher
 from service.workers.lease import LeaseKeeper
@@ -253,42 +253,10 @@ class EngineLoop:
         deferred = isinstance(result, Deferred)
         if deferred:
             self.finisher.hold(job_id)
-        elapsed = None if deferred else self._ended(job, result, keeper, started, running)
+        elapsed = None if deferred else row_ended(self.x, job, result, keeper, started, running)
         self._forget(job_id, keeper, renew=True)
-        self.finisher.submit(
-            job_id, lambda: self._store(job, result, keeper, started, running, elapsed))
-
-    def _ended(self, job: Job, result: Any, keeper: LeaseKeeper, started: float,
-               running: int) -> float:
-        elapsed = round(time.monotonic() - started, 3)
-        worker_metrics.record_row(self.x.model_id, job.task, result, elapsed, running)
-        if not isinstance(result, ModelError):
-            keeper.report_progress(job.id, 1.0)  # watchers see it reach the end, then finish
-        return elapsed
-
-    def _store(self, job: Job, result: Any, keeper: LeaseKeeper, started: float,
-               running: int, elapsed: float | None) -> None:
-        """On the finisher's thread: decode (a `Deferred`), upload and commit one row."""
-        try:
-            if elapsed is None:
-                # The decode hears a cancel, a passed deadline or a lost lease between its
-                # chunks, as the engine's steps do.
-                try:
-                    result = result.finish(job.id, keeper)
-                finally:
-                    self.finisher.release(job.id)
-                if job.id in keeper.lost:
-                    return
-                elapsed = self._ended(job, result, keeper, started, running)
-            self.x._complete(job, job.id, result, keeper, elapsed)  # type: ignore[arg-type]
-        except StorageError as exc:
-            log.warning("job %s: storing its output failed (%s); back to the queue", job.id, exc)
-            self.x._release([job.id])
-        except OperationalError as exc:
-            # Its lease runs out and the sweeper requeues it; the others go on.
-            log.warning("job %s: committing failed (%s); its lease will expire", job.id, exc)
-        finally:
-            keeper.remove(job.id)
+        self.finisher.submit(job_id, lambda: store_row(
+            self.x, self.finisher, job, result, keeper, started, running, elapsed))
 
     def _forget(self, job_id: str, keeper: LeaseKeeper, renew: bool = False) -> None:
         """The job is no longer running here; `renew`: keep its lease until it is stored."""

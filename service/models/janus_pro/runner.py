@@ -28,9 +28,10 @@ from service.models.base import (
     UnderstandRequest,
     UnderstandResult,
 )
-from service.models.invariance import make_batch_invariant
+from service.models.invariance import make_batch_invariant, serial_activations
 from service.models.janus_pro.decode import JanusDecoder
 from service.models.janus_pro.jobs import DECODE_CHUNK, ImageJob, JobBuilder
+from service.models.janus_pro.layout import use_channels_last
 from service.models.lm import LeanLM
 from service.models.oom import run_split_on_oom
 from service.models.prompts import format_of
@@ -89,6 +90,9 @@ class JanusProRunner(ModelRunner):
         self.model, self.processor = model.eval(), processor
         if self.batch_invariant:
             make_batch_invariant(model)
+            serial_activations(model.model.vqmodel.decoder)
+        if not self.cuda and not self.batch_invariant:  # (invariant: NCHW, tested as such)
+            use_channels_last(model.model.vqmodel)
         config = model.config
         vq = config.vq_config
         # The VQ decoder upsamples each latent patch by 2 per level after the first.

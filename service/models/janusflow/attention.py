@@ -16,13 +16,17 @@ how the prefix cache is filled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from service.models.invariance import invariant_attention
+
 ATTN_IMPLEMENTATION = "janusflow_grouped"
+ATTN_INVARIANT = "janusflow_grouped_invariant"  # the same through `invariant_attention`
 
 KV = tuple[torch.Tensor, torch.Tensor]  # (keys, values), each (rows, kv_heads, length, head_dim)
 
@@ -57,6 +61,40 @@ def grouped_attention(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+    return _grouped(module, query, key, value, plan, scaling, F.scaled_dot_product_attention)
+
+
+def grouped_invariant_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """`grouped_attention` through `invariant_attention` (the batch-invariant mode on a CPU:
+    SDPA's CPU kernel splits one query's keys between threads)."""
+    plan: Plan | None = kwargs.pop("janusflow_plan", None)
+    if plan is not None:
+        return _grouped(module, query, key, value, plan, scaling, invariant_attention)
+    # As transformers' SDPA path: causal only without a mask and past the first token.
+    causal = attention_mask is None and query.shape[2] > 1 and getattr(module, "is_causal", True)
+    o = invariant_attention(query, key, value, attn_mask=attention_mask, is_causal=causal,
+                              scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
+    return o.transpose(1, 2).contiguous(), None
+
+
+def _grouped(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    plan: Plan,
+    scaling: float | None,
+    attend: Any,
+) -> tuple[torch.Tensor, None]:
     layer = module.layer_idx
     rows, heads, length, head_dim = query.shape
     extra = {"enable_gqa": True} if key.shape[1] != heads else {}
@@ -78,7 +116,7 @@ def grouped_attention(
             # positions make the problem square, so SDPA's causal kernels (which skip the
             # masked half) apply; their outputs are dropped.
             q = torch.cat([q.new_zeros(n, heads, placeholders, head_dim), q], dim=2)
-        o = F.scaled_dot_product_attention(
+        o = attend(
             q, k, v, attn_mask=g.mask, is_causal=g.mask is None, scale=scaling, **extra
         )
         out[g.start : g.stop, g.offset :] = o[:, :, placeholders:].transpose(1, 2)
@@ -86,3 +124,4 @@ def grouped_attention(
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, grouped_attention)
+AttentionInterface.register(ATTN_INVARIANT, grouped_invariant_attention)

@@ -36,7 +36,7 @@ from service.models.base import (
 )
 from service.models.engine import run_to_completion
 from service.models.invariance import make_batch_invariant
-from service.models.janusflow.attention import ATTN_IMPLEMENTATION
+from service.models.janusflow.attention import ATTN_IMPLEMENTATION, ATTN_INVARIANT
 from service.models.janusflow.config import (
     BOI,
     BOS,
@@ -100,13 +100,25 @@ class JanusFlowRunner(ModelRunner):
 
     # -- loading ----------------------------------------------------------------------
 
+    def attention(self) -> str:
+        """The Llama's attention implementation. On a CPU the invariant mode's avoids
+        SDPA's kernel, which splits one query's keys between threads (`invariance`)."""
+        cpu = not self.device.startswith("cuda")
+        return ATTN_INVARIANT if self.batch_invariant and cpu else ATTN_IMPLEMENTATION
+
+    def make_invariant(self, model: Any, vae: Any) -> None:
+        """In the invariant mode, per-row products in both. A job's images decode in calls
+        of their own anyway; per image (and with pointwise convolutions as products) an
+        image's bits depend neither on how many the job asked for nor on the threads."""
+        if self.batch_invariant:
+            make_batch_invariant(model)
+            make_batch_invariant(vae)
+
     def load(self) -> None:
         directory = resolve_dir(self.path)
-        self.model = load_model(directory, self.dtype, self.device, ATTN_IMPLEMENTATION)
-        if self.batch_invariant:
-            # The VAE decodes each job's own images in its own calls: it needs no change.
-            make_batch_invariant(self.model)
+        self.model = load_model(directory, self.dtype, self.device, self.attention())
         self.vae = load_vae(vae_source(directory, self.vae_path), self.dtype, self.device)
+        self.make_invariant(self.model, self.vae)
         self.tokenizer = load_tokenizer(directory)
         config = self.model.config
         if self.vae.config.latent_channels != config.gen_enc.input_channels:
