@@ -37,15 +37,7 @@ from service.models.base import (
 from service.models.engine import run_to_completion
 from service.models.invariance import make_batch_invariant
 from service.models.janusflow.attention import ATTN_IMPLEMENTATION, ATTN_INVARIANT
-from service.models.janusflow.config import (
-    BOI,
-    BOS,
-    EOI,
-    EOS,
-    IMAGE,
-    PAD,
-    SPECIAL_TOKENS,
-)
+from service.models.janusflow.config import BOI, BOS, EOI, EOS, IMAGE, PAD, SPECIAL_TOKENS
 from service.models.janusflow.load import (
     DEFAULT_VAE,
     WeightsError,
