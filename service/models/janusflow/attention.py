@@ -16,6 +16,7 @@ how the prefix cache is filled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -54,35 +55,26 @@ def grouped_attention(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
+    *,
+    invariant: bool = False,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
+    """`invariant` (registered as ATTN_INVARIANT, the batch-invariant mode on a CPU): through
+    `invariant_attention`, since SDPA's CPU kernel splits one query's keys between threads."""
     plan: Plan | None = kwargs.pop("janusflow_plan", None)
-    if plan is None:
+    attend = invariant_attention if invariant else F.scaled_dot_product_attention
+    if plan is not None:
+        return _grouped(module, query, key, value, plan, scaling, attend)
+    if not invariant:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    return _grouped(module, query, key, value, plan, scaling, F.scaled_dot_product_attention)
-
-
-def grouped_invariant_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """`grouped_attention` through `invariant_attention` (the batch-invariant mode on a CPU:
-    SDPA's CPU kernel splits one query's keys between threads)."""
-    plan: Plan | None = kwargs.pop("janusflow_plan", None)
-    if plan is not None:
-        return _grouped(module, query, key, value, plan, scaling, invariant_attention)
     # As transformers' SDPA path: causal only without a mask and past the first token.
-    causal = attention_mask is None and query.shape[2] > 1 and getattr(module, "is_causal", True)
+    causal = kwargs.get("is_causal")
+    causal = getattr(module, "is_causal", True) if causal is None else causal
+    causal = causal and attention_mask is None and query.shape[2] > 1
     o = invariant_attention(query, key, value, attn_mask=attention_mask, is_causal=causal,
-                              scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
+                            scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
     return o.transpose(1, 2).contiguous(), None
 
 
@@ -124,4 +116,4 @@ def _grouped(
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, grouped_attention)
-AttentionInterface.register(ATTN_INVARIANT, grouped_invariant_attention)
+AttentionInterface.register(ATTN_INVARIANT, partial(grouped_attention, invariant=True))
