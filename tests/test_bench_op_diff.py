@@ -4,11 +4,14 @@ GroupNorm's channels-last kernel and the elementwise split were seen to differ).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import STRICT_MKL
 
 pytest.importorskip("torch")
 
@@ -21,7 +24,8 @@ def test_every_op_agrees_across_thread_counts(family: str) -> None:
     out = subprocess.run(
         [sys.executable, "bench/op_diff.py", "--family", family, "--shape", "tiny",
          "--threads", "1,3"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO, env={**os.environ, **STRICT_MKL}, capture_output=True, text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     line = out.stdout.strip().splitlines()[-1]

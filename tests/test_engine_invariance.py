@@ -17,13 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import STRICT_MKL
+
 pytest.importorskip("torch")
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _digests(family: str, checkpoint: str, threads: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, **STRICT_MKL, "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run(
         [sys.executable, "-m", "tests.engine_probe", family, checkpoint, str(threads)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import STRICT_MKL
+
 pytest.importorskip("torch")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +27,7 @@ AVX2 = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 def _digests(family: str, checkpoint: str, threads: int, kernels: dict[str, str]) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in AVX2}
-    env.update(kernels, OMP_NUM_THREADS=str(threads))
+    env.update(kernels, **STRICT_MKL, OMP_NUM_THREADS=str(threads))
     out = subprocess.run(
         [sys.executable, "-m", "tests.invariance_probe", family, checkpoint, str(threads)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=280,

@@ -94,7 +94,7 @@ def pointwise_conv(module: nn.Conv2d, batched: Any) -> Any:
             return batched(x)
         out = F.linear(x.movedim(-3, -1), module.weight.flatten(1), module.bias).movedim(-1, -3)
         # In the input's layout: the kernels after it may choose their thread split by it.
-        return out if x.dim() != 4 or not x.is_contiguous() else out.contiguous()
+        return out.contiguous() if x.is_contiguous() else out
 
     return forward
 
