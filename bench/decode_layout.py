@@ -27,14 +27,14 @@ import torch
 
 from bench.generate import _cpu_model, _load, build
 from service.models.janus_pro.layout import use_channels_last
-from service.models.janus_pro.runner import JanusProRunner
+from service.models.janus_pro.runner import to_pil
 
 
 def decode(vqmodel, codes: torch.Tensor) -> tuple[float, np.ndarray]:
     started = time.perf_counter()
     with torch.inference_mode():
         pixels = vqmodel.decode(codes).permute(0, 2, 3, 1)
-        images = np.stack([np.asarray(im) for im in JanusProRunner._to_pil(pixels)])
+        images = np.stack([np.asarray(im) for im in to_pil(pixels)])
     return time.perf_counter() - started, images
 
 

@@ -6,7 +6,7 @@
 The worker's real job path in this process (bench/serve.py's `Service`: a scratch Postgres
 database, PNGs on local disk, terminal states committed), a Janus-Pro model with the test
 checkpoints' tiny LLM and VQ model at 384 px (576 image tokens, a real-size PNG per job).
-`--jobs` jobs are queued at once and one `EngineLoop.run` serves them all, alternately
+`--jobs` jobs are queued at once and one `WorkerLoop.run` serves them all, alternately
 with the store-and-commit of each finished row done inline on the engine's thread (as
 before `service/workers/finisher.py`) and on the finisher's thread, in the same process.
 
@@ -38,15 +38,15 @@ def serve_once(service: Service, mode: str, jobs: int) -> dict[str, float]:
 
     from service.core.db import session_scope
     from service.core.tables import Job
-    from service.workers.engine import EngineLoop
-    from service.workers.executor import Executor
     from service.workers.finisher import Finisher
+    from service.workers.handler import JobHandler
+    from service.workers.loop import WorkerLoop
 
     ids = [service.submit({"prompt": PROMPTS[n % len(PROMPTS)], "seed": n})
            for n in range(jobs)]
-    executor = Executor(service.settings, service.sessions, service.storage, service.runner,
-                        MODEL, f"bench-{mode}-{os.getpid()}", service.max_batch)
-    loop = EngineLoop(executor, service.max_batch, service.admit_every)
+    handler = JobHandler(service.settings, service.sessions, service.storage, MODEL,
+                         f"bench-{mode}-{os.getpid()}")
+    loop = WorkerLoop(handler, service.runner, service.max_batch, service.admit_every)
     loop.finisher = Finisher(service.max_batch, inline=(mode == "inline"))
     spent: list[float] = []
     finish = loop._row_finished

@@ -1,16 +1,22 @@
-"""Image-generation throughput: our batched decode loop vs transformers' `generate`.
+"""Image-generation throughput: the continuous engine vs transformers' `generate`.
 
     python bench/generate.py --family janus-pro --shape small --jobs 8 --device cpu
 
 Builds a random-weight Janus model of the given shape in memory (nothing is downloaded):
 `small` keeps the real 576-token / 384 px image path and VQ model with a narrow, shallow LLM;
 `1b` and `7b` use the published Janus-Pro sizes. For batch sizes 1, 2, 4, 8, 16 (up to
---jobs) it times the token loop of `JanusProRunner` on that many jobs at once, then the same
---jobs jobs through transformers' `generate(generation_mode="image")` one after another, and
-prints the ratio. VQ decoding is the same code in both paths and is timed separately. On a
-GPU it also prints the weight-streaming floor (weights read per step / copy bandwidth x 576).
-The last line is `speedup_batched_vs_transformers=<x>`: --jobs jobs as one batch through our
-loop vs the same jobs through transformers one at a time.
+--jobs) it times the token loop of `JanusProRunner`'s image engine on that many jobs
+admitted at once and stepped until the last leaves (prefill included, VQ decode not), then
+the same --jobs jobs through transformers' `generate(generation_mode="image")` one after
+another, and prints the ratio. VQ decoding is the same code in both paths and is timed
+separately. On a GPU it also prints the weight-streaming floor (weights read per step / copy
+bandwidth x 576). The last line is `speedup_batched_vs_transformers=<x>`: --jobs jobs as one
+batch through the engine vs the same jobs through transformers one at a time.
+
+`--compile` then times the engine's step eager and compiled (`LeanLM.compile`) in this
+process on the same weights, alternating (eager, compiled, eager, compiled; the best of
+each), at 1 job and at --jobs jobs, and prints `compiled_step_speedup=<x>` (eager ms/step /
+compiled ms/step at --jobs jobs) as the last line.
 """
 
 from __future__ import annotations
@@ -161,7 +167,7 @@ def _step_weight_bytes(model: Any) -> int:
 def run_janus_pro(args: argparse.Namespace) -> None:
     import torch
 
-    from service.models.base import GenerateRequest, NullControl
+    from service.models.base import GenerateRequest
     from service.models.janus_pro.runner import JanusProRunner
 
     device = args.device
@@ -169,7 +175,7 @@ def run_janus_pro(args: argparse.Namespace) -> None:
     dtype = torch.bfloat16 if cuda else torch.float32
     built = time.perf_counter()
     model, processor = build(args.shape, device, dtype)
-    runner = JanusProRunner(f"<random {args.shape}>", device, compile=args.compile)
+    runner = JanusProRunner(f"<random {args.shape}>", device, compile=False)
     runner.attach(model, processor)
     steps = runner.num_image_tokens
     params = sum(p.numel() for p in model.model.language_model.layers.parameters())
@@ -179,10 +185,10 @@ def run_janus_pro(args: argparse.Namespace) -> None:
         )
         for i in range(args.jobs)
     ]
-    jobs = [runner._image_job(i, r) for i, r in enumerate(requests)]
+    jobs = [runner.image_job(r) for r in requests]
     print(
         f"# janus-pro {args.shape}: LLM layers {params / 1e6:.1f}M params, {steps} image "
-        f"tokens, device {device} ({dtype}), compile={runner.compile}, "
+        f"tokens, device {device} ({dtype}), "
         f"built in {time.perf_counter() - built:.1f}s"
     )
     print(
@@ -190,15 +196,24 @@ def run_janus_pro(args: argparse.Namespace) -> None:
         f"{torch.get_num_threads()} threads, load average {_load()}"
     )
 
+    def tokens_of(batch: list[Any]) -> list[Any]:
+        """The batch run to completion on the engine; each row leaves undecoded."""
+        engine = runner.open_engine("generate", len(batch))
+        engine.defer = True
+        assert not engine.admit(list(enumerate(batch)))
+        finished = []
+        while engine.active():
+            finished += engine.step()
+        return [row for _, row in sorted(finished, key=lambda kv: kv[0])]
+
     def ours(batch: list[Any]) -> float:
         _sync(device)
         started = time.perf_counter()
-        with torch.inference_mode():
-            runner.decoder.image_tokens(batch, NullControl())
+        tokens_of(batch)
         _sync(device)
         return time.perf_counter() - started
 
-    ours(jobs[:2])  # warm-up: allocator, kernels, and the compiled graph if any
+    ours(requests[:2])  # warm-up: allocator, kernels, and the compiled graph if any
     sizes = [b for b in (1, 2, 4, 8, 16, 32, 64) if b <= args.jobs]
     if args.jobs not in sizes:
         sizes.append(args.jobs)
@@ -206,16 +221,15 @@ def run_janus_pro(args: argparse.Namespace) -> None:
     for b in sizes:
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        timings[b] = ours(jobs[:b])
+        timings[b] = ours(requests[:b])
         peaks[b] = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
 
-    with torch.inference_mode():
-        tokens = runner.decoder.image_tokens(jobs[:1], NullControl())[0]
-        _sync(device)
-        started = time.perf_counter()
-        runner._decode_rows(list(tokens))
-        _sync(device)
-        vq_seconds = time.perf_counter() - started
+    [undecoded] = tokens_of(requests[:1])
+    _sync(device)
+    started = time.perf_counter()
+    undecoded.finish()  # the VQ decoder and the PNG-ready RGB image of one image
+    _sync(device)
+    vq_seconds = time.perf_counter() - started
 
     def theirs(job: Any) -> float:
         kwargs = {"do_sample": job.temperature > 0, "top_k": 0, "guidance_scale": job.guidance}
@@ -272,6 +286,58 @@ def run_janus_pro(args: argparse.Namespace) -> None:
     print(f"# load average at the end: {_load()}")
     # --jobs jobs through transformers, one after another (its per-job time x --jobs).
     print(f"speedup_batched_vs_transformers={ref_per_job * args.jobs / timings[args.jobs]:.2f}")
+    if args.compile:
+        compare_compiled(runner, requests, device)
+
+
+def step_ms(runner: Any, requests: list[Any], device: str, steps: int = 64) -> float:
+    """Mean ms of one engine step with these jobs running (after 8 warm steps)."""
+    engine = runner.open_engine("generate", len(requests))
+    engine.defer = True
+    assert not engine.admit(list(enumerate(requests)))
+    for _ in range(8):
+        engine.step()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    _sync(device)
+    return (time.perf_counter() - started) / steps * 1000
+
+
+def compare_compiled(runner: Any, requests: list[Any], device: str) -> None:
+    lm = runner.lm
+    eager = lm.decode_layers
+    started = time.perf_counter()
+    lm.compile()
+    compiled = lm.decode_layers
+    for n in sorted({1, len(requests)}):  # every length bucket and both row-count graphs
+        engine = runner.open_engine("generate", n)
+        engine.defer = True
+        assert not engine.admit(list(enumerate(requests[:n])))
+        while engine.active():
+            engine.step()
+    print(f"\n# compile + warm-up (the whole token loop at 1 and {len(requests)} jobs): "
+          f"{time.perf_counter() - started:.1f} s")
+
+    def use(fn: Any, is_compiled: bool) -> None:
+        lm.decode_layers, lm.compiled = fn, is_compiled
+
+    best: dict[tuple[int, str], float] = {}
+    for _ in range(2):
+        for mode, fn in (("eager", eager), ("compiled", compiled)):
+            use(fn, mode == "compiled")
+            for n in sorted({1, len(requests)}):
+                ms = step_ms(runner, requests[:n], device)
+                best[n, mode] = min(best.get((n, mode), ms), ms)
+    use(compiled, True)
+    print("| jobs | eager ms/step | compiled ms/step | speedup |")
+    print("|---|---|---|---|")
+    for n in sorted({1, len(requests)}):
+        e, c = best[n, "eager"], best[n, "compiled"]
+        print(f"| {n} | {e:.2f} | {c:.2f} | {e / c:.2f} |")
+    n = len(requests)
+    print(f"compiled_step_speedup={best[n, 'eager'] / best[n, 'compiled']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -281,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the decode step (CUDA)"
+        "--compile", action="store_true",
+        help="also time the engine step compiled against eager (compiled_step_speedup)",
     )
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)"

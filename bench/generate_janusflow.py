@@ -31,7 +31,6 @@ if __package__ in (None, ""):  # run as a script: make `service` importable
 
 import torch  # noqa: E402
 
-from service.models.base import NullControl  # noqa: E402
 from service.models.janusflow.attention import ATTN_IMPLEMENTATION  # noqa: E402
 from service.models.janusflow.config import parse_config  # noqa: E402
 from service.models.janusflow.load import build_model  # noqa: E402
@@ -78,8 +77,20 @@ def _jobs(count: int, steps: int, prompt_tokens: int, guidance: float, vocab: in
     jobs = []
     for i in range(count):
         ids = [0] + torch.randint(2, vocab, (prompt_tokens - 1,), generator=g).tolist()
-        jobs.append(FlowJob(i, ids, num_images=1, steps=steps, guidance=guidance, seed=i))
+        jobs.append(FlowJob(ids, num_images=1, steps=steps, guidance=guidance, seed=i))
     return jobs
+
+
+@torch.inference_mode()
+def ode_latents(sampler: FlowSampler, jobs: list[FlowJob]) -> list[torch.Tensor]:
+    """Each job's final latents: the engine's Euler steps over jobs that start together
+    (`FlowEngine` without its VAE decode)."""
+    for job in jobs:
+        sampler.start(job)
+    bos = sampler.bos_prefix() if any(j.unconditional for j in jobs) else None
+    while active := [j for j in jobs if j.done < j.steps]:
+        sampler.advance(active, bos)
+    return [j.z for j in jobs]  # type: ignore[misc]
 
 
 def run(args: Any) -> None:
@@ -107,14 +118,12 @@ def run(args: Any) -> None:
     sampler = FlowSampler(model, latent=latent, grid=grid, bos_id=0, pad_id=1, device=device,
                           dtype=dtype)
     vocab = raw["language_config"]["vocab_size"]
-    control = NullControl()
-
-    def ode(count: int, reuse: bool, n_steps: int = steps) -> tuple[float, dict[int, Any]]:
+    def ode(count: int, reuse: bool, n_steps: int = steps) -> tuple[float, list[Any]]:
         sampler.reuse_prefix_kv = reuse
         jobs = _jobs(count, n_steps, prompt_tokens, guidance, vocab)
         _sync(device)
         started = time.perf_counter()
-        out = sampler.run(jobs, control)
+        out = ode_latents(sampler, jobs)
         _sync(device)
         return time.perf_counter() - started, out
 
@@ -144,7 +153,7 @@ def run(args: Any) -> None:
             reuse_s = min(reuse_s, seconds)
             _sync(device)
             started = time.perf_counter()
-            for z in latents.values():
+            for z in latents:
                 decode_latents(vae, z)
             _sync(device)
             vae_s = min(vae_s, time.perf_counter() - started)

@@ -7,10 +7,10 @@ GPU, `cpu` for the dry run CI does). Each check prints one table row; the last l
 
 - seeds: one job alone and inside batches of 3/5/8 at the first, middle and last slot,
   with the batch-invariant products on and off: identical images? (must hold when on)
-- oom: the out-of-memory split on this device: a decode that raises the device's real
-  OutOfMemoryError type for batches above 2 jobs must still give every job its images,
-  bit-identical to running it alone.
-- compile: `--compile` (CUDA only) gives the same greedy image tokens as eager.
+- oom: the engine's out-of-memory fallback on this device: a step that raises the
+  device's real OutOfMemoryError type above 4 rows steps each job alone, and every job
+  still gets its images, bit-identical to running it alone.
+- compile: `--compile` gives the same greedy image tokens as eager.
 - continuous: the continuous engine (invariant products on): a job joining crowds at
   steps 0 and 3, first and last, a neighbour dropped mid-run, gives its images alone.
 - deferred: finished rows decoded on a second thread while the engine steps the others
@@ -35,15 +35,18 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `service` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
 import torch  # noqa: E402
 
 from service.models.base import (  # noqa: E402
     GenerateRequest,
     GenerateResult,
+    NullControl,
     UnderstandRequest,
     UnderstandResult,
 )
 from service.models.checkpoints.tiny import write_tiny_checkpoint  # noqa: E402
+from service.models.engine import run_batch, run_to_completion  # noqa: E402
 from service.models.runners import load_runner  # noqa: E402
 
 ROWS: list[tuple[str, str, str]] = []  # (check, result, detail)
@@ -66,13 +69,14 @@ def _digest(result: Any) -> str:
 def seeds(family: str, checkpoint: str, device: str, invariant: bool, steps: dict) -> None:
     runner = load_runner(checkpoint, device=device, batch_invariant=invariant)
     target = GenerateRequest("a red fox in the snow", num_images=2, seed=7, **steps)
-    alone = _digest(runner.generate([target])[0])
+    alone = _digest(run_batch(runner, "generate", [target])[0])
     differing = []
     for n in (3, 5, 8):
         others = [GenerateRequest(f"prompt {i} with more words", num_images=1 + i % 3,
                                   seed=100 + i, **steps) for i in range(n - 1)]
         for slot in sorted({0, n // 2, n - 1}):
-            got = _digest(runner.generate(others[:slot] + [target] + others[slot:])[slot])
+            got = _digest(run_batch(runner, "generate",
+                                    others[:slot] + [target] + others[slot:])[slot])
             if got != alone:
                 differing.append(f"b{n}@{slot}")
     mode = "invariant products" if invariant else "batched products"
@@ -85,25 +89,24 @@ def seeds(family: str, checkpoint: str, device: str, invariant: bool, steps: dic
 def oom(checkpoint: str, device: str) -> None:
     runner = load_runner(checkpoint, device=device)
     requests = [GenerateRequest(f"job {i}", num_images=1 + i % 2, seed=i) for i in range(5)]
-    alone = [_digest(runner.generate([r])[0]) for r in requests]
-    plain = runner._generate_jobs
+    alone = [_digest(run_batch(runner, "generate", [r])[0]) for r in requests]
+    engine = runner.open_engine("generate", len(requests))
+    plain = engine.cache.step
     sizes: list[int] = []
 
-    def flaky(jobs: list, control: Any, offered: int) -> Any:
-        sizes.append(len(jobs))
-        if len(jobs) > 2:  # the device's own error type, raised where a real OOM would be
-            raise torch.OutOfMemoryError("injected by gpu_checks: batch above 2 jobs")
-        return plain(jobs, control, offered)
+    def flaky(x: Any, lo: int = 0, hi: int | None = None) -> Any:
+        rows = (engine.cache.rows if hi is None else hi) - lo
+        sizes.append(rows)
+        if rows > 4:  # the device's own error type, raised where a real OOM would be
+            raise torch.OutOfMemoryError("injected by gpu_checks: a step above 4 rows")
+        return plain(x, lo, hi)
 
-    runner._generate_jobs = flaky  # type: ignore[method-assign]
-    try:
-        results = runner.generate(requests)
-    finally:
-        runner._generate_jobs = plain  # type: ignore[method-assign]
+    engine.cache.step = flaky
+    results = run_to_completion(engine, requests, NullControl())
     got = [_digest(r) if isinstance(r, GenerateResult) else type(r).__name__ for r in results]
-    ok = got == alone and sizes[0] == len(requests) and len(sizes) > 1
-    report("oom-split/janus-pro", ok, f"batch sizes tried {sizes}; every job as alone: "
-           f"{got == alone}")
+    ok = got == alone and max(sizes) > 4
+    report("oom-split/janus-pro", ok, f"step rows tried {sorted(set(sizes))}; every job as "
+           f"alone: {got == alone}")
 
 
 def continuous(family: str, checkpoint: str, device: str, steps: dict) -> None:
@@ -159,7 +162,7 @@ def understand(family: str, checkpoint: str, device: str) -> None:
         return out["t"].text
 
     alone = drive([(0, "t", target)])
-    differing = [] if runner.understand([target])[0].text == alone else ["static"]
+    differing = [] if run_batch(runner, "understand", [target])[0].text == alone else ["static"]
     for n in (3, 5, 8):
         others = [(i % 3, f"o{i}", ask(i + 1)) for i in range(n - 1)]
         for join in (0, 3):
@@ -181,8 +184,8 @@ def compiled(checkpoint: str, device: str) -> None:
     fast = load_runner(checkpoint, device=device, compile=True)
     fast.warmup()
     warm = time.perf_counter() - started
-    a = [_digest(r) for r in eager.generate(requests)]
-    b = [_digest(r) for r in fast.generate(requests)]
+    a = [_digest(r) for r in run_batch(eager, "generate", requests)]
+    b = [_digest(r) for r in run_batch(fast, "generate", requests)]
     report("compile/janus-pro", a == b, f"greedy images equal to eager: {a == b}; "
            f"compile + warm-up {warm:.1f} s")
 

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from service.models.base import GenerateRequest, NullControl  # noqa: E402
+from service.models.engine import run_to_completion  # noqa: E402
 from service.models.invariance import (  # noqa: E402
     in_serial_chunks,
     invariant_attention,
@@ -64,11 +65,11 @@ def _janus_pro(device: str) -> tuple[Any, Any]:
     runner = JanusProRunner("<random small>", device, batch_invariant=False)
     runner.attach(model, processor)
     requests = [GenerateRequest(PROMPTS[i % len(PROMPTS)], seed=i) for i in range(64)]
-    jobs = [runner._image_job(i, r) for i, r in enumerate(requests)]
 
     def set_mode(mode: str) -> None:
         _wrap(model, mode)
-        lm = runner.decoder.lm
+        runner.batch_invariant = mode != "batched"  # the engine's per-row attention
+        lm = runner.lm
         lm.linear = F.linear if mode == "batched" else invariant_linear
         full = mode == "invariant" and device == "cpu"
         lm.attend = invariant_attention if full else F.scaled_dot_product_attention
@@ -78,8 +79,9 @@ def _janus_pro(device: str) -> tuple[Any, Any]:
     def run(n: int) -> tuple[float, bytes]:
         _sync(device)
         started = time.perf_counter()
-        with torch.inference_mode():
-            tokens = runner.decoder.image_tokens(jobs[:n], NullControl())
+        engine = runner.open_engine("generate", n)
+        engine._result = lambda live, _seconds: live.tokens  # the tokens, not the images
+        tokens = run_to_completion(engine, requests[:n], NullControl())
         _sync(device)
         return time.perf_counter() - started, tokens[0].cpu().numpy().tobytes()
 
@@ -87,7 +89,7 @@ def _janus_pro(device: str) -> tuple[Any, Any]:
 
 
 def _janusflow(steps: int, device: str) -> tuple[Any, Any]:
-    from bench.generate_janusflow import ATTN_IMPLEMENTATION, _config, _jobs
+    from bench.generate_janusflow import ATTN_IMPLEMENTATION, _config, _jobs, ode_latents
     from service.models.janusflow.attention import ATTN_INVARIANT
     from service.models.janusflow.config import parse_config
     from service.models.janusflow.load import build_model
@@ -112,7 +114,7 @@ def _janusflow(steps: int, device: str) -> tuple[Any, Any]:
         jobs = _jobs(n, steps, 64, 2.0, vocab)
         _sync(device)
         started = time.perf_counter()
-        out = sampler.run(jobs, NullControl())
+        out = ode_latents(sampler, jobs)
         _sync(device)
         return time.perf_counter() - started, out[0].cpu().numpy().tobytes()
 

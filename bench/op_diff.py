@@ -25,6 +25,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `service` and `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from service.models.engine import run_batch  # noqa: E402
+
 
 def trace(family: str, shape: str, seed: int) -> list[list[Any]]:
     import torch
@@ -56,7 +58,8 @@ def trace(family: str, shape: str, seed: int) -> list[list[Any]]:
 
     extra = {"steps": 4} if family == "janusflow" else {}
     with Digests():
-        runner.generate([GenerateRequest("a red fox", num_images=2, seed=seed, **extra)])
+        run_batch(runner, "generate",
+                  [GenerateRequest("a red fox", num_images=2, seed=seed, **extra)])
     return log
 
 

@@ -5,12 +5,14 @@
     python bench/serve.py --family janus-pro --quick          # CI: tiny model, few jobs
 
 Drives a worker's real job path in this process: jobs inserted as the API inserts them into
-a real Postgres database (a scratch one, dropped at the end), claimed by the worker code
-(`Executor` for static batches, `EngineLoop` for continuous), PNGs stored on local disk,
-terminal states committed. No HTTP and no broker: a wake-up is a 5 ms poll, the same for
-both modes. Random-weight models of `--shape` (bench/generate.py's shapes).
+a real Postgres database (a scratch one, dropped at the end), claimed by the worker's loop
+(`WorkerLoop`; `static` is its run-to-completion mode over the same engine: claims only
+when nothing runs, images decoded inside the step), PNGs stored on local disk, terminal
+states committed. No HTTP and no broker: a wake-up is a 5 ms poll, the same for both
+modes. Random-weight models of `--shape` (bench/generate.py's shapes).
 
-First the batched capacity is measured (`--max-batch` jobs as one static batch: jobs/s).
+First the batched capacity is measured (`--max-batch` jobs as one batch run to completion
+on the engine: jobs/s).
 Then, for loads 0.3, 0.6 and 0.9 of that capacity, `--jobs` single-image jobs arrive as an
 open-loop Poisson process (the same arrival times for both modes), once through static
 batching and once through the engine. Per rate and mode: p50/p95 latency (arrival ->
@@ -41,6 +43,8 @@ from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `service` and `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.models.engine import run_batch  # noqa: E402
 
 MODEL = "bench-model"
 LOADS = (0.3, 0.6, 0.9)
@@ -146,20 +150,19 @@ class Service:
 
         from service.core.db import session_scope
         from service.core.tables import Job
-        from service.workers.engine import EngineLoop
-        from service.workers.executor import Executor
+        from service.workers.handler import JobHandler
+        from service.workers.loop import WorkerLoop
 
-        executor = Executor(self.settings, self.sessions, self.storage, self.runner, MODEL,
-                            f"bench-{mode}-{uuid.uuid4().hex[:6]}", self.max_batch)
-        handler: Any = executor
-        if mode in ("continuous", "inline"):
-            handler = EngineLoop(executor, self.max_batch, self.admit_every,
-                                 defer_decode=mode == "continuous")
+        handler = JobHandler(self.settings, self.sessions, self.storage, MODEL,
+                             f"bench-{mode}-{uuid.uuid4().hex[:6]}")
+        loop = WorkerLoop(handler, self.runner, self.max_batch, self.admit_every,
+                          defer_decode=mode == "continuous",
+                          run_to_completion=mode == "static")
         stop = threading.Event()
 
         def serve() -> None:
             while not stop.is_set():
-                handler.run("")  # returns once idle: no running job, nothing queued
+                loop.run("")  # returns once idle: no running job, nothing queued
                 stop.wait(0.005)  # the next wake-up
 
         worker = threading.Thread(target=serve, daemon=True)
@@ -191,7 +194,7 @@ class Service:
 
 class MemoryService:
     """`--no-db` (a GPU machine has no Postgres): the same two modes over an in-memory
-    queue, calling the runner directly (static: `generate` on up to max-batch queued jobs;
+    queue, calling the runner directly (static: `run_batch` on up to max-batch queued jobs;
     continuous: its engine, admitting every `admit_every` steps, finished rows decoded on
     a thread of their own as the worker's finisher does). No storage, no SQL:
     latency is arrival -> result, the model's share of the service's."""
@@ -237,7 +240,7 @@ class MemoryService:
                 if engine is None:
                     batch = take(self.max_batch)
                     if batch:
-                        results = self.runner.generate([r for _, r in batch])
+                        results = run_batch(self.runner, "generate", [r for _, r in batch])
                         for (n, _), result in zip(batch, results, strict=True):
                             assert isinstance(result, GenerateResult), result
                             done[n] = time.monotonic()
@@ -274,15 +277,16 @@ class MemoryService:
 
 
 def capacity(runner: Any, max_batch: int, inputs: list[dict]) -> float:
-    """Jobs/s of one static batch of `max_batch` jobs (the best of two, after a warm-up)."""
+    """Jobs/s of one batch of `max_batch` jobs run to completion (the best of two, after a
+    warm-up)."""
     from service.models.base import GenerateRequest
 
     batch = [GenerateRequest(i["prompt"], seed=i["seed"]) for i in inputs[:max_batch]]
-    runner.generate(batch[:1])
+    run_batch(runner, "generate", batch[:1])
     best = float("inf")
     for _ in range(2):
         started = time.perf_counter()
-        runner.generate(batch)
+        run_batch(runner, "generate", batch)
         best = min(best, time.perf_counter() - started)
     return len(batch) / best
 

@@ -39,6 +39,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `service` and `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from service.models.engine import run_batch  # noqa: E402
+
 CONFIGS = ["batched", "invariant", "+ per-image decode", "+ no oneDNN"]
 SEEDS = (7, 8, 9, 10)
 
@@ -70,7 +72,8 @@ def child(family: str, checkpoint: str, config: int) -> None:
     extra = {"steps": 4} if family == "janusflow" else {}
     out = {}
     for seed in SEEDS:
-        result = runner.generate([GenerateRequest("a red fox", num_images=2, seed=seed, **extra)])
+        result = run_batch(runner, "generate",
+                           [GenerateRequest("a red fox", num_images=2, seed=seed, **extra)])
         out[seed] = hashlib.sha256(b"".join(i.tobytes() for i in result[0].images)).hexdigest()
     print(json.dumps({"digests": out, "branch": mkl_branch()}))
 

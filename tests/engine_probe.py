@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from service.models.engine import run_batch
+
 
 def drive(engine: Any, schedule: list[tuple[int, str, Any]], drop: dict[int, str]) -> dict:
     """Admit each (join step, key, request) at its step, in list order; drop keys at steps."""
@@ -59,7 +61,7 @@ def main() -> None:
                                  guidance=None if seed == 7 else 1.0, **kind)
         engine = runner.open_engine("generate", 8)
         out[f"s{seed}-alone"] = digest(drive(engine, [(0, "t", target)], {})["t"])
-        out[f"s{seed}-static"] = digest(runner.generate([target])[0])
+        out[f"s{seed}-completion"] = digest(run_batch(runner, "generate", [target])[0])
         for n in (3, 5):
             others = [(i % 4, f"o{i}", request(f"prompt {i} with more words", i, 100 + i))
                       for i in range(n - 1)]
@@ -77,7 +79,7 @@ def main() -> None:
                                  max_new_tokens=6)
     engine = runner.open_engine("understand", 8)
     out["text-alone"] = digest(drive(engine, [(0, "t", question)], {})["t"])
-    out["text-static"] = digest(runner.understand([question])[0])
+    out["text-completion"] = digest(run_batch(runner, "understand", [question])[0])
     crowd = [(i, f"q{i}", UnderstandRequest(image, f"q {i}?", seed=i, max_new_tokens=3 + i,
                                             temperature=[None, 0.0, 0.7, 1.2][i],
                                             top_p=[None, None, 0.8, None][i]))

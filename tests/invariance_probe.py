@@ -9,6 +9,8 @@ import sys
 
 import torch
 
+from service.models.engine import run_batch
+
 
 def main() -> None:
     family, checkpoint, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -29,7 +31,7 @@ def main() -> None:
     out: dict[str, str] = {}
     for seed in (7, 8):
         target = GenerateRequest("a red fox in the snow", num_images=2, seed=seed, **extra)
-        out[f"s{seed}-alone"] = digest(runner.generate([target])[0])
+        out[f"s{seed}-alone"] = digest(run_batch(runner, "generate", [target])[0])
         for n in (3, 5, 8):
             others = [
                 GenerateRequest(f"prompt {i} with more words", num_images=1 + i % 3,
@@ -38,12 +40,13 @@ def main() -> None:
             ]
             for slot in sorted({0, n // 2, n - 1}):
                 batch = others[:slot] + [target] + others[slot:]
-                out[f"s{seed}-b{n}@{slot}"] = digest(runner.generate(batch)[slot])
+                out[f"s{seed}-b{n}@{slot}"] = digest(run_batch(runner, "generate", batch)[slot])
     image = Image.new("RGB", (40, 24), (10, 200, 30))
     question = UnderstandRequest(image, "what is it?", seed=3, temperature=1.0, max_new_tokens=6)
-    out["text-alone"] = digest(runner.understand([question])[0])
+    out["text-alone"] = digest(run_batch(runner, "understand", [question])[0])
     crowd = [UnderstandRequest(image, f"q {i}?", seed=i, max_new_tokens=3 + i) for i in range(4)]
-    out["text-b5@2"] = digest(runner.understand(crowd[:2] + [question] + crowd[2:])[2])
+    out["text-b5@2"] = digest(run_batch(runner, "understand",
+                                        crowd[:2] + [question] + crowd[2:])[2])
     print(json.dumps(out))
 
 

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from service.models.base import Turn, UnderstandRequest
+from service.models.engine import run_batch
 from service.models.prompts import JANUS_FORMAT, JANUS_PRO_FORMAT, JANUSFLOW_FORMAT
 from tests.helpers import Control
 
@@ -148,13 +149,14 @@ def test_usage_counts_what_janus_pro_used(pro) -> None:
     eos = pro.processor.tokenizer.eos_token_id
     for bias, expected in ((-1e4, (prompt, 5, "length")), (1e4, (prompt, 1, "stop"))):
         with eos_bias(pro.model.lm_head, eos, bias):
-            [static] = pro.understand([req], Control())
+            [static] = run_batch(pro, "understand", [req], Control())
             continuous = _engine_run(pro, req)
         assert _usage(static) == _usage(continuous) == expected, bias
         assert static.text == continuous.text
         assert (static.text == "") == (bias > 0)  # the EOS is counted, never shown
     # A single question counts its own prompt.
-    [one] = pro.understand([UnderstandRequest(image, "hi", max_new_tokens=2)], Control())
+    [one] = run_batch(pro, "understand",
+                      [UnderstandRequest(image, "hi", max_new_tokens=2)], Control())
     single = f"{SYSTEM}\n\n<|User|>: <image_placeholder>\nhi\n\n<|Assistant|>:"
     assert one.prompt_tokens == len(_expected_ids(pro, single, expand=True))
 
@@ -168,6 +170,6 @@ def test_usage_counts_what_janusflow_used(flow) -> None:
     head = flow.model.language_model.get_output_embeddings()
     for bias, expected in ((-1e4, (prompt, 4, "length")), (1e4, (prompt, 1, "stop"))):
         with eos_bias(head, eos, bias):
-            [result] = flow.understand([req], Control())
+            [result] = run_batch(flow, "understand", [req], Control())
         assert _usage(result) == expected, bias
         assert (result.text == "") == (bias > 0)

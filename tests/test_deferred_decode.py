@@ -16,6 +16,7 @@ from service.core.db import session_scope
 from service.core.tables import Job
 from service.lifecycle.jobs import request_cancel
 from service.models.base import Canceled, GenerateRequest, GenerateResult
+from service.models.engine import run_batch
 
 pytest.importorskip("torch")
 
@@ -209,9 +210,9 @@ def test_a_janusflow_decode_out_of_memory_is_split_and_fails_only_alone(
 
     monkeypatch.setattr(sampler, "decode_latents", flaky)
     request = GenerateRequest("a lake", num_images=3, seed=1, steps=2)
-    [result] = flow.generate([request])
+    [result] = run_batch(flow, "generate", [request])
     assert isinstance(result, GenerateResult) and len(result.images) == 3
     assert sizes == [3, 1, 2, 1, 1]
     limit[0] = 0  # not even one image fits
-    [result] = flow.generate([request])
+    [result] = run_batch(flow, "generate", [request])
     assert isinstance(result, OutOfMemory) and result.code == "out_of_memory"

@@ -114,12 +114,12 @@ class ModelQueue:
                           spec=spec)[0].id
 
     def loop(self, runner: Any, slots: int) -> Any:
-        from service.workers.engine import EngineLoop
-        from service.workers.executor import Executor
+        from service.workers.handler import JobHandler
+        from service.workers.loop import WorkerLoop
 
-        executor = Executor(self.settings, self.sessions, self.storage, runner, self.model,
-                            f"w-{self.model}", slots)
-        return EngineLoop(executor, slots=slots, admit_every=1)
+        handler = JobHandler(self.settings, self.sessions, self.storage, self.model,
+                             f"w-{self.model}")
+        return WorkerLoop(handler, runner, slots=slots, admit_every=1)
 
 
 def test_the_next_job_runs_while_a_finished_one_is_stored(settings, pro, tmp_path) -> None:

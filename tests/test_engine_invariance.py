@@ -1,7 +1,7 @@
 """Continuous batching keeps seeds: a job's tokens, text and pixels are the same alone and
 joining crowds of 3 or 5 at different steps and slots (with a neighbour leaving mid-run),
-in batch-invariant mode; and the same as the static path's, and the same at 1 and at 2
-threads. Both families, both tasks: generation and understanding.
+in batch-invariant mode; and the same as a batch run to completion (`run_batch`), and the
+same at 1 and at 2 threads. Both families, both tasks: generation and understanding.
 
 Each thread count runs in a fresh process (tests/engine_probe.py). Tiny models: at real
 shapes the same held op for op (bench/RESULTS.md, "Thread counts"), and README,
@@ -47,8 +47,8 @@ def test_a_job_is_the_same_alone_and_joining_any_crowd_at_any_step_at_any_thread
             crowds = {k: v for k, v in run.items() if k.startswith(f"s{seed}-b")}
             assert len(crowds) == 8
             assert set(crowds.values()) == {alone}, (seed, crowds, alone)
-            assert run[f"s{seed}-static"] == alone  # the run-to-completion path agrees
+            assert run[f"s{seed}-completion"] == alone  # the run-to-completion path agrees
         assert run["s7-alone"] != run["s8-alone"]
-        assert run["text-b5-j1@2"] == run["text-alone"] == run["text-static"]
+        assert run["text-b5-j1@2"] == run["text-alone"] == run["text-completion"]
     # On a CPU the mode also avoids the kernels that round by thread count.
     assert runs[0] == runs[1]

@@ -19,6 +19,7 @@ from service.entry.migrate import upgrade
 from service.lifecycle import claims
 from service.lifecycle.jobs import JobSpec, create_job, request_cancel
 from service.models.base import UnderstandRequest, UnderstandResult
+from service.models.engine import run_batch
 from service.workers.live import LiveReporter, visible
 from tests.helpers import Control, make_key
 
@@ -117,11 +118,11 @@ def test_understanding_streams_its_answer_token_by_token(
     image = Image.new("RGB", (48, 80), (200, 30, 30))
     requests = [UnderstandRequest(image, "What is in the picture?", seed=s, temperature=1.0,
                                   max_new_tokens=12) for s in (1, 2)]
-    results = runner.understand(requests, control)
+    results = run_batch(runner, "understand", requests, control)
     for index, job_id in enumerate(JOB_IDS):
         result = results[index]
         assert isinstance(result, UnderstandResult), result
-        control.live.final_text(job_id, result.text)  # as the executor does
+        control.live.final_text(job_id, result.text)  # as the job handler does
         # Reported every step: the last report is the whole answer.
         assert control.texts[index][-1].strip() == result.text
         deltas = [d["text"] for j, k, d in log.events if j == job_id and k == "token"]

@@ -81,32 +81,20 @@ def _hooked(settings, model: str, hook: str, tmp_path):  # type: ignore[no-untyp
 
 
 # Loaded by a worker's interpreter at start (sitecustomize): the worker SIGKILLs itself
-# whenever it is about to run a batch holding a job whose prompt is "poison" (or, in the
-# continuous engine, to admit such a job), as a segfault or the kernel's OOM killer would,
-# after the claim is committed.
+# whenever it is about to admit a job whose prompt is "poison" to its engine, as a
+# segfault or the kernel's OOM killer would, after the claim is committed.
 POISON_HOOK = textwrap.dedent("""
     import os, signal
-    from service.workers import executor
+    from service.workers import loop  # the one place a job enters an engine
 
-    _run_batch = executor.Executor._run_batch
-
-    def _poisoned(self, batch, started):
-        if any(job.input.get("prompt") == "poison" for job in batch):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return _run_batch(self, batch, started)
-
-    executor.Executor._run_batch = _poisoned
-
-    from service.workers import engine  # the continuous engine's one admission point
-
-    _row_started = engine.EngineLoop._row_started
+    _row_started = loop.WorkerLoop._row_started
 
     def _poisoned_row(self, job, keeper):
         if job.input.get("prompt") == "poison":
             os.kill(os.getpid(), signal.SIGKILL)
         return _row_started(self, job, keeper)
 
-    engine.EngineLoop._row_started = _poisoned_row
+    loop.WorkerLoop._row_started = _poisoned_row
 """)
 
 

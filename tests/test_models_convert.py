@@ -12,6 +12,7 @@ from service.models import catalog, runners
 from service.models.base import GenerateRequest, UnderstandRequest
 from service.models.catalog import CheckpointError
 from service.models.checkpoints import convert, tiny
+from service.models.engine import run_batch
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -42,8 +43,8 @@ def reference(tiny_checkpoint: str):
 
 
 def _outputs(runner) -> tuple[list[list[bytes]], str]:  # type: ignore[no-untyped-def]
-    images = [[im.tobytes() for im in r.images] for r in runner.generate(REQUESTS)]
-    [answer] = runner.understand([QUESTION])
+    images = [[im.tobytes() for im in r.images] for r in run_batch(runner, "generate", REQUESTS)]
+    [answer] = run_batch(runner, "understand", [QUESTION])
     return images, answer.text
 
 

@@ -1,5 +1,5 @@
 """The continuous engines of the runners (tiny checkpoints, CPU): rows join between steps,
-leave when done or dropped, and give what the static path gives."""
+leave when done or dropped, and give what a batch run to completion gives."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from service.models.base import (
     UnderstandRequest,
     UnderstandResult,
 )
+from service.models.engine import run_batch
 
 pytest.importorskip("torch")
 
@@ -58,8 +59,8 @@ def test_janus_pro_rows_join_late_and_leave_when_done(pro) -> None:
     steps = pro.num_image_tokens
     assert at == {"a": steps - 6, "b": steps - 1}  # each left after its own 576th token
     assert engine.active() == [] and engine.cache.rows == 0
-    assert _pixels(results["a"]) == _pixels(pro.generate([first])[0])
-    assert _pixels(results["b"]) == _pixels(pro.generate([late])[0])
+    assert _pixels(results["a"]) == _pixels(run_batch(pro, "generate", [first])[0])
+    assert _pixels(results["b"]) == _pixels(run_batch(pro, "generate", [late])[0])
 
 
 def test_janus_pro_refusals_and_drop(pro) -> None:
@@ -76,7 +77,8 @@ def test_janus_pro_refusals_and_drop(pro) -> None:
     assert engine.drop("a") and not engine.drop("a")
     assert engine.active() == ["b"] and engine.free_slots() == 1
     results, _ = _run(engine, {})
-    assert _pixels(results["b"]) == _pixels(pro.generate([GenerateRequest("b", seed=2)])[0])
+    assert _pixels(results["b"]) == _pixels(run_batch(pro, "generate",
+                                                      [GenerateRequest("b", seed=2)])[0])
 
 
 def test_janus_pro_text_rows_finish_at_their_own_step(pro) -> None:
@@ -96,7 +98,7 @@ def test_janus_pro_text_rows_finish_at_their_own_step(pro) -> None:
     assert all(isinstance(r, UnderstandResult) for r in results.values())
     assert results["short"].stats["new_tokens"] <= 3
     for key, request in (("short", short), ("long", long)):
-        assert results[key].text == pro.understand([request])[0].text
+        assert results[key].text == run_batch(pro, "understand", [request])[0].text
     assert texts[-1] and results["long"].text.startswith(texts[-1][:1])
 
 
@@ -107,7 +109,7 @@ def test_janusflow_jobs_with_their_own_steps_join_and_leave(flow) -> None:
     results, at = _run(engine, {0: [("a", a)], 2: [("b", b)]})
     assert at == {"a": 4, "b": 4}
     for key, request in (("a", a), ("b", b)):
-        assert _pixels(results[key]) == _pixels(flow.generate([request])[0])
+        assert _pixels(results[key]) == _pixels(run_batch(flow, "generate", [request])[0])
 
 
 def test_janus_pro_out_of_memory_steps_each_job_alone_and_fails_only_one_too_big(pro) -> None:
@@ -128,10 +130,10 @@ def test_janus_pro_out_of_memory_steps_each_job_alone_and_fails_only_one_too_big
     results, _ = _run(engine, {0: [("a", small[0]), ("big", big), ("b", small[1])]})
     assert isinstance(results["big"], OutOfMemory)
     for key, request in (("a", small[0]), ("b", small[1])):
-        assert _pixels(results[key]) == _pixels(pro.generate([request])[0])
+        assert _pixels(results[key]) == _pixels(run_batch(pro, "generate", [request])[0])
 
 
-def test_janusflow_text_rows_join_late_leave_at_their_budget_and_match_the_static_path(
+def test_janusflow_text_rows_join_late_leave_at_their_budget_and_match_a_batch_run_to_completion(
     flow,
 ) -> None:
     image = Image.new("RGB", (48, 80), (200, 30, 30))
@@ -148,9 +150,10 @@ def test_janusflow_text_rows_join_late_leave_at_their_budget_and_match_the_stati
     assert engine.active() == [] and engine.cache.rows == 0
     for key, request in (("greedy", greedy), ("sampled", sampled), ("default", default)):
         assert isinstance(results[key], UnderstandResult)
-        assert results[key].text == flow.understand([request])[0].text, key
+        assert results[key].text == run_batch(flow, "understand", [request])[0].text, key
         assert results[key].stats["new_tokens"] == request.max_new_tokens
-    again = flow.understand([UnderstandRequest(image, "Why?", seed=10, temperature=1.0,
+    again = run_batch(flow, "understand",
+                      [UnderstandRequest(image, "Why?", seed=10, temperature=1.0,
                                                max_new_tokens=4)])[0]
     assert again.text != results["sampled"].text  # the seed matters
 
@@ -204,10 +207,10 @@ def test_janusflow_text_refusals_take_no_slot_and_drop_frees_one(flow) -> None:
     assert engine.drop("a") and not engine.drop("a")
     assert engine.active() == ["b"] and engine.free_slots() == 1 and engine.cache.rows == 1
     results, _ = _run(engine, {})
-    assert results["b"].text == flow.understand([b])[0].text
+    assert results["b"].text == run_batch(flow, "understand", [b])[0].text
 
 
-def test_janusflow_static_understanding_drives_the_engine_under_its_control(flow) -> None:
+def test_run_to_completion_drives_the_engine_under_its_control(flow) -> None:
     image = Image.new("RGB", (36, 36), "yellow")
     ok = UnderstandRequest(image, "ok?", seed=1, temperature=1.0, max_new_tokens=5)
     batch = [ok, UnderstandRequest(image, "stop me", seed=2, max_new_tokens=20),
@@ -215,11 +218,11 @@ def test_janusflow_static_understanding_drives_the_engine_under_its_control(flow
              UnderstandRequest(image, "never", seed=3)]
     control = Control(stop_index=1, after=3)  # job 1: asked before the start and 2 steps
     control.should_stop = lambda i, ask=control.should_stop: i == 3 or ask(i)  # type: ignore
-    results = flow.understand(batch, control)
+    results = run_batch(flow, "understand", batch, control)
     assert isinstance(results[1], Canceled) and str(results[1]) == "canceled"
     assert isinstance(results[2], InvalidInput)
     assert isinstance(results[3], Canceled) and "before start" in str(results[3])
-    assert results[0].text == flow.understand([ok])[0].text
+    assert results[0].text == run_batch(flow, "understand", [ok])[0].text
     assert control.progress[0][-1] == 1.0
     # One text report a token while it ran, the last one the whole answer.
     assert len(control.texts[0]) == 5 and control.texts[0][-1] == results[0].text

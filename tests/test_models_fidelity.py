@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from service.models import catalog, runners  # noqa: E402
 from service.models.base import UnderstandRequest  # noqa: E402
 from service.models.checkpoints import tiny  # noqa: E402
+from service.models.engine import run_batch  # noqa: E402
 from service.models.sampling import top_k_filter  # noqa: E402
 
 PUBLISHED = Path(__file__).resolve().parent / "data" / "published"
@@ -187,20 +188,18 @@ def test_top_k_filter_is_transformers_top_k() -> None:
     assert torch.equal(ours[2], scores[2])  # k = 0: no filter
 
 
-def test_janus_understanding_samples_with_top_k(pro) -> None:
+def test_janus_understanding_samples_with_top_k(pro, monkeypatch) -> None:
     # top_k 1 leaves one token per step: sampling then must give the greedy answer.
+    defaults = pro.defaults()
+    defaults["understand"]["top_k"] = 1
+    monkeypatch.setattr(pro, "defaults", lambda: defaults)
     image = Image.new("RGB", (40, 24), (10, 200, 30))
-    greedy = pro.jobs.text_job(0, UnderstandRequest(image, "hi", seed=1, temperature=0.0,
-                                                    max_new_tokens=8), pro.defaults()["understand"])
-    sampled = pro.jobs.text_job(1, UnderstandRequest(image, "hi", seed=2, temperature=5.0,
-                                                     top_p=1.0, max_new_tokens=8),
-                                pro.defaults()["understand"])
-    sampled.top_k = 1
-    from tests.helpers import Control
-
-    with torch.inference_mode():
-        out = pro.decoder.text_tokens([greedy, sampled], Control())
-    assert out[0] == out[1]
+    greedy = UnderstandRequest(image, "hi", seed=1, temperature=0.0, max_new_tokens=8)
+    sampled = UnderstandRequest(image, "hi", seed=2, temperature=5.0, top_p=1.0,
+                                max_new_tokens=8)
+    out = run_batch(pro, "understand", [greedy, sampled])
+    assert out[0].text == out[1].text
+    assert out[0].completion_tokens == out[1].completion_tokens
 
 
 def test_janusflow_understanding_samples_as_the_demos_generate(flow) -> None:
@@ -218,7 +217,7 @@ def test_janusflow_understanding_samples_as_the_demos_generate(flow) -> None:
                                   top_p=p, max_new_tokens=12)
                 for s, t, p in ((1, 0.0, None), (2, None, None), (3, 1.0, None), (4, 1.3, 0.8))]
     top_k = flow.defaults()["understand"]["top_k"]
-    answers = flow.understand(requests)
+    answers = run_batch(flow, "understand", requests)
     for request, answer in zip(requests, answers, strict=True):
         with torch.inference_mode():
             [job] = text_jobs(flow, [question(flow, request)])
@@ -239,12 +238,14 @@ def test_janusflow_understanding_samples_as_the_demos_generate(flow) -> None:
 # -- pixels ----------------------------------------------------------------------------
 
 
-def test_janus_pixels_truncate_like_the_reference(pro) -> None:
+def test_janus_pixels_truncate_like_the_reference() -> None:
+    from service.models.janus_pro.runner import to_pil
+
     dec = torch.rand(2, 8, 8, 3, generator=torch.Generator().manual_seed(3)) * 2.2 - 1.1
     # demo/app_januspro.py `unpack`: np.clip((dec + 1) / 2 * 255, 0, 255) into uint8.
     reference = np.zeros((2, 8, 8, 3), dtype=np.uint8)
     reference[:, :, :] = np.clip((dec.numpy() + 1) / 2 * 255, 0, 255)
-    ours = np.stack([np.asarray(im) for im in pro._to_pil(dec)])
+    ours = np.stack([np.asarray(im) for im in to_pil(dec)])
     assert np.array_equal(ours, reference)
     assert not np.array_equal(ours, np.clip((dec.numpy() + 1) / 2 * 255, 0, 255).round())
 

@@ -1,9 +1,10 @@
-"""Cross-job batching in the Janus-Pro runner (tiny 64 px checkpoint, float32, CPU).
+"""Cross-job batching in the Janus-Pro engines, run to completion (tiny 64 px checkpoint,
+float32, CPU).
 
 A job's output must depend only on its inputs and seed: the same job alone and inside a
-batch of mixed jobs gives identical tokens. The loop must also agree with transformers' own
-`generate` where both are deterministic (greedy), leave the batch cleanly on cancellation,
-and split the batch on out-of-memory without failing innocent jobs.
+batch of mixed jobs gives identical tokens. The engines must also agree with transformers'
+own `generate` where both are deterministic (greedy) and leave the batch cleanly on
+cancellation. (Out of memory in a step: tests/test_models_engine.py.)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from service.models.base import (
     UnderstandRequest,
     UnderstandResult,
 )
+from service.models.engine import run_batch, run_to_completion
 from service.models.oom import run_split_on_oom
 from tests.helpers import Control
 
@@ -80,9 +82,10 @@ def runner(tiny_checkpoint: str):
 
 
 def _tokens(runner: Any, batch: list[GenerateRequest]) -> list[Any]:
-    jobs = [runner._image_job(i, r) for i, r in enumerate(batch)]
-    with torch.inference_mode():
-        return runner.decoder.image_tokens(jobs, NullControl())
+    """Each job's (num_images, 576) image tokens, from the engine, before any VQ decode."""
+    engine = runner.open_engine("generate", len(batch))
+    engine._result = lambda live, _seconds: live.tokens.clone()
+    return run_to_completion(engine, batch, NullControl())
 
 
 def _pixels(result: GenerateResult) -> list[bytes]:
@@ -103,18 +106,18 @@ def test_image_tokens_alone_equal_batched(runner) -> None:
 
 
 def test_images_alone_equal_batched(runner) -> None:
-    together = runner.generate(MIXED[:3])
+    together = run_batch(runner, "generate", MIXED[:3])
     assert all(isinstance(r, GenerateResult) for r in together)
     assert together[0].stats["batch_jobs"] == 3
-    [alone] = runner.generate([MIXED[2]])
+    [alone] = run_batch(runner, "generate", [MIXED[2]])
     assert _pixels(alone) == _pixels(together[2])
 
 
 def test_text_alone_equals_batched(runner) -> None:
-    together = runner.understand(QUESTIONS)
+    together = run_batch(runner, "understand", QUESTIONS)
     assert all(isinstance(r, UnderstandResult) for r in together), together
     for request, batched in zip(QUESTIONS, together, strict=True):
-        [alone] = runner.understand([request])
+        [alone] = run_batch(runner, "understand", [request])
         assert alone.text == batched.text
         assert alone.stats["new_tokens"] == batched.stats["new_tokens"] <= request.max_new_tokens
 
@@ -143,7 +146,7 @@ def test_greedy_text_matches_transformers_generate(runner) -> None:
     request = UnderstandRequest(
         _image(60), "What is in the picture?", temperature=0.0, max_new_tokens=10
     )
-    [ours] = runner.understand([request, QUESTIONS[0]])[:1]
+    [ours] = run_batch(runner, "understand", [request, QUESTIONS[0]])[:1]
     messages = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": request.question}]}
     ]
@@ -156,11 +159,11 @@ def test_greedy_text_matches_transformers_generate(runner) -> None:
 
 def test_cancel_mid_batch_leaves_the_others_alone(runner) -> None:
     control = Control(stop_index=1, after=6)  # asked once before start, then once per step
-    results = runner.generate(MIXED[:3], control)
+    results = run_batch(runner, "generate", MIXED[:3], control)
     assert isinstance(results[1], Canceled)
     assert control.asked[1] == 7 and len(control.progress[1]) == 5  # steps 1..5 reported
     for index in (0, 2):
-        [alone] = runner.generate([MIXED[index]])
+        [alone] = run_batch(runner, "generate", [MIXED[index]])
         assert _pixels(results[index]) == _pixels(alone)
         progress = control.progress[index]
         assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
@@ -169,9 +172,10 @@ def test_cancel_mid_batch_leaves_the_others_alone(runner) -> None:
 
 def test_cancel_text_mid_batch(runner) -> None:
     control = Control(stop_index=0, after=3)
-    results = runner.understand(QUESTIONS[:3], control)
+    results = run_batch(runner, "understand", QUESTIONS[:3], control)
     assert isinstance(results[0], Canceled)
-    assert [r.text for r in results[1:]] == [r.text for r in runner.understand(QUESTIONS[1:3])]
+    alone = run_batch(runner, "understand", QUESTIONS[1:3])
+    assert [r.text for r in results[1:]] == [r.text for r in alone]
 
 
 def test_split_on_oom_fake_fn() -> None:
@@ -190,77 +194,10 @@ def test_split_on_oom_fake_fn() -> None:
     assert run_split_on_oom(fn, []) == []
 
 
-def test_runner_splits_batch_on_oom(runner, monkeypatch: pytest.MonkeyPatch) -> None:
-    expected = runner.generate(MIXED)
-    original = runner.decoder.image_tokens
-    sizes: list[int] = []
-
-    def tight(jobs, control):  # type: ignore[no-untyped-def]
-        sizes.append(len(jobs))
-        # "Memory" for 3 images at once; job 2 alone needs 3 + 1 rows' worth -> too big.
-        if sum(j.num_images for j in jobs) > 3 or any(j.num_images == 3 for j in jobs):
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return original(jobs, control)
-
-    monkeypatch.setattr(runner.decoder, "image_tokens", tight)
-    results = runner.generate(MIXED)
-    assert sizes[0] == 5 and max(sizes[1:]) < 5
-    assert isinstance(results[2], OutOfMemory)
-    for index in (0, 1, 3, 4):
-        assert _pixels(results[index]) == _pixels(expected[index])
-
-
-def test_static_step_matches_eager(runner) -> None:
-    # The fixed-shape step that torch.compile captures on a GPU, run eagerly here.
-    from service.models.janus_pro.decode import JanusDecoder
-    from service.models.lm import LeanLM
-
-    lm = LeanLM(runner.model.model.language_model, static=True)
-    eager = runner.decoder
-    try:
-        runner.decoder = JanusDecoder(
-            runner.model, lm, eager.num_image_tokens, eager.eos_token_id, poll_every=4
-        )
-        static = _tokens(runner, MIXED[:2])
-    finally:
-        runner.decoder = eager
-    assert all(torch.equal(a, b) for a, b in zip(static, _tokens(runner, MIXED[:2]), strict=True))
-
-
-def test_warmup_runs_the_batched_loops(runner, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_warmup_runs_both_engines(runner, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, int]] = []
-    image, text = runner.decoder.image_tokens, runner.decoder.text_tokens
-    monkeypatch.setattr(
-        runner.decoder,
-        "image_tokens",
-        lambda jobs, c: seen.append(("image", len(jobs))) or image(jobs, c),
-    )
-    monkeypatch.setattr(
-        runner.decoder,
-        "text_tokens",
-        lambda jobs, c: seen.append(("text", len(jobs))) or text(jobs, c),
-    )
+    open_engine = runner.open_engine
+    monkeypatch.setattr(runner, "open_engine",
+                        lambda task, slots: seen.append((task, slots)) or open_engine(task, slots))
     runner.warmup()
-    assert ("image", 2) in seen and ("text", 1) in seen
-
-
-def test_sparse_polling_gives_the_same_outputs(runner) -> None:
-    # On a GPU the loops poll every few steps (no host sync in between); rows that met EOS
-    # run on until the next poll, which must not change any job's output.
-    from service.models.janus_pro.decode import JanusDecoder
-
-    eager = runner.decoder
-    sparse = JanusDecoder(
-        runner.model, eager.lm, eager.num_image_tokens, eager.eos_token_id, poll_every=3
-    )
-    texts = [runner._text_job(i, q) for i, q in enumerate(QUESTIONS)]
-    images = [runner._image_job(i, r) for i, r in enumerate(MIXED[:2])]
-    with torch.inference_mode():
-        assert sparse.text_tokens(texts, NullControl()) == eager.text_tokens(texts, NullControl())
-        expected = eager.image_tokens(images, NullControl())
-        got = sparse.image_tokens(images, NullControl())
-        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
-        control = Control(stop_index=1, after=2)  # polls at steps 0 and 3: leaves after step 3
-        out = sparse.image_tokens(images, control)
-    assert isinstance(out[1], Canceled) and torch.equal(out[0], expected[0])
-    assert control.asked[1] == 3
+    assert seen == [("understand", 1), ("generate", 2)]

@@ -19,6 +19,7 @@ from service.models.base import (
 )
 from service.models.catalog import CheckpointError
 from service.models.checkpoints import tiny
+from service.models.engine import run_batch
 from tests.helpers import Control
 
 pytest.importorskip("torch")
@@ -92,7 +93,8 @@ def test_vq_decoder_is_channels_last_and_draws_what_nchw_draws(runner) -> None:
 
 def test_generate_images(runner) -> None:
     control = Control()
-    [result] = runner.generate([GenerateRequest("a red cat", num_images=5, seed=3)], control)
+    [result] = run_batch(runner, "generate",
+                         [GenerateRequest("a red cat", num_images=5, seed=3)], control)
     assert isinstance(result, GenerateResult)
     assert len(result.images) == 5  # two decode chunks (4 + 1)
     assert all(im.mode == "RGB" and im.size == (64, 64) for im in result.images)
@@ -103,7 +105,8 @@ def test_generate_images(runner) -> None:
 
 def test_generate_seeded(runner) -> None:
     def run(seed: int) -> list[bytes]:
-        [r] = runner.generate([GenerateRequest("a lake at sunset", num_images=2, seed=seed)])
+        [r] = run_batch(runner, "generate",
+                        [GenerateRequest("a lake at sunset", num_images=2, seed=seed)])
         return _pixels(r)
 
     first = run(7)
@@ -117,28 +120,31 @@ def test_generate_mixed_batch(runner) -> None:
         # Guidance 1 (no CFG) and greedy; a smuggled placeholder token is stripped.
         GenerateRequest("<image_placeholder> mountains", seed=2, guidance=1.0, temperature=0.0),
     ]
-    results = runner.generate(batch)
+    results = run_batch(runner, "generate", batch)
     assert [len(r.images) for r in results] == [2, 1]
     # Batch neighbours do not change a job's output.
-    [alone] = runner.generate([batch[0]])
+    [alone] = run_batch(runner, "generate", [batch[0]])
     assert _pixels(alone) == _pixels(results[0])
 
 
 def test_generate_too_long_prompt(runner) -> None:
-    results = runner.generate([GenerateRequest("word " * 5000), GenerateRequest("ok")])
+    results = run_batch(runner, "generate",
+                        [GenerateRequest("word " * 5000), GenerateRequest("ok")])
     assert isinstance(results[0], InvalidInput)
     assert isinstance(results[1], GenerateResult)
 
 
 def test_cancel_before_start(runner) -> None:
-    results = runner.generate([GenerateRequest("a"), GenerateRequest("b")], Control(stop_index=1))
+    results = run_batch(runner, "generate",
+                        [GenerateRequest("a"), GenerateRequest("b")], Control(stop_index=1))
     assert isinstance(results[0], GenerateResult)
     assert isinstance(results[1], Canceled)
 
 
 def test_cancel_mid_generation(runner) -> None:
     control = Control(stop_index=1, after=5)  # stops at an image-token step
-    results = runner.generate([GenerateRequest("a", num_images=2), GenerateRequest("b")], control)
+    results = run_batch(runner, "generate",
+                        [GenerateRequest("a", num_images=2), GenerateRequest("b")], control)
     assert isinstance(results[0], GenerateResult) and len(results[0].images) == 2
     assert isinstance(results[1], Canceled)
     # Asked once before the job, then once per step: the 6th ask is the 5th step.
@@ -150,7 +156,7 @@ def test_understand(runner) -> None:
         req = UnderstandRequest(
             _image(), "What is in the picture?", seed=seed, temperature=1.0, max_new_tokens=12
         )
-        [r] = runner.understand([req], control)
+        [r] = run_batch(runner, "understand", [req], control)
         assert isinstance(r, UnderstandResult), r
         assert isinstance(r.text, str)
         assert 1 <= r.stats["new_tokens"] <= 12
@@ -165,7 +171,7 @@ def test_understand(runner) -> None:
 def test_understand_cancel_mid_run(runner) -> None:
     control = Control(stop_index=1, after=3)
     batch = [UnderstandRequest(_image(), "Describe it.", max_new_tokens=8)] * 2
-    results = runner.understand(batch, control)
+    results = run_batch(runner, "understand", batch, control)
     assert isinstance(results[0], UnderstandResult)
     assert isinstance(results[1], Canceled)
     assert len(control.progress[1]) == 2

@@ -28,6 +28,7 @@ from service.models.base import (  # noqa: E402
 )
 from service.models.catalog import CheckpointError  # noqa: E402
 from service.models.checkpoints import tiny  # noqa: E402
+from service.models.engine import run_batch  # noqa: E402
 from tests.helpers import Control
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -79,7 +80,6 @@ def test_published_config_builds_every_published_parameter() -> None:
 def test_published_shape_runs_the_ode_on_meta() -> None:
     # Shapes only (meta tensors hold no data): 384 px -> 48x48 latents -> 24x24 tokens,
     # through the encoder, the Llama with and without the prefix cache, and the decoder.
-    from service.models.base import NullControl
     from service.models.janusflow.attention import ATTN_IMPLEMENTATION
     from service.models.janusflow.config import parse_config
     from service.models.janusflow.load import build_model
@@ -90,11 +90,22 @@ def test_published_shape_runs_the_ode_on_meta() -> None:
     for reuse in (True, False):
         sampler = FlowSampler(model, latent=48, grid=24, bos_id=0, pad_id=1, device="meta",
                               dtype=torch.float32, reuse_prefix_kv=reuse)
-        jobs = [FlowJob(0, [0] + [5] * 30, 2, 2, 2.0, 0), FlowJob(1, [0, 7], 1, 1, 1.0, 1)]
-        out = sampler.run(jobs, NullControl())
-        assert {i: tuple(z.shape) for i, z in out.items()} == {0: (2, 4, 48, 48), 1: (1, 4, 48, 48)}
+        jobs = [FlowJob([0] + [5] * 30, 2, 2, 2.0, 0), FlowJob([0, 7], 1, 1, 1.0, 1)]
+        out = _ode(sampler, jobs)
+        assert [tuple(z.shape) for z in out] == [(2, 4, 48, 48), (1, 4, 48, 48)]
     with torch.device("meta"):
         assert model.image_features(torch.zeros(1, 3, 384, 384)).shape == (1, 577, 2048)
+
+
+def _ode(sampler, jobs: list) -> list:  # type: ignore[no-untyped-def]
+    """Every job's final latents: the sampler's steps over jobs that start together."""
+    for job in jobs:
+        sampler.start(job)
+    bos = sampler.bos_prefix() if any(j.unconditional for j in jobs) else None
+    with torch.inference_mode():
+        while active := [j for j in jobs if j.done < j.steps]:
+            sampler.advance(active, bos)
+    return [j.z for j in jobs]
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -159,7 +170,8 @@ def test_weights_load_strictly_by_key_and_from_shards(checkpoint: str, tmp_path:
 
 
 def test_generate_returns_rgb_images_of_the_image_size(runner) -> None:
-    [result] = runner.generate([GenerateRequest("a red fox in snow", num_images=2, steps=3)])
+    [result] = run_batch(runner, "generate",
+                         [GenerateRequest("a red fox in snow", num_images=2, steps=3)])
     assert isinstance(result, GenerateResult)
     assert len(result.images) == 2
     assert all(im.mode == "RGB" and im.size == (SIZE, SIZE) for im in result.images)
@@ -167,7 +179,7 @@ def test_generate_returns_rgb_images_of_the_image_size(runner) -> None:
 
 
 def test_same_seed_same_pixels_other_seed_other_pixels(runner) -> None:
-    a, b, c = runner.generate([
+    a, b, c = run_batch(runner, "generate", [
         GenerateRequest("a lighthouse", seed=5, steps=3),
         GenerateRequest("a lighthouse", seed=5, steps=3),
         GenerateRequest("a lighthouse", seed=6, steps=3),
@@ -178,8 +190,8 @@ def test_same_seed_same_pixels_other_seed_other_pixels(runner) -> None:
 
 def test_a_job_gives_the_same_images_alone_and_in_a_mixed_batch(runner) -> None:
     job = GenerateRequest("a cat on a red chair", num_images=2, seed=11, steps=4, guidance=3.0)
-    [alone] = runner.generate([job])
-    batch = runner.generate([
+    [alone] = run_batch(runner, "generate", [job])
+    batch = run_batch(runner, "generate", [
         GenerateRequest("a much longer prompt about mountains at sunset, with a lake", seed=1,
                         steps=6, guidance=1.0),
         job,
@@ -191,7 +203,7 @@ def test_a_job_gives_the_same_images_alone_and_in_a_mixed_batch(runner) -> None:
 
 def test_cancel_between_steps_leaves_the_others_running(runner) -> None:
     control = Control(stop_index=1, after=3)
-    results = runner.generate(
+    results = run_batch(runner, "generate",
         [GenerateRequest("a tree", steps=8), GenerateRequest("a boat", steps=8)], control
     )
     assert isinstance(results[0], GenerateResult) and len(results[0].images) == 1
@@ -203,7 +215,7 @@ def test_cancel_between_steps_leaves_the_others_running(runner) -> None:
 
 
 def test_bad_jobs_fail_alone(runner) -> None:
-    results = runner.generate([
+    results = run_batch(runner, "generate", [
         GenerateRequest("fine", steps=2),
         GenerateRequest("zero steps", steps=0),
         GenerateRequest("word " * 3000, steps=2),
@@ -215,7 +227,7 @@ def test_bad_jobs_fail_alone(runner) -> None:
 def test_upsample_to_1024_like_the_demo(runner, monkeypatch) -> None:
     monkeypatch.setattr(runner, "upsample_1024", True)
     assert runner.defaults()["generate"]["image_size"] == 1024
-    [result] = runner.generate([GenerateRequest("a kite", steps=1)])
+    [result] = run_batch(runner, "generate", [GenerateRequest("a kite", steps=1)])
     assert result.images[0].size == (1024, 1024)
 
 
@@ -224,12 +236,11 @@ def test_prefix_kv_reuse_matches_rerunning_the_prompt(runner) -> None:
         GenerateRequest("a lighthouse on a cliff at night", num_images=2, seed=3, steps=5),
         GenerateRequest("snow", seed=4, steps=3, guidance=1.0),
     ]
-    control = Control()
     sampler = runner.sampler
-    with_cache = sampler.run([runner._flow_job(i, r) for i, r in enumerate(jobs)], control)
+    with_cache = _ode(sampler, [runner.flow_job(r) for r in jobs])
     sampler.reuse_prefix_kv = False
     try:
-        without = sampler.run([runner._flow_job(i, r) for i, r in enumerate(jobs)], control)
+        without = _ode(sampler, [runner.flow_job(r) for r in jobs])
     finally:
         sampler.reuse_prefix_kv = True
     for i in range(len(jobs)):
@@ -243,7 +254,7 @@ def test_prefix_kv_reuse_matches_rerunning_the_prompt(runner) -> None:
 def test_understand_returns_text_deterministic_per_seed(runner) -> None:
     image = Image.new("RGB", (48, 80), (200, 30, 30))
     control = Control()
-    a, b = runner.understand(
+    a, b = run_batch(runner, "understand",
         [
             UnderstandRequest(image, "What is in the picture?", seed=3, max_new_tokens=6),
             UnderstandRequest(image, "What is in the picture?", seed=3, max_new_tokens=6),
@@ -259,5 +270,6 @@ def test_understand_returns_text_deterministic_per_seed(runner) -> None:
 def test_understand_cancel(runner) -> None:
     image = Image.new("RGB", (32, 32))
     control = Control(stop_index=0, after=2)
-    [result] = runner.understand([UnderstandRequest(image, "hi", max_new_tokens=20)], control)
+    [result] = run_batch(runner, "understand",
+                         [UnderstandRequest(image, "hi", max_new_tokens=20)], control)
     assert isinstance(result, Canceled)

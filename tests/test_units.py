@@ -42,6 +42,14 @@ def test_settings_refuse_bad_values(monkeypatch, tmp_path, env) -> None:
         Settings(data_dir=tmp_path)
 
 
+@pytest.mark.parametrize("value", ["static", "continuous"])
+def test_a_removed_setting_set_in_the_environment_stops_the_process(monkeypatch, tmp_path,
+                                                                     value) -> None:
+    monkeypatch.setenv("JANUS_ENGINE", value)  # run-to-completion workers are gone
+    with pytest.raises(ValidationError, match="JANUS_ENGINE is no longer read.*unset it"):
+        Settings(data_dir=tmp_path)
+
+
 def test_ids_sort_by_time() -> None:
     first = new_id("job")
     time.sleep(0.002)

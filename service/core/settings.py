@@ -17,6 +17,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# Settings that were removed, and why: set in an environment, they stop the process.
+REMOVED = {
+    "engine": "every job runs in the continuous engine (run-to-completion batches are gone)",
+}
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JANUS_", extra="ignore", frozen=False)
@@ -108,10 +113,9 @@ class Settings(BaseSettings):
     # One matrix product per row, so a job's bits do not depend on its batch (README,
     # "Reproducibility"). auto: on for JanusFlow CPU workers, off otherwise.
     batch_invariant: Literal["auto", "on", "off"] = "auto"
-    # Workers: "continuous" runs jobs in the runner's continuous-batching engine (jobs join
-    # the running decode between steps, and leave as soon as they are done); "static" runs
-    # each claimed batch to completion before claiming again.
-    engine: Literal["continuous", "static"] = "continuous"
+    # Removed: every job runs in the continuous engine. Set in an environment, it stops
+    # the process (`_refuse_removed`) rather than being silently ignored.
+    engine: str | None = None
     # The engine claims queued jobs into its free slots every this many decode steps.
     engine_admit_every: int = Field(4, ge=1, le=1000)
     # CUDA workers size their slots (at most --max-batch) to this share of the device's
@@ -148,6 +152,14 @@ class Settings(BaseSettings):
     @property
     def webhook_retry_delays(self) -> list[float]:
         return _parse_schedule(self.webhook_retry_schedule)
+
+    @field_validator(*REMOVED)
+    @classmethod
+    def _refuse_removed(cls, value: Any, info: Any) -> Any:
+        if value is not None:
+            name = f"JANUS_{info.field_name.upper()}"
+            raise ValueError(f"{name} is no longer read: {REMOVED[info.field_name]}; unset it")
+        return value
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

@@ -276,12 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", default="cpu", help="cpu or cuda:N")
     worker.add_argument(
         "--max-batch", type=int, default=8,
-        help="the continuous engine's slots (jobs decoding at once; fewer when a GPU's free "
-        "memory holds fewer), or with JANUS_ENGINE=static the most jobs run as one batch",
+        help="the engine's slots (jobs decoding at once; fewer when a GPU's free memory "
+        "holds fewer)",
     )
     worker.add_argument("--hostname", default=None, help="name this worker reports")
     worker.add_argument(
-        "--compile", action="store_true", help="Janus-Pro on CUDA: torch.compile the decode step"
+        "--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="Janus/Janus-Pro: torch.compile the engine's decode step (default: on for CUDA, "
+        "off on a CPU)"
     )
     worker.add_argument(
         "--upsample-1024",

@@ -13,7 +13,7 @@ from service.core.events import announce_on_commit, event_log
 from service.core.settings import Settings
 from service.core.storage import storage_from_settings
 from service.openai_wire.batch_tick import start_ticker
-from service.webhooks.runner import start_webhook_runner
+from service.webhooks.consumer import start_webhook_runner
 from service.workers.sweeper import sweep_once
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
-"""The model runner interface: load once, warm up, run a batch.
+"""The model runner interface: load once, warm up, open an engine per task.
 
-A runner knows nothing of Flask, Celery, SQL or object storage. The worker
-hands it plain requests and a `RunControl`, and gets back one result (or one
-exception) per request, so that one job's failure or cancellation never sinks
-its neighbours in the same batch.
+A runner knows nothing of Flask, Celery, SQL or object storage. Jobs run only in its
+engines (`service.models.engine`): the worker admits plain requests, steps, and gets
+one result (or one `ModelError`) per request, so that one job's failure or cancellation
+never sinks its neighbours.
 """
 
 from __future__ import annotations
@@ -135,25 +135,18 @@ class ModelRunner(ABC):
         """Read weights from `self.path` onto `self.device`. Raises on a bad path."""
 
     def warmup(self) -> None:
-        """Run one tiny request of each task so the first real job pays no setup."""
-        self.understand([UnderstandRequest(Image.new("RGB", (32, 32)), "hi", max_new_tokens=2)])
-        self.generate([GenerateRequest("warm-up", num_images=1)])
+        """Run one tiny request of each task through the engines, so the first real job
+        pays no setup."""
+        from service.models.engine import run_batch
+
+        run_batch(self, "understand",
+                  [UnderstandRequest(Image.new("RGB", (32, 32)), "hi", max_new_tokens=2)])
+        run_batch(self, "generate", [GenerateRequest("warm-up", num_images=1)])
 
     @abstractmethod
     def defaults(self) -> dict[str, dict[str, Any]]:
         """Per-task defaults, e.g. {"generate": {"guidance": 5.0, ...}, "understand": {...}}."""
 
     @abstractmethod
-    def generate(
-        self, batch: list[GenerateRequest], control: RunControl | None = None
-    ) -> list[GenerateResult | ModelError]: ...
-
-    @abstractmethod
-    def understand(
-        self, batch: list[UnderstandRequest], control: RunControl | None = None
-    ) -> list[UnderstandResult | ModelError]: ...
-
-    def open_engine(self, task: str, slots: int) -> Engine | None:
-        """A continuous-batching engine for `task` with `slots` slots (`service.models.engine`),
-        or None: this runner only runs whole batches (`generate` / `understand`)."""
-        return None
+    def open_engine(self, task: str, slots: int) -> Engine:
+        """A continuous-batching engine for `task` with `slots` slots (`service.models.engine`)."""

@@ -1,12 +1,12 @@
 """The continuous-batching interface of a runner: rows join and leave between steps.
 
-`ModelRunner.generate` runs a fixed batch to its end. An `Engine` instead owns a number
-of slots (one job each) and is driven one step at a time by its caller (the worker's
-engine loop): between steps the caller may `admit` new jobs, which join the rows already
-running, and `drop` jobs (cancel, deadline, lost lease). `step()` advances every active
-row once and returns the jobs that finished during that step; they have left and their
-slots are free at once. A runner that cannot do this returns None from `open_engine` and
-keeps the run-to-completion path.
+The engine is the only way a job runs. It owns a number of slots (one job each) and is
+driven one step at a time by its caller (the worker's loop): between steps the caller
+may `admit` new jobs, which join the rows already running, and `drop` jobs (cancel,
+deadline, lost lease). `step()` advances every active row once and returns the jobs
+that finished during that step; they have left and their slots are free at once.
+Run-to-completion (`run_batch`: admit everything, step until empty, admit nothing on the
+way) is a helper over the same engine, for warm-up, tests and benchmark baselines.
 
 Keys are the caller's (job ids); the engine never looks inside them. A job's result must
 depend only on its own request and seed, never on which rows share its steps, its slot or
@@ -209,11 +209,20 @@ def failure(exc: BaseException) -> ModelError:
     return ModelError(str(exc) or type(exc).__name__)
 
 
+def run_batch(runner: Any, task: str, batch: list[Any],
+              control: RunControl | None = None) -> list[Any]:
+    """One result (or `ModelError`) per request of `batch`, run to completion on a fresh
+    engine of the runner with one slot per request (`run_to_completion`)."""
+    if not batch:
+        return []
+    engine = runner.open_engine(task, len(batch))
+    return run_to_completion(engine, batch, control or NullControl())
+
+
 def run_to_completion(engine: Engine, batch: list[Any], control: RunControl) -> list[Any]:
     """A static batch through an engine: every job admitted at once and stepped until the
     last one leaves, under `control` (a stop before the start or between steps, progress,
-    the text so far). The run-to-completion path of a runner whose jobs run on its engine:
-    both paths then give a job the same output."""
+    the text so far); nothing joins on the way. Indices of `batch` are the control's keys."""
     results: list[Any] = [None] * len(batch)
     items = []
     for i, request in enumerate(batch):

@@ -1,17 +1,13 @@
-"""A Llama decoder stack run directly from its weights, with our own static KV cache: the
-LLM of Janus/Janus-Pro (image and text decode) and of JanusFlow (text decode).
+"""A Llama decoder stack run directly from its weights: the LLM of Janus/Janus-Pro (image
+and text decode) and of JanusFlow (text decode), under the engines' `ragged.RaggedCache`.
 
 transformers' image `generate` spends most of a small model's decode step in Python (mask
 building, cache bookkeeping, logits processors, output dataclasses): ~13 ms per step on the
 benchmark's 3M-parameter LLM against ~3 ms here for the same job. Here a decode step is a
 flat list of tensor ops on weights taken once from the loaded modules: fused q/k/v and
 gate/up projections (the modules' parameters become views into the fused tensors, so memory
-is not doubled), RoPE from a precomputed table, and a preallocated cache that rows can be
-dropped from.
-
-Layout of a batch: rows are left-padded. Row r's prompt of length p_r sits in cache columns
-[P - p_r, P) with positions 0..p_r-1, where P is the longest prompt; decode step s writes
-column P + s at position p_r + s. `KVCache.mask` marks the columns a row may attend to.
+is not doubled) and RoPE from a precomputed table. A step's layers are `qkv` then
+`finish_layer` around the cache's attention (`ragged.RaggedCache.step`).
 """
 
 from __future__ import annotations
@@ -28,32 +24,6 @@ from service.models.invariance import (
     invariant_linear,
     per_row,
 )
-
-
-class KVCache:
-    """Keys/values of every layer for `rows` rows and `length` columns, plus the attention mask."""
-
-    def __init__(
-        self,
-        layers: int,
-        rows: int,
-        kv_heads: int,
-        length: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None:
-        # Zeros, not empty: masked columns still meet V in the attention matmul (weight 0),
-        # and 0 * NaN from uninitialised memory would poison the row.
-        self.kv = torch.zeros(
-            layers, 2, rows, kv_heads, length, head_dim, dtype=dtype, device=device
-        )
-        self.mask = torch.zeros(rows, 1, 1, length, dtype=torch.bool, device=device)
-
-    def keep(self, index: torch.Tensor) -> None:
-        """Keep only the rows in `index` (a device tensor), in that order."""
-        self.kv = self.kv.index_select(2, index)
-        self.mask = self.mask.index_select(0, index)
 
 
 class _Layer(NamedTuple):
@@ -74,13 +44,7 @@ class _Layer(NamedTuple):
 class LeanLM:
     """Prefill and decode-step functions over the decoder layers of a loaded Janus model."""
 
-    def __init__(
-        self,
-        lm: Any,
-        compile_step: bool = False,
-        static: bool | None = None,
-        batch_invariant: bool = False,
-    ) -> None:
+    def __init__(self, lm: Any, batch_invariant: bool = False) -> None:
         # lm: the decoder stack (embed_tokens, layers, norm, rotary_emb), e.g. a LlamaModel.
         # One product per row when a row's numbers must not depend on the batch (invariance).
         self.linear = invariant_linear if batch_invariant else F.linear
@@ -118,15 +82,7 @@ class LeanLM:
             half = self.head_dim // 2
             sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
             self.rope = torch.stack([cos[0], sin], dim=1).contiguous()  # (positions, 2, D)
-        # The static step has the same shapes at every step (full cache length, column as a
-        # tensor), which is what a compiled graph needs; eager CPU runs skip unfilled columns.
-        self.static = compile_step if static is None else static
-        self._step = self._step_static
-        if compile_step:
-            # Dynamic shapes: the row count changes when a job leaves the batch and the cache
-            # length with the longest prompt; neither should force a recompile per batch.
-            self._step = torch.compile(self._step_static, dynamic=True)
-        self._columns = torch.arange(self.max_positions, device=self.device)
+        self.compiled = False
 
     # -- weights -----------------------------------------------------------------------
 
@@ -161,15 +117,35 @@ class LeanLM:
         """(rows, T) positions -> (rows, T, 2, 1, D) cos / folded sin, broadcastable over heads."""
         return self.rope[positions].unsqueeze(-2)
 
-    def new_cache(self, rows: int, length: int) -> KVCache:
-        return KVCache(
-            self.num_layers, rows, self.kv_heads, length, self.head_dim, self.dtype, self.device
-        )
+    def compile(self) -> None:
+        """torch.compile the decode step's layers (`decode_layers`). Dynamic shapes: the
+        row count changes whenever a job joins or leaves and the attended length every
+        step (bucketed by the cache), and neither may recompile."""
+        self.decode_layers = torch.compile(self.decode_layers, dynamic=True)  # type: ignore[method-assign]
+        self.compiled = True
+
+    def decode_layers(self, x: torch.Tensor, rope: torch.Tensor, kv: torch.Tensor,
+                      mask: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor,
+                      end: int) -> torch.Tensor:
+        """Every layer of one decode step: x (n, 1, H), row r's keys and values written at
+        cache column `columns[r]` of `kv` (layers, 2, n, kv_heads, length, D), and one
+        masked attention call over the first `end` columns (`mask`: (n, 1, 1, end))."""
+        for i, layer in enumerate(self.layers):
+            q, k, v = self.qkv(x, layer, rope)
+            keys, values = kv[i, 0], kv[i, 1]
+            keys[rows, :, columns] = k[:, :, 0]
+            values[rows, :, columns] = v[:, :, 0]
+            attn = F.scaled_dot_product_attention(
+                q, keys[:, :, :end], values[:, :, :end], attn_mask=mask,
+                scale=self.scaling, enable_gqa=self.gqa,
+            )
+            x = self.finish_layer(x, attn, layer)
+        return x
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (self.hidden,), self.norm_weight, self.eps)
 
-    def _qkv(
+    def qkv(
         self, x: torch.Tensor, layer: _Layer, rope: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows, t = x.shape[0], x.shape[1]
@@ -186,7 +162,7 @@ class LeanLM:
         v = qkv[:, :, split:].transpose(1, 2)
         return q, k, v
 
-    def _finish_layer(self, x: torch.Tensor, attn: torch.Tensor, layer: _Layer) -> torch.Tensor:
+    def finish_layer(self, x: torch.Tensor, attn: torch.Tensor, layer: _Layer) -> torch.Tensor:
         rows, t = x.shape[0], x.shape[1]
         attn = attn.transpose(1, 2).reshape(rows, t, self.heads * self.head_dim)
         x = x + self.linear(attn, layer.wo, layer.bo)
@@ -217,62 +193,11 @@ class LeanLM:
         )
         x = embeds
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(x, layer, rope)
+            q, k, v = self.qkv(x, layer, rope)
             kv[i, 0].copy_(k)
             kv[i, 1].copy_(v)
             attn = self.attend(
                 q, k, v, is_causal=True, scale=self.scaling, enable_gqa=self.gqa
             )
-            x = self._finish_layer(x, attn, layer)
+            x = self.finish_layer(x, attn, layer)
         return self.final_norm(x[:, -1]), kv
-
-    def step(
-        self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache, column: int
-    ) -> torch.Tensor:
-        """One decode step: x (rows, 1, H) at cache `column`; returns the normed hidden (rows, H).
-
-        The caller has already set `cache.mask[..., column]` for every row.
-        """
-        if self.static:
-            # A slice of a device arange: building the index from a Python int would be a
-            # blocking host-to-device copy every step.
-            col = self._columns[column : column + 1]
-            return self._step(x, rope, cache.kv, cache.mask, col)
-        # Eager: attend over the filled columns only, which on a CPU is most of the saving.
-        end = column + 1
-        mask = cache.mask[..., :end]
-        for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(x, layer, rope)
-            keys, values = cache.kv[i, 0], cache.kv[i, 1]
-            keys[:, :, column:end].copy_(k)
-            values[:, :, column:end].copy_(v)
-            attn = self.attend(
-                q,
-                keys[:, :, :end],
-                values[:, :, :end],
-                attn_mask=mask,
-                scale=self.scaling,
-                enable_gqa=self.gqa,
-            )
-            x = self._finish_layer(x, attn, layer)
-        return self.final_norm(x[:, -1])
-
-    def _step_static(
-        self,
-        x: torch.Tensor,
-        rope: torch.Tensor,
-        kv: torch.Tensor,
-        mask: torch.Tensor,
-        col: torch.Tensor,
-    ) -> torch.Tensor:
-        # Shapes independent of the step (full cache length, column as a tensor), so a
-        # compiled graph is reused for all 576 steps.
-        for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(x, layer, rope)
-            kv[i, 0].index_copy_(2, col, k)
-            kv[i, 1].index_copy_(2, col, v)
-            attn = self.attend(
-                q, kv[i, 0], kv[i, 1], attn_mask=mask, scale=self.scaling, enable_gqa=self.gqa
-            )
-            x = self._finish_layer(x, attn, layer)
-        return self.final_norm(x[:, -1])

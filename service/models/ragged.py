@@ -1,11 +1,10 @@
 """A KV cache whose rows start at different times: the continuous engine's memory.
 
-`lm.KVCache` serves a batch that starts together: prompts are left-padded to the longest
-and every row writes decode column P + s at step s. Here each row owns its columns from
-0: a row's prompt of length p sits in columns [0, p) at positions 0..p-1, and its own
-decode steps write columns p, p+1, ... (position == column), whatever step the batch as a
-whole is at. So a row can join hundreds of steps after the others, and rows leave by
-compaction (the live rows are always the first `rows`, in admission order).
+Each row owns its columns from 0: a row's prompt of length p sits in columns [0, p) at
+positions 0..p-1, and its own decode steps write columns p, p+1, ... (position ==
+column), whatever step the batch as a whole is at. So a row can join hundreds of steps
+after the others, and rows leave by compaction (the live rows are always the first
+`rows`, in admission order).
 
 Attention per step: with `per_row` (batch-invariant mode) each row attends over exactly
 its own filled columns in a call of its own, shaped as when it is alone, so its numbers
@@ -15,9 +14,11 @@ cannot depend on its neighbours' lengths; otherwise one masked call over the lon
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from service.models.lm import LeanLM
+
+# With a compiled step, attention runs over the filled columns rounded up to this.
+LENGTH_BUCKET = 64
 
 
 class RaggedCache:
@@ -40,6 +41,8 @@ class RaggedCache:
 
     def reserve(self, rows: int, length: int) -> None:
         """Room for `rows` live rows of `length` columns (grows, copying the live rows)."""
+        if self.lm.compiled:  # room for the last length bucket
+            length = -(-length // LENGTH_BUCKET) * LENGTH_BUCKET
         have_rows, have_length = self.capacity
         if rows <= have_rows and length <= have_length:
             return
@@ -96,27 +99,38 @@ class RaggedCache:
         mask = self.mask[lo:hi]
         mask[rows, 0, 0, columns] = True
         lengths = [length + 1 for length in self.lengths[lo:hi]]
-        end = max(lengths)
-        for i, layer in enumerate(lm.layers):
-            q, k, v = lm._qkv(x, layer, rope)
-            keys, values = self.kv[i, 0, lo:hi], self.kv[i, 1, lo:hi]
-            keys[rows, :, columns] = k[:, :, 0]
-            values[rows, :, columns] = v[:, :, 0]
-            if self.per_row:
-                attn = torch.cat([
-                    lm.attend(
-                        q[r : r + 1], keys[r : r + 1, :, :length], values[r : r + 1, :, :length],
-                        attn_mask=mask[r : r + 1, ..., :length], scale=lm.scaling,
-                        enable_gqa=lm.gqa,
-                    )
-                    for r, length in enumerate(lengths)
-                ])
-            else:
-                attn = F.scaled_dot_product_attention(
-                    q, keys[:, :, :end], values[:, :, :end], attn_mask=mask[..., :end],
-                    scale=lm.scaling, enable_gqa=lm.gqa,
-                )
-            x = lm._finish_layer(x, attn, layer)
+        kv = self.kv[:, :, lo:hi]
+        if self.per_row:
+            x = self._per_row_layers(x, rope, kv, mask, rows, columns, lengths)
+        else:
+            end = max(lengths)
+            if lm.compiled:
+                # A length bucket: the compiled step sees a new cache length only every
+                # LENGTH_BUCKET steps (masked columns carry no weight).
+                end = min(-(-end // LENGTH_BUCKET) * LENGTH_BUCKET, self.kv.shape[4])
+            x = lm.decode_layers(x, rope, kv, mask[..., :end], rows, columns, end)
         self.positions[lo:hi] += 1
         self.lengths[lo:hi] = lengths
         return lm.final_norm(x[:, -1])
+
+    def _per_row_layers(self, x: torch.Tensor, rope: torch.Tensor, kv: torch.Tensor,
+                        mask: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor,
+                        lengths: list[int]) -> torch.Tensor:
+        """The batch-invariant layers: each row attends in a call of its own over exactly
+        its filled columns (never compiled: its shapes are the rows' own lengths)."""
+        lm = self.lm
+        for i, layer in enumerate(lm.layers):
+            q, k, v = lm.qkv(x, layer, rope)
+            keys, values = kv[i, 0], kv[i, 1]
+            keys[rows, :, columns] = k[:, :, 0]
+            values[rows, :, columns] = v[:, :, 0]
+            attn = torch.cat([
+                lm.attend(
+                    q[r : r + 1], keys[r : r + 1, :, :length], values[r : r + 1, :, :length],
+                    attn_mask=mask[r : r + 1, ..., :length], scale=lm.scaling,
+                    enable_gqa=lm.gqa,
+                )
+                for r, length in enumerate(lengths)
+            ])
+            x = lm.finish_layer(x, attn, layer)
+        return x

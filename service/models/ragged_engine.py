@@ -55,6 +55,7 @@ class RaggedEngine(EngineBase):
         self.jobs: dict[Key, Row] = {}  # admission order == cache order
         self.hidden = torch.empty(0, lm.hidden, dtype=lm.dtype, device=lm.device)
         self.steps_run = 0
+        self.stepping = 0
         self._layout_stale = True
 
     def _rows(self) -> dict[Key, Any]:
@@ -118,6 +119,7 @@ class RaggedEngine(EngineBase):
         if self._layout_stale:
             self._layout()
         started = time.monotonic()
+        self.stepping = len(self.jobs)  # the jobs of this step, those that leave in it too
         token, finished = self._sample()
         done = {k: live for k, live in self.jobs.items() if k in finished}
         if finished:

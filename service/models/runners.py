@@ -68,7 +68,7 @@ def load_runner(
 def runner_options(
     family: str,
     *,
-    compile: bool = False,
+    compile: bool | None = None,
     upsample_1024: bool = False,
     vae_path: str | None = None,
     batch_invariant: str = "auto",

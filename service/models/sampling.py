@@ -1,28 +1,10 @@
-"""Per-job sampling inside a batch, and the bookkeeping of which rows belong to which job."""
+"""Per-job sampling inside a batch: each job draws from its own generator into its own rows."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-
-
-class Rows:
-    """Which jobs are still in the batch, and the row span each one owns."""
-
-    def __init__(self, sizes: list[int]) -> None:
-        self.live = list(range(len(sizes)))
-        self.sizes = sizes
-
-    def spans(self) -> list[tuple[int, int, int]]:
-        out, start = [], 0
-        for k in self.live:
-            out.append((k, start, start + self.sizes[k]))
-            start += self.sizes[k]
-        return out
-
-    def total(self) -> int:
-        return sum(self.sizes[k] for k in self.live)
 
 
 def sample(
@@ -73,11 +55,6 @@ def multinomial(
         for r in range(start, end):
             token[r] = torch.multinomial(probs[r : r + 1], 1, generator=generator)[0, 0]
     return token
-
-
-def greedy_rows(jobs: list[Any], rows: Rows, device: torch.device) -> torch.Tensor | None:
-    flags = [jobs[k].temperature <= 0 for k, start, end in rows.spans() for _ in range(end - start)]
-    return torch.tensor(flags, device=device) if any(flags) else None
 
 
 def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

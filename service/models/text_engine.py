@@ -174,6 +174,6 @@ class TextEngine(RaggedEngine):
     def _result(self, live: Row, step_seconds: float) -> UnderstandResult:
         return UnderstandResult(text=self._text(live), stats={
             "prompt_tokens": int(live.job.embeds.shape[0]), "new_tokens": len(live.out),
-            "batch_jobs": len(self.jobs) + 1, "step_seconds": step_seconds,
+            "batch_jobs": self.stepping, "step_seconds": step_seconds,
             "seconds": round(time.monotonic() - live.started, 3)},
             **text_usage(live.job, len(live.out)))

@@ -1,24 +1,21 @@
-"""The Celery task: thin. It passes the job id to the executor and retries transient faults."""
+"""The Celery task: thin. A message wakes the worker's loop; transient faults retry it."""
 
 from __future__ import annotations
 
 from celery import Celery, Task
 
 from service.core.broker import RUN_JOB
-from service.workers.engine import EngineLoop
-from service.workers.executor import Executor, TransientError
+from service.workers.handler import TransientError
+from service.workers.loop import WorkerLoop
 
 MAX_TRANSIENT_RETRIES = 5
 
 
-def register_tasks(app: Celery, executor: Executor, loop: EngineLoop | None = None) -> None:
-    """`loop`: the continuous engine, which a message starts; None: the static path."""
-    handler = loop or executor
-
+def register_tasks(app: Celery, loop: WorkerLoop) -> None:
     @app.task(name=RUN_JOB, bind=True, max_retries=MAX_TRANSIENT_RETRIES)
     def run_job(self: Task, job_id: str) -> None:
         try:
-            handler.run(job_id)
+            loop.run(job_id)
         except TransientError as exc:
             # Short countdowns only: an ETA beyond the visibility timeout loops forever
             # on Redis (celery#2599).

@@ -28,10 +28,10 @@ from service.core.logs import adopt_library_logs, set_process_context
 from service.core.settings import Settings
 from service.core.storage import storage_from_settings
 from service.core.tables import Worker, utcnow
-from service.workers import metrics as worker_metrics
+from service.workers import worker_metrics
 from service.workers.cancels import CancelWatch
-from service.workers.engine import EngineLoop
-from service.workers.executor import Executor
+from service.workers.handler import JobHandler
+from service.workers.loop import WorkerLoop
 from service.workers.tasks import register_tasks
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,11 @@ def run_worker(
     hostname: str | None = None,
     loglevel: str = "INFO",
     metrics_port: int = 0,
-    compile: bool = False,
+    compile: bool | None = None,
     upsample_1024: bool = False,
 ) -> None:
     from service.models.catalog import CheckpointError, family_of
+    from service.models.engine import size_slots
     from service.models.runners import load_runner, runner_options
 
     if model_id not in settings.models:
@@ -97,26 +98,20 @@ def run_worker(
     set_process_context(worker_id=worker_id)
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    executor = Executor(
-        settings, sessions, storage_from_settings(settings), runner, model_id, worker_id, max_batch
-    )
-    executor.events = event_log(settings)
-    announce_on_commit(sessions, executor.events)  # started and terminal statuses
-    CancelWatch(executor.events, worker_id).start()  # cancels pushed to this worker
+    handler = JobHandler(settings, sessions, storage_from_settings(settings), model_id,
+                         worker_id)
+    handler.events = event_log(settings)
+    announce_on_commit(sessions, handler.events)  # started and terminal statuses
+    CancelWatch(handler.events, worker_id).start()  # cancels pushed to this worker
     app = make_celery(settings)
-    executor.wake = lambda: _wake(app, settings, model_id)
-    loop = None
-    if settings.engine == "continuous":
-        from service.models.engine import size_slots
-
-        slots, why = size_slots(runner, device, max_batch, settings.engine_memory_fraction)
-        log.info("continuous engine: %s; claims every %d steps", why,
-                 settings.engine_admit_every)
-        loop = EngineLoop(executor, slots, settings.engine_admit_every)
-        # A warm shutdown lets the running rows finish but admits nothing more; without
-        # this the loop would keep claiming while anything is queued.
-        worker_shutting_down.connect(lambda **_: loop.stop(), weak=False)
-    register_tasks(app, executor, loop)
+    handler.wake = lambda: _wake(app, settings, model_id)
+    slots, why = size_slots(runner, device, max_batch, settings.engine_memory_fraction)
+    log.info("engine: %s; claims every %d steps", why, settings.engine_admit_every)
+    loop = WorkerLoop(handler, runner, slots, settings.engine_admit_every)
+    # A warm shutdown lets the running rows finish but admits nothing more; without
+    # this the loop would keep claiming while anything is queued.
+    worker_shutting_down.connect(lambda **_: loop.stop(), weak=False)
+    register_tasks(app, loop)
 
     with session_scope(sessions) as session:
         session.merge(

@@ -14,7 +14,7 @@ together share one pass of the image tower (`JobBuilder.text_jobs`).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from PIL import Image
@@ -24,21 +24,19 @@ from service.models.base import (
     UnderstandRequest,
 )
 from service.models.engine import Deferred, Key
+from service.models.janus_pro.runner import JanusProRunner, to_pil
 from service.models.preview import due, thumbnail
 from service.models.ragged_engine import RaggedEngine, Row
 from service.models.sampling import sample
 from service.models.text_engine import TextEngine, TextJob
-
-if TYPE_CHECKING:
-    from service.models.janus_pro.runner import JanusProRunner
 
 
 class ImageEngine(RaggedEngine):
     request_type = GenerateRequest
 
     def __init__(self, runner: JanusProRunner, slots: int) -> None:
-        assert runner.decoder is not None, "load() the runner first"
-        super().__init__(runner.decoder.lm, "generate", slots, runner.batch_invariant)
+        assert runner.lm is not None, "load() the runner first"
+        super().__init__(runner.lm, "generate", slots, runner.batch_invariant)
         self.runner = runner
         self.steps = runner.num_image_tokens
         self.head = runner.model.model.generation_head
@@ -46,7 +44,7 @@ class ImageEngine(RaggedEngine):
         self._filler: int | None = None  # the preview's token for positions not produced yet
 
     def _prepare(self, key: Key, request: GenerateRequest) -> Row:
-        job = self.runner._image_job(0, request)
+        job = self.runner.image_job(request)
         guided = job.guidance != 1.0
         n = job.num_images
         ids = torch.stack([job.cond_ids, job.uncond_ids]) if guided else job.cond_ids[None]
@@ -85,7 +83,7 @@ class ImageEngine(RaggedEngine):
         pending = torch.arange(self.steps, device=pixels.device) >= len(so_far)
         mask = pending.view(grid, grid).repeat_interleave(patch, 0).repeat_interleave(patch, 1)
         pixels[: mask.shape[0], : mask.shape[1]][mask] = 0.0  # 0 is mid-grey in [-1, 1]
-        return thumbnail(self.runner._to_pil(pixels[None])[0])
+        return thumbnail(to_pil(pixels[None])[0])
 
     def _layout(self) -> None:
         """Per-step index tensors, rebuilt only when rows join or leave."""
@@ -119,8 +117,10 @@ class ImageEngine(RaggedEngine):
         self._layout_stale = False
 
     def _sample(self) -> tuple[torch.Tensor, set[Key]]:
-        # DeepSeek's guidance, uncond + g * (cond - uncond), mixed before the head's last
-        # (affine) layer as `JanusDecoder._guided_logits` does; g == 1 rows take cond as is.
+        # DeepSeek's guidance, uncond + g * (cond - uncond), over the full codebook (no
+        # top-k). The head is proj_out -> activation -> vision_head and its last layer is
+        # affine, so mixing the activations before it gives the same logits for half the
+        # rows through the head's largest matrix; g == 1 rows take cond as is.
         act = self.head.activation_fn(self.head.proj_out(self.hidden)).float()
         cond, uncond = act[self.cond_idx], act[self.uncond_idx]
         mixed = torch.where(self.guided, uncond + (cond - uncond) * self.guidance, cond)
@@ -140,17 +140,16 @@ class ImageEngine(RaggedEngine):
     def _result(self, live: Row, step_seconds: float) -> Any:
         job, tokens = live.job, live.tokens
         stats = {"prompt_tokens": len(job.cond_ids), "image_tokens": self.steps * job.num_images,
-                 "batch_jobs": len(self.jobs) + 1, "step_seconds": step_seconds}
-        decode = Deferred(lambda control: self.runner._decode_images(
+                 "batch_jobs": self.stepping, "step_seconds": step_seconds}
+        decode = Deferred(lambda control: self.runner.decode_images(
             job, tokens, control, stats, live.started))
         return decode if self.defer else decode.finish()
 
 
 class JanusTextEngine(TextEngine):
     def __init__(self, runner: JanusProRunner, slots: int) -> None:
-        decoder = runner.decoder
-        assert decoder is not None, "load() the runner first"
-        super().__init__(decoder.lm, slots, head=runner.model.lm_head, eos=decoder.eos_token_id,
+        assert runner.lm is not None, "load() the runner first"
+        super().__init__(runner.lm, slots, head=runner.model.lm_head, eos=runner.eos_token_id,
                          tokenizer=runner.processor.tokenizer, per_row=runner.batch_invariant)
         self.runner = runner
 

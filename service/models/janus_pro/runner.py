@@ -1,10 +1,10 @@
-"""Janus-1.3B / Janus-Pro-1B/7B: transformers' Janus modules, our own batched decode loops.
+"""Janus-1.3B / Janus-Pro-1B/7B: transformers' Janus modules, our own continuous engines.
 
-The worker hands over up to `--max-batch` compatible jobs at once; they run as one batch
-through `decode` (one forward pass per step for every job, each job with its own
-generator). Requests become jobs in `jobs`; both checkpoint layouts load
-(`loading`). Out-of-memory splits the batch (`oom.run_split_on_oom`), and images are
-VQ-decoded a few at a time.
+Jobs run in the engines of `janus_pro.engine` (image rows and text rows join and leave
+between steps, each job with its own generator) over the lean Llama step (`lm`).
+Requests become jobs in `jobs`; both checkpoint layouts load (`loading`). A finished
+job's images are VQ-decoded a few at a time (`decode_images`; a chunk out of memory is
+split).
 """
 
 from __future__ import annotations
@@ -22,24 +22,16 @@ from service.models.base import (
     GenerateResult,
     ModelError,
     ModelRunner,
-    NullControl,
-    OutOfMemory,
     RunControl,
     UnderstandRequest,
-    UnderstandResult,
 )
+from service.models.engine import run_batch
 from service.models.invariance import make_batch_invariant, serial_activations
-from service.models.janus_pro.decode import JanusDecoder
-from service.models.janus_pro.jobs import DECODE_CHUNK, ImageJob, JobBuilder
+from service.models.janus_pro.job_builder import DECODE_CHUNK, ImageJob, JobBuilder
 from service.models.janus_pro.layout import use_channels_last
 from service.models.lm import LeanLM
 from service.models.oom import run_split_on_oom
 from service.models.prompts import format_of
-from service.models.text_engine import TextJob, text_usage
-
-# On a GPU, cancellation (and end-of-text) is checked every this many steps: each check is
-# host work the device would otherwise not wait for.
-CUDA_POLL_EVERY = 8
 
 
 class JanusProRunner(ModelRunner):
@@ -52,7 +44,7 @@ class JanusProRunner(ModelRunner):
         self,
         path: str,
         device: str = "cpu",
-        compile: bool = False,
+        compile: bool | None = None,
         family: str = catalog.JANUS_PRO,
         batch_invariant: bool | None = None,
     ) -> None:
@@ -62,13 +54,13 @@ class JanusProRunner(ModelRunner):
         self.family = family
         self.model: Any = None
         self.processor: Any = None
-        self.decoder: JanusDecoder | None = None
+        self.lm: LeanLM | None = None  # the LLM's decode step, for both engines
+        self.eos_token_id = 0
         self.cuda = device.startswith("cuda")
         self.dtype = torch.bfloat16 if self.cuda else torch.float32
-        # torch.compile targets GPU launch overhead. On a CPU the compiled fixed-shape step
-        # (full-length attention) measured 5x slower than the eager step that attends over
-        # filled columns only (tiny 384 px checkpoint, 4 jobs), so the flag is ignored there.
-        self.compile = compile and self.cuda
+        # None: on for CUDA (the step is launch-bound there), off for CPUs
+        # (bench/generate.py --compile measures it).
+        self.compile = self.cuda if compile is None else compile
         # None: off. One product per row costs +80% to +430% here on CPUs (bench/RESULTS.md,
         # bench/invariance.py), and the sampled tokens held without it in every batch tested.
         self.batch_invariant = bool(batch_invariant)
@@ -101,27 +93,21 @@ class JanusProRunner(ModelRunner):
         self.max_positions = config.text_config.max_position_embeddings
         prompts = format_of(self.family)
         self.jobs = JobBuilder(model, processor, self.device, self.dtype, prompts)
-        self.decoder = JanusDecoder(
-            model,
-            LeanLM(model.model.language_model, compile_step=self.compile,
-                   batch_invariant=self.batch_invariant),
-            self.num_image_tokens,
-            eos_token_id=processor.tokenizer.eos_token_id,
-            poll_every=CUDA_POLL_EVERY if self.cuda else 1,
-        )
-        self.decoder.detokenize = lambda ids: processor.tokenizer.decode(
-            ids, skip_special_tokens=True)
+        self.lm = LeanLM(model.model.language_model, batch_invariant=self.batch_invariant)
+        if self.compile and not self.batch_invariant:
+            # (The invariant mode's per-row attention has the rows' own shapes: eager.)
+            self.lm.compile()
+        self.eos_token_id = processor.tokenizer.eos_token_id
 
     def warmup(self) -> None:
-        # Two prompts of different lengths: padding, per-job sampling, and (when compiled)
-        # the dynamic-shape graph all get exercised before the first real job.
-        self.understand([UnderstandRequest(Image.new("RGB", (32, 32)), "hi", max_new_tokens=2)])
-        self.generate(
-            [
-                GenerateRequest("warm-up", seed=1),
-                GenerateRequest("a longer warm-up prompt", seed=2, temperature=0.0),
-            ]
-        )
+        # Two prompts of different lengths: ragged rows, per-job sampling and greedy rows
+        # all get exercised before the first real job.
+        run_batch(self, "understand",
+                  [UnderstandRequest(Image.new("RGB", (32, 32)), "hi", max_new_tokens=2)])
+        run_batch(self, "generate", [
+            GenerateRequest("warm-up", seed=1),
+            GenerateRequest("a longer warm-up prompt", seed=2, temperature=0.0),
+        ])
 
     def defaults(self) -> dict[str, dict[str, Any]]:
         values = catalog.defaults_of(self.family)
@@ -135,7 +121,8 @@ class JanusProRunner(ModelRunner):
         tokens), whichever is larger, plus 25% for the step's activations."""
         from service.models.engine import SIZING_PROMPT_TOKENS, kv_bytes_per_token
 
-        lm = self.decoder.lm  # type: ignore[union-attr]
+        lm = self.lm
+        assert lm is not None, "load() the runner first"
         per_token = kv_bytes_per_token(lm.num_layers, lm.kv_heads, lm.head_dim,
                                        lm.dtype.itemsize)
         image = 2 * (SIZING_PROMPT_TOKENS + self.num_image_tokens)
@@ -148,80 +135,13 @@ class JanusProRunner(ModelRunner):
 
         return ImageEngine(self, slots) if task == "generate" else JanusTextEngine(self, slots)
 
-    # -- helpers -----------------------------------------------------------------------
+    # -- decoding ----------------------------------------------------------------------
 
-    def _prepare(self, batch: list[Any], control: RunControl, prepare: Any) -> tuple[list, list]:
-        """Per-request validation; failures become that request's result, not the batch's."""
-        results: list[Any] = [None] * len(batch)
-        jobs = []
-        for i, req in enumerate(batch):
-            try:
-                if control.should_stop(i):
-                    raise Canceled("canceled before start")
-                jobs.append(prepare(i, req))
-            except ModelError as e:
-                results[i] = e
-            except torch.OutOfMemoryError as e:  # the image tower of an understanding job
-                results[i] = OutOfMemory(str(e).splitlines()[0] if str(e) else "out of memory")
-            except Exception as e:
-                results[i] = ModelError(str(e) or type(e).__name__)
-        return results, jobs
+    def image_job(self, request: GenerateRequest) -> ImageJob:
+        """A generation request checked and tokenized (its error refuses it alone)."""
+        return self.jobs.image_job(0, request, self.defaults()["generate"])  # type: ignore[union-attr]
 
-    @staticmethod
-    def _to_pil(pixels: torch.Tensor) -> list[Image.Image]:
-        """(N, H, W, C) VQ decoder output in [-1, 1] -> RGB images, as DeepSeek's `unpack`:
-        `np.clip((dec + 1) / 2 * 255, 0, 255)` stored into a uint8 array, which truncates."""
-        rgb = ((pixels.float() + 1) / 2 * 255).clamp(0, 255).to(torch.uint8)
-        return [Image.fromarray(a).convert("RGB") for a in rgb.cpu().numpy()]
-
-    # -- generate ----------------------------------------------------------------------
-
-    def generate(
-        self, batch: list[GenerateRequest], control: RunControl | None = None
-    ) -> list[GenerateResult | ModelError]:
-        control = control or NullControl()
-        results, jobs = self._prepare(batch, control, self._image_job)
-        if jobs:
-            outcome = run_split_on_oom(lambda js: self._generate_jobs(js, control, len(jobs)), jobs)
-            for job, result in zip(jobs, outcome, strict=True):
-                results[job.index] = result
-        return results
-
-    def _image_job(self, index: int, req: GenerateRequest) -> ImageJob:
-        return self.jobs.image_job(index, req, self.defaults()["generate"])
-
-    def _generate_jobs(
-        self, jobs: list[ImageJob], control: RunControl, offered: int
-    ) -> list[GenerateResult | ModelError]:
-        started = time.monotonic()
-        with torch.inference_mode():
-            tokens = self.decoder.image_tokens(jobs, control)
-        seconds = time.monotonic() - started
-        results: list[GenerateResult | ModelError] = []
-        for job, out in zip(jobs, tokens, strict=True):
-            if isinstance(out, ModelError):
-                results.append(out)
-                continue
-            results.append(
-                self._decode_images(
-                    job,
-                    out,
-                    control,
-                    {
-                        "prompt_tokens": len(job.cond_ids),
-                        "image_tokens": self.num_image_tokens * job.num_images,
-                        "batch_jobs": len(jobs),
-                        "batch_offered": offered,
-                        "decode_seconds": round(seconds, 3),
-                        # mean time of one step of the shared loop (the batch's, not the job's)
-                        "step_seconds": seconds / self.num_image_tokens,
-                    },
-                    started,
-                )
-            )
-        return results
-
-    def _decode_images(
+    def decode_images(
         self,
         job: ImageJob,
         tokens: torch.Tensor,
@@ -229,6 +149,8 @@ class JanusProRunner(ModelRunner):
         stats: dict[str, Any],
         started: float,
     ) -> GenerateResult | ModelError:
+        """A finished job's image tokens -> its images, `DECODE_CHUNK` per VQ decoder call,
+        under `control` (a stop between chunks cancels; progress runs on to 1)."""
         images: list[Image.Image] = []
         for n, start in enumerate(range(0, len(tokens), DECODE_CHUNK)):
             if control.should_stop(job.index):
@@ -247,50 +169,11 @@ class JanusProRunner(ModelRunner):
 
     def _decode_rows(self, rows: list[torch.Tensor]) -> list[Image.Image]:
         with torch.inference_mode():
-            pixels = self.model.decode_image_tokens(torch.stack(rows))
-            return self._to_pil(pixels)
+            return to_pil(self.model.decode_image_tokens(torch.stack(rows)))
 
-    # -- understand --------------------------------------------------------------------
 
-    def understand(
-        self, batch: list[UnderstandRequest], control: RunControl | None = None
-    ) -> list[UnderstandResult | ModelError]:
-        control = control or NullControl()
-        results, jobs = self._prepare(batch, control, self._text_job)
-        if jobs:
-            outcome = run_split_on_oom(lambda js: self._understand_jobs(js, control), jobs)
-            for job, result in zip(jobs, outcome, strict=True):
-                results[job.index] = result
-        return results
-
-    def _text_job(self, index: int, req: UnderstandRequest) -> TextJob:
-        return self.jobs.text_job(index, req, self.defaults()["understand"])
-
-    def _understand_jobs(
-        self, jobs: list[TextJob], control: RunControl
-    ) -> list[UnderstandResult | ModelError]:
-        started = time.monotonic()
-        with torch.inference_mode():
-            outputs = self.decoder.text_tokens(jobs, control)
-        seconds = round(time.monotonic() - started, 3)
-        results: list[UnderstandResult | ModelError] = []
-        for job, out in zip(jobs, outputs, strict=True):
-            if isinstance(out, ModelError):
-                results.append(out)
-                continue
-            answer = self.processor.tokenizer.decode(out, skip_special_tokens=True).strip()
-            control.report_progress(job.index, 1.0)  # an early end-of-sentence finishes too
-            results.append(
-                UnderstandResult(
-                    text=answer,
-                    stats={
-                        "prompt_tokens": int(job.embeds.shape[0]),
-                        "new_tokens": len(out),
-                        "batch_jobs": len(jobs),
-                        "seconds": seconds,
-                    },
-                    **text_usage(job, len(out)),
-                )
-            )
-        return results
-
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """(N, H, W, C) VQ decoder output in [-1, 1] -> RGB images, as DeepSeek's `unpack`:
+    `np.clip((dec + 1) / 2 * 255, 0, 255)` stored into a uint8 array, which truncates."""
+    rgb = ((pixels.float() + 1) / 2 * 255).clamp(0, 255).to(torch.uint8)
+    return [Image.fromarray(a).convert("RGB") for a in rgb.cpu().numpy()]

@@ -51,7 +51,7 @@ class FlowEngine(EngineBase):
         return self.jobs
 
     def _prepare(self, key: Key, request: GenerateRequest) -> FlowJob:
-        job = self.runner._flow_job(0, request)
+        job = self.runner.flow_job(request)
         self.sampler.start(job)  # type: ignore[union-attr]
         if job.unconditional and self._bos is None:
             self._bos = self.sampler.bos_prefix()  # type: ignore[union-attr]
@@ -96,6 +96,7 @@ class FlowEngine(EngineBase):
         if not self.jobs:
             return []
         started = time.monotonic()
+        stepping = len(self.jobs)  # the jobs of this step, those that leave in it too
         failed = self._advance(list(self.jobs.items()))
         step_seconds = time.monotonic() - started
         self.steps_run += 1
@@ -107,7 +108,7 @@ class FlowEngine(EngineBase):
             if job.done < job.steps:
                 continue
             stats = {"prompt_tokens": len(job.prompt_ids), "steps": job.steps,
-                     "guidance": job.guidance, "batch_jobs": len(self.jobs),
+                     "guidance": job.guidance, "batch_jobs": stepping,
                      "step_seconds": step_seconds}
             decode = Deferred(partial(self._decode, job.z, stats, self.started[key]))
             self.drop(key)  # the latents live on in `decode` alone

@@ -3,8 +3,9 @@
 Understanding: SigLIP-L/16 at 384 px -> aligner -> Llama writes the answer, sampled like
 the published demo (temperature 0.1, top-p 0.95, at most 512 new tokens by default) and
 seeded per job, on the continuous text engine (`understand`), whose decode runs the
-Llama's weights through `lm.LeanLM` as Janus-Pro's does. Generation: the batched
-rectified-flow ODE and SDXL-VAE decode of `sampler`. Loading: `load` (strict, by key).
+Llama's weights through `lm.LeanLM` as Janus-Pro's does. Generation: the continuous
+rectified-flow engine (`engine`) over `sampler`'s ODE step and SDXL-VAE decode.
+Loading: `load` (strict, by key).
 
 The VAE is not part of the checkpoint: it comes from `vae_path` (the worker passes the
 `JANUS_VAE_PATH` setting; default `stabilityai/sdxl-vae`), except that a checkpoint
@@ -13,7 +14,6 @@ directory with its own `vae/` (the tiny test checkpoints) uses that.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -21,20 +21,8 @@ import torch
 from PIL import Image
 
 from service.models import catalog
-from service.models.base import (
-    Canceled,
-    GenerateRequest,
-    GenerateResult,
-    InvalidInput,
-    ModelError,
-    ModelRunner,
-    NullControl,
-    OutOfMemory,
-    RunControl,
-    UnderstandRequest,
-    UnderstandResult,
-)
-from service.models.engine import run_to_completion
+from service.models.base import GenerateRequest, InvalidInput, ModelRunner, UnderstandRequest
+from service.models.engine import run_batch
 from service.models.invariance import make_batch_invariant
 from service.models.janusflow.attention import ATTN_IMPLEMENTATION, ATTN_INVARIANT
 from service.models.janusflow.config import BOI, BOS, EOI, EOS, IMAGE, PAD, SPECIAL_TOKENS
@@ -146,8 +134,9 @@ class JanusFlowRunner(ModelRunner):
         return values
 
     def warmup(self) -> None:
-        self.understand([UnderstandRequest(Image.new("RGB", (32, 32)), "hi", max_new_tokens=2)])
-        self.generate([GenerateRequest("warm-up", num_images=1, steps=2)])
+        run_batch(self, "understand",
+                  [UnderstandRequest(Image.new("RGB", (32, 32)), "hi", max_new_tokens=2)])
+        run_batch(self, "generate", [GenerateRequest("warm-up", num_images=1, steps=2)])
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -174,18 +163,10 @@ class JanusFlowRunner(ModelRunner):
         messages = [replace(m, content=self.clean(m.content)) for m in req.messages]
         return self.encode(JANUSFLOW_FORMAT.understanding(self.clean(req.question), messages))
 
-    def _failure(self, e: Exception) -> ModelError:
-        if isinstance(e, ModelError):
-            return e
-        if isinstance(e, torch.OutOfMemoryError):
-            if self.device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            return OutOfMemory(str(e) or "out of memory")
-        return ModelError(str(e) or type(e).__name__)
-
     # -- generate ---------------------------------------------------------------------
 
-    def _flow_job(self, index: int, req: GenerateRequest) -> FlowJob:
+    def flow_job(self, req: GenerateRequest) -> FlowJob:
+        """A generation request checked and tokenized (its error refuses it alone)."""
         d = self.defaults()["generate"]
         steps = d["steps"] if req.steps is None else int(req.steps)
         guidance = d["guidance"] if req.guidance is None else float(req.guidance)
@@ -199,22 +180,7 @@ class JanusFlowRunner(ModelRunner):
         room = self.max_positions - 1 - self.sampler.image_tokens  # type: ignore[union-attr]
         if len(ids) > room:
             raise InvalidInput(f"prompt too long: {len(ids)} tokens; at most {room} fit")
-        return FlowJob(index, ids, req.num_images, steps, guidance, int(req.seed))
-
-    def _sample(self, jobs: list[FlowJob], control: RunControl) -> dict[int, Any]:
-        """The sampler over `jobs`; out of memory splits the batch, so that only a job that
-        cannot run alone fails."""
-        message = ""
-        try:
-            return self.sampler.run(jobs, control)  # type: ignore[union-attr]
-        except torch.OutOfMemoryError as e:
-            message = str(e) or "out of memory"
-        if self.device.startswith("cuda"):  # outside the except: its frames are gone now
-            torch.cuda.empty_cache()
-        if len(jobs) == 1:
-            return {jobs[0].index: OutOfMemory(message)}
-        half = len(jobs) // 2
-        return {**self._sample(jobs[:half], control), **self._sample(jobs[half:], control)}
+        return FlowJob(ids, req.num_images, steps, guidance, int(req.seed))
 
     def decode(self, z: torch.Tensor) -> list[Image.Image]:
         """Final latents of one job -> its images, a few per VAE call (a call out of
@@ -254,56 +220,3 @@ class JanusFlowRunner(ModelRunner):
         from service.models.janusflow.understand import FlowTextEngine
 
         return FlowTextEngine(self, slots)
-
-    def generate(
-        self, batch: list[GenerateRequest], control: RunControl | None = None
-    ) -> list[GenerateResult | ModelError]:
-        control = control or NullControl()
-        started = time.monotonic()
-        results: list[Any] = [None] * len(batch)
-        jobs: list[FlowJob] = []
-        for i, req in enumerate(batch):
-            try:
-                if control.should_stop(i):
-                    raise Canceled("canceled before start")
-                jobs.append(self._flow_job(i, req))
-            except Exception as e:
-                results[i] = self._failure(e)
-        latents: dict[int, Any] = {}
-        if jobs:
-            try:
-                latents = self._sample(jobs, control)
-            except Exception as e:  # a fault of the batch as a whole
-                latents = {job.index: self._failure(e) for job in jobs}
-        ode_seconds = round(time.monotonic() - started, 3)
-        for job in jobs:
-            z = latents[job.index]
-            if isinstance(z, ModelError):
-                results[job.index] = z
-                continue
-            try:
-                decode_started = time.monotonic()
-                images = self.decode(z)
-                control.report_progress(job.index, 1.0)
-                results[job.index] = GenerateResult(images=images, stats={
-                    "prompt_tokens": len(job.prompt_ids), "steps": job.steps,
-                    "guidance": job.guidance, "batch_jobs": len(jobs),
-                    "ode_seconds": ode_seconds,
-                    "step_seconds": ode_seconds / max(1, job.steps),
-                    "vae_seconds": round(time.monotonic() - decode_started, 3),
-                    "seconds": round(time.monotonic() - started, 3),
-                })
-            except Exception as e:
-                results[job.index] = self._failure(e)
-        return results
-
-    # -- understand -------------------------------------------------------------------
-
-    def understand(
-        self, batch: list[UnderstandRequest], control: RunControl | None = None
-    ) -> list[UnderstandResult | ModelError]:
-        # Run to completion on the engine itself: a job's answer is the same either way.
-        if not batch:
-            return []
-        engine = self.open_engine("understand", len(batch))
-        return run_to_completion(engine, batch, control or NullControl())

@@ -10,8 +10,7 @@ demo; the SDXL VAE decodes z / scaling_factor at the end.
 Batching (one loop, per-row step schedules): each job keeps its own clock; after k of its
 N steps it uses t = k / N and it leaves the batch after its N-th step, so jobs with
 different `steps`, guidance, image counts and start steps share every LLM call while they
-last (`run` starts them together; the continuous engine, `janusflow.engine`, lets them
-join between steps). A job whose control says stop leaves at the next step boundary.
+last (the continuous engine, `janusflow.engine`, lets them join between steps).
 Rows are laid out as every job's conditional rows, then the unconditional rows of jobs
 with guidance != 1 (guidance 1 needs no unconditional pass).
 
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from service.models.base import Canceled, ModelError, RunControl
+from service.models.base import ModelError
 from service.models.janusflow.attention import KV, Group, Plan
 from service.models.janusflow.modules import JanusFlowModel
 from service.models.oom import run_split_on_oom
@@ -40,7 +39,6 @@ from service.models.oom import run_split_on_oom
 
 @dataclass
 class FlowJob:
-    index: int  # position in the caller's batch (for the control)
     prompt_ids: list[int]  # BOS + prompt, up to and excluding <begin_of_image>
     num_images: int
     steps: int
@@ -76,7 +74,7 @@ class FlowSampler:
         self.device, self.dtype = torch.device(device), dtype
         self.reuse_prefix_kv = reuse_prefix_kv
         self.channels = model.config.gen_enc.input_channels
-        self._bos: list[KV] | None = None  # the unconditional rows' prefix, during `run`
+        self._bos: list[KV] | None = None  # the unconditional rows' prefix, during `advance`
 
     @property
     def image_tokens(self) -> int:
@@ -191,36 +189,6 @@ class FlowSampler:
             job.z = job.z + vj * (1.0 / job.steps)
             job.done += 1
         self._bos = None
-
-    @torch.inference_mode()
-    def run(
-        self, jobs: list[FlowJob], control: RunControl
-    ) -> dict[int, torch.Tensor | ModelError]:
-        """Final latents (float32) per job index, or `Canceled`."""
-        results: dict[int, torch.Tensor | ModelError] = {}
-        for job in jobs:
-            self.start(job)
-        bos = self.bos_prefix() if any(j.unconditional for j in jobs) else None
-        active = list(jobs)
-        while active:
-            for job in list(active):
-                if control.should_stop(job.index):
-                    results[job.index] = Canceled(f"canceled after {job.done} of {job.steps} steps")
-                    active.remove(job)
-            if not active:
-                break
-            self.advance(active, bos)
-            for job in active:
-                # The VAE decode is the last share of the job's progress.
-                control.report_progress(
-                    job.index, job.done / (job.steps + 1), job.done, job.steps + 1
-                )
-                if job.done == job.steps:
-                    results[job.index] = job.z  # type: ignore[assignment]
-            active = [j for j in active if j.steps > j.done]
-        for job in jobs:
-            job.z = job.prefix = None
-        return results
 
 
 @torch.inference_mode()

@@ -1,8 +1,9 @@
-"""What a worker does with one message: claim, run the model, store outputs, finish.
+"""What the worker's loop needs from job handling: claim, build requests, complete, release.
 
-The message is only a wake-up carrying a job id. The job is claimed in SQL
-(with a lease), compatible queued jobs may join it in one batch, outputs are
-written under the job's own keys, and the terminal state is committed last.
+A broker message is only a wake-up. Jobs are claimed in SQL (with a lease) by the loop
+(`service.workers.loop`), which runs them in the model's engines; this object turns a
+claimed row into the runner's request, and an engine's result into stored outputs and
+the job's terminal state, committed last. It knows nothing of engines or steps.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.core.db import session_scope
 from service.core.events import EventLog
 from service.core.images import open_rgb
-from service.core.logs import job_fields, log_context
+from service.core.logs import log_context
 from service.core.settings import Settings
 from service.core.storage import Storage, StorageError
 from service.core.tables import Job, utcnow
@@ -32,12 +33,11 @@ from service.models.base import (
     GenerateResult,
     InvalidInput,
     ModelError,
-    ModelRunner,
     Turn,
     UnderstandRequest,
     UnderstandResult,
 )
-from service.workers import metrics as worker_metrics
+from service.workers import worker_metrics
 from service.workers.lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
@@ -48,36 +48,18 @@ class TransientError(Exception):
 
 
 @dataclass
-class Executor:
+class JobHandler:
     settings: Settings
     sessions: sessionmaker[Session]
     storage: Storage
-    runner: ModelRunner
     model_id: str
     worker_id: str
-    max_batch: int = 1
-    # Publishes one wake-up for this model. Set by the worker; the executor only
-    # decides when (see `_keep_draining`).
+    # Publishes one wake-up for this model. Set by the worker; the handler only
+    # decides when (see `keep_draining`).
     wake: Callable[[], None] | None = None
     events: EventLog | None = None  # live job events (progress, text); set by the worker
 
-    def run(self, job_id: str) -> None:
-        try:
-            batch = self._claim(job_id)
-        except OperationalError as exc:
-            raise TransientError(f"database: {exc}") from exc
-        if not batch:
-            return
-        started = time.monotonic()
-        try:
-            with log_context(**job_fields([job.id for job in batch])):
-                self._run_batch(batch, started)
-        except (StorageError, OperationalError) as exc:
-            self._release([job.id for job in batch])
-            raise TransientError(str(exc)) from exc
-        self._keep_draining()
-
-    def _keep_draining(self) -> None:
+    def keep_draining(self) -> None:
         """Publish the next wake-up while queued jobs remain.
 
         A bulk upload publishes only a few wake-ups, not one per line; each run
@@ -93,32 +75,26 @@ class Executor:
         if more:
             self.wake()
 
-    # -- claiming ---------------------------------------------------------------
-    def _claim(self, job_id: str, limit: int | None = None) -> list[Job]:
-        """Claim up to `limit` (default `max_batch`) queued jobs; those whose deadline has
-        passed are finished canceled here and not returned."""
-        s = self.settings
+    def claim(self, limit: int) -> list[Job]:
+        """Claim up to `limit` queued jobs of one task; those whose deadline has passed are
+        finished canceled here and not returned."""
         with session_scope(self.sessions) as session:
             claimed = claims.claim_next(
                 session=session,
                 model=self.model_id,
                 worker_id=self.worker_id,
-                lease_seconds=s.lease_seconds,
-                limit=self.max_batch if limit is None else limit,
+                lease_seconds=self.settings.lease_seconds,
+                limit=limit,
             )
-        if not claimed:
-            if job_id:
-                log.info("message %s: no queued job left for %s", job_id, self.model_id)
-            return []
         batch = []
         for job in claimed:
             if job.deadline_at is not None and job.deadline_at <= utcnow():
-                self._finish(job.id, JobStatus.CANCELED, error=deadline_error())
+                self.finish(job.id, JobStatus.CANCELED, error=deadline_error())
             else:
                 batch.append(job)
         return batch
 
-    def _release(self, job_ids: list[str]) -> None:
+    def release(self, job_ids: list[str]) -> None:
         """Back to the queue now, not at lease expiry (a fault that is not theirs)."""
         try:
             with session_scope(self.sessions) as session:
@@ -128,47 +104,7 @@ class Executor:
             log.warning("could not release %d job(s) (%s); their leases will expire",
                         len(job_ids), exc)
 
-    # -- running ----------------------------------------------------------------
-    def _run_batch(self, batch: list[Job], started: float) -> None:
-        task = batch[0].task
-        runnable: list[Job] = []
-        requests: list[Any] = []
-        for job in batch:
-            try:
-                requests.append(self._request(job))
-                runnable.append(job)
-            except ModelError as exc:
-                error = {"code": exc.code, "message": str(exc)}
-                self._finish(job.id, JobStatus.FAILED, error=error)
-        if not runnable:
-            return
-        keeper = LeaseKeeper(
-            self.sessions,
-            self.worker_id,
-            self.settings.lease_seconds,
-            [j.id for j in runnable],
-            [j.deadline_at for j in runnable],
-            self.events,
-            self.settings.events_progress_seconds,
-        )
-        log.info("running %d %s job(s): %s", len(runnable), task, [j.id for j in runnable])
-        with keeper:
-            try:
-                if task == "generate":
-                    results = self.runner.generate(requests, keeper)
-                else:
-                    results = self.runner.understand(requests, keeper)
-            except Exception as exc:  # a runner bug must still end every job, not hang it
-                log.exception("runner failed on the whole batch")
-                results = [ModelError(f"{type(exc).__name__}: {exc}") for _ in runnable]
-        elapsed = round(time.monotonic() - started, 3)
-        worker_metrics.record_batch(self.model_id, task, results, elapsed)
-        for index, (job, result) in enumerate(zip(runnable, results, strict=True)):
-            if job.id in keeper.lost:
-                continue  # another worker owns it now
-            self._complete(job, index, result, keeper, elapsed)
-
-    def _request(self, job: Job) -> GenerateRequest | UnderstandRequest:
+    def request(self, job: Job) -> GenerateRequest | UnderstandRequest:
         data = job.input
         if job.task == "generate":
             return GenerateRequest(
@@ -201,14 +137,13 @@ class Executor:
             ),
         )
 
-    def _complete(
-        self, job: Job, index: int, result: Any, keeper: LeaseKeeper, elapsed: float
-    ) -> None:
+    def complete(self, job: Job, result: Any, keeper: LeaseKeeper, elapsed: float) -> None:
+        """Store the job's outcome (outputs uploaded first) and commit its terminal state."""
         if isinstance(result, Canceled):
-            error = deadline_error() if keeper.deadline_passed(index) else None
-            self._finish(job.id, JobStatus.CANCELED, error=error, run_seconds=elapsed)
+            error = deadline_error() if keeper.deadline_passed(job.id) else None
+            self.finish(job.id, JobStatus.CANCELED, error=error, run_seconds=elapsed)
         elif isinstance(result, ModelError):
-            self._finish(
+            self.finish(
                 job.id,
                 JobStatus.FAILED,
                 error={"code": result.code, "message": str(result)},
@@ -216,22 +151,22 @@ class Executor:
             )
         elif isinstance(result, GenerateResult):
             images = [self._upload(job.id, n, img) for n, img in enumerate(result.images)]
-            self._finish(
+            self.finish(
                 job.id,
                 JobStatus.SUCCEEDED,
                 output={"images": images, "seed": job.input["seed"]},
                 run_seconds=elapsed,
             )
         elif isinstance(result, UnderstandResult):
-            keeper.final_text(index, result.text)  # the live token stream's last delta
-            self._finish(
+            keeper.final_text(job.id, result.text)  # the live token stream's last delta
+            self.finish(
                 job.id,
                 JobStatus.SUCCEEDED,
                 output={"text": result.text, "seed": job.input["seed"], **_usage(result)},
                 run_seconds=elapsed,
             )
         else:
-            self._finish(
+            self.finish(
                 job.id,
                 JobStatus.FAILED,
                 run_seconds=elapsed,
@@ -253,7 +188,7 @@ class Executor:
             "content_type": "image/png",
         }
 
-    def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
+    def finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
         def commit() -> bool:
             with session_scope(self.sessions) as session:
                 if not claims.finish(

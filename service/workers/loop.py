@@ -1,26 +1,26 @@
-"""The continuous-batching loop of a worker: jobs join and leave the running decode.
+"""The worker's loop: jobs join and leave the model's running engines between steps.
 
-A broker message is still only a wake-up. It starts this loop, which claims queued jobs
-of the worker's model into free slots (`claims.claim_next`, exactly as the static path:
-FOR UPDATE SKIP LOCKED, lane then age, with a lease), admits them to the runner's engine
-(`service.models.engine`), and steps the engine. Every `admit_every` steps it claims
+A broker message is only a wake-up. It starts this loop, which claims queued jobs of the
+worker's model into free slots (`JobHandler.claim`: FOR UPDATE SKIP LOCKED, lane then
+age, with a lease), admits them to the runner's engine for their task
+(`service.models.engine`), and steps the engines. Every `admit_every` steps it claims
 again, so a job submitted while others are hundreds of steps in starts at the next
-claim, not after the batch. A job that finishes leaves the engine at once: its images
-are decoded (VQ or VAE) and uploaded and it is committed `succeeded` on the `Finisher`'s
+claim, not after them. A job that finishes leaves the engine at once: its images are
+decoded (VQ or VAE) and uploaded and it is committed `succeeded` on the `Finisher`'s
 thread while the others keep stepping; its slot takes the next claim once its images
 are decoded. When no job is running and none is queued the task returns (after the
 finisher is done): the worker sleeps until the next message.
 
-Per row, as the static path does per batch: one `LeaseKeeper` renews the leases of the
-changing set of running jobs and carries progress (and an understanding row's text so
-far), cancel requests and lost leases; deadlines are checked every step; terminal states
-go through `Executor._finish` (webhooks, batch counters and metrics follow from there).
-A SIGKILL loses nothing: claimed jobs hold leases, and the dispatcher's sweeper requeues
-them once those expire, as for a static batch.
+Per job: one `LeaseKeeper` renews the leases of the changing set of running jobs and
+carries progress (and an understanding row's text so far), cancel requests and lost
+leases; deadlines are checked every step; terminal states go through
+`JobHandler.finish` (webhooks, batch counters and metrics follow from there). A SIGKILL
+loses nothing: claimed jobs hold leases, and the dispatcher's sweeper requeues them once
+those expire.
 
-Every family has an engine for both tasks. A task whose runner has none (`open_engine`
-returns None) runs through the static path (`Executor._run_batch`) when claimed, between
-engine steps.
+`run_to_completion=True` claims only when nothing runs and decodes inside the step: a
+claimed batch runs to its end before the next claim (`bench/serve.py`'s baseline, on
+the same engine).
 """
 
 from __future__ import annotations
@@ -35,26 +35,29 @@ from service.core.logs import log_context
 from service.core.storage import StorageError
 from service.core.tables import Job
 from service.lifecycle.status import JobStatus
-from service.models.base import Canceled, ModelError
+from service.models.base import Canceled, ModelError, ModelRunner
 from service.models.engine import Deferred, Engine
-from service.workers.engine_rows import row_ended, store_row
-from service.workers.executor import Executor, TransientError
 from service.workers.finisher import Finisher
+from service.workers.handler import JobHandler, TransientError
 from service.workers.lease import LeaseKeeper
+from service.workers.outcomes import row_ended, store_row
 
 log = logging.getLogger(__name__)
 
 
-class EngineLoop:
-    def __init__(self, executor: Executor, slots: int, admit_every: int = 4,
-                 defer_decode: bool = True) -> None:
-        self.x = executor
+class WorkerLoop:
+    def __init__(self, handler: JobHandler, runner: ModelRunner, slots: int,
+                 admit_every: int = 4, defer_decode: bool = True,
+                 run_to_completion: bool = False) -> None:
+        self.x = handler
+        self.runner = runner
         # False: finished rows' images are decoded inside the engine's step (bench/serve.py's
         # "inline" baseline); the finisher still stores them.
-        self.defer_decode = defer_decode
+        self.defer_decode = defer_decode and not run_to_completion
+        self.run_to_completion = run_to_completion
         self.slots = max(1, slots)
         self.admit_every = max(1, admit_every)
-        self.engines: dict[str, Engine | None] = {}
+        self.engines: dict[str, Engine] = {}
         self.jobs: dict[str, Job] = {}  # running in an engine, by id
         self.started: dict[str, float] = {}  # monotonic admission time, for run_seconds
         # A job claimed before (it lost a worker) runs alone: it waits for the running rows
@@ -86,7 +89,7 @@ class EngineLoop:
                 raise
             finally:
                 self.finisher.drain()  # finished rows are stored while their leases hold
-        x._keep_draining()
+        x.keep_draining()
 
     def _loop(self, keeper: LeaseKeeper) -> None:
         steps = 0
@@ -100,7 +103,8 @@ class EngineLoop:
                 self.solo = job.id if job.id in self.jobs else None
             claimed = 0
             alone = self.waiting is not None or self.solo is not None
-            if not alone and not self.stopping and (not self.jobs or steps % self.admit_every == 0):
+            due = not self.jobs or (steps % self.admit_every == 0 and not self.run_to_completion)
+            if not alone and not self.stopping and due:
                 claimed = self._fill(keeper)
             if not self.jobs and self.waiting is None:
                 if claimed:
@@ -114,10 +118,10 @@ class EngineLoop:
                 self._step(keeper)
             steps += 1
 
-    def _engine(self, task: str) -> Engine | None:
+    def _engine(self, task: str) -> Engine:
         if task not in self.engines:
-            engine = self.x.runner.open_engine(task, self.slots)
-            if engine is not None and self.defer_decode and not self.finisher.inline:
+            engine = self.runner.open_engine(task, self.slots)
+            if self.defer_decode and not self.finisher.inline:
                 engine.defer = True  # finished rows' images are decoded on the finisher
             self.engines[task] = engine
         return self.engines[task]
@@ -132,7 +136,7 @@ class EngineLoop:
         if free <= 0:
             return 0
         try:
-            claimed = self.x._claim("", limit=free)
+            claimed = self.x.claim(free)
         except OperationalError as exc:
             if not self.jobs:
                 raise TransientError(f"database: {exc}") from exc
@@ -140,28 +144,24 @@ class EngineLoop:
             return 0
         if not claimed:
             return 0
-        if self._engine(claimed[0].task) is None:  # claim_next returns one task's jobs
-            self._static(claimed)
-            return len(claimed)
         for job in claimed:  # renewed from now on: admission (prefill, image tower) takes time
             keeper.add(job.id, job.deadline_at)
         if claimed[0].attempts > 1:
-            # Claimed before: it lost a worker, perhaps by killing it. As on the static
-            # path it runs alone (claim_next gives it no batch mates): the running rows
-            # finish first, and nothing joins it (its lease is kept meanwhile).
+            # Claimed before: it lost a worker, perhaps by killing it. It runs alone
+            # (claim_next gives it no batch mates): the running rows finish first, and
+            # nothing joins it (its lease is kept meanwhile).
             self.waiting = claimed[0]
         else:
             self._admit(claimed, keeper)
         return len(claimed)
 
     def _admit(self, claimed: list[Job], keeper: LeaseKeeper) -> None:
-        engine = self._engine(claimed[0].task)
-        assert engine is not None
+        engine = self._engine(claimed[0].task)  # claim_next returns one task's jobs
         items: list[tuple[str, Any]] = []
         by_id = {job.id: job for job in claimed}
         for job in claimed:
             try:
-                items.append((job.id, self.x._request(job)))
+                items.append((job.id, self.x.request(job)))
             except ModelError as exc:
                 self._refused(job.id, exc, keeper)
             except StorageError:
@@ -176,7 +176,7 @@ class EngineLoop:
     def _refused(self, job_id: str, error: ModelError, keeper: LeaseKeeper) -> None:
         keeper.remove(job_id)
         try:
-            self.x._finish(job_id, JobStatus.FAILED,
+            self.x.finish(job_id, JobStatus.FAILED,
                            error={"code": error.code, "message": str(error)})
         except OperationalError as exc:
             log.warning("job %s: committing failed (%s); its lease will expire", job_id, exc)
@@ -188,14 +188,6 @@ class EngineLoop:
         with log_context(job_id=job.id, job_ids=None):  # a JSON log line names its job
             log.info("job %s joined the %s engine (%d running)", job.id, job.task, len(self.jobs))
 
-    def _static(self, batch: list[Job]) -> None:
-        """Jobs of a task without an engine: run to completion now, as the static path."""
-        try:
-            self.x._run_batch(batch, time.monotonic())
-        except (StorageError, OperationalError) as exc:
-            log.warning("static batch failed (%s); its jobs go back to the queue", exc)
-            self.x._release([job.id for job in batch])
-
     # -- stepping ---------------------------------------------------------------------
 
     def _stops(self, keeper: LeaseKeeper) -> None:
@@ -205,15 +197,14 @@ class EngineLoop:
             self.waiting = None
             keeper.remove(waiting.id)
             if waiting.id not in keeper.lost:
-                self.x._complete(waiting, waiting.id, Canceled("canceled"), keeper, 0.0)  # type: ignore[arg-type]
+                self.x.complete(waiting, Canceled("canceled"), keeper, 0.0)
         for job_id in [j for j in self.jobs if keeper.should_stop(j)]:
-            engine = self.engines[self.jobs[job_id].task]
-            engine.drop(job_id)  # type: ignore[union-attr]
+            self.engines[self.jobs[job_id].task].drop(job_id)
             self._row_finished(job_id, Canceled("canceled"), keeper, len(self.jobs))
 
     def _step(self, keeper: LeaseKeeper) -> None:
         for task, engine in list(self.engines.items()):
-            if engine is None or not engine.active():
+            if not engine.active():
                 continue
             stepping = engine.active()
             try:
@@ -272,8 +263,6 @@ class EngineLoop:
         for job_id in job_ids:
             job = self.jobs.get(job_id) or (extra or {}).get(job_id)
             if job is not None and job.task in self.engines:
-                engine = self.engines[job.task]
-                if engine is not None:
-                    engine.drop(job_id)
-            self.x._release([job_id])
+                self.engines[job.task].drop(job_id)
+            self.x.release([job_id])
             self._forget(job_id, keeper)
