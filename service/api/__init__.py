@@ -18,7 +18,6 @@ from service.api import (
     ops,
     streams,
 )
-from service.api import openai as openai_face
 from service.api.auth import KeyCache
 from service.api.bodylimit import BodyLimit
 from service.api.context import ModelInfo, Runtime, close_db
@@ -34,6 +33,7 @@ from service.core.settings import Settings, load_settings
 from service.core.storage import storage_from_settings
 from service.lifecycle.outbox import event_counts
 from service.lifecycle.stats import RUN_SECONDS_BUCKETS, counts_by_model, run_seconds_histogram
+from service.openai.routes import bp as openai_bp
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.teardown_appcontext(close_db)
     register_error_handlers(app)
     blueprints = (jobs.bp, streams.bp, batches.bp, deliveries.bp, catalog.bp, ops.bp, files.bp)
-    for blueprint in (*blueprints, console.bp, openai_face.bp):
+    for blueprint in (*blueprints, console.bp, openai_bp):
         app.register_blueprint(blueprint)
     app.wsgi_app = BodyLimit(app.wsgi_app, settings)  # type: ignore[method-assign]
     return app

@@ -16,7 +16,7 @@ Two things go wrong without this WSGI middleware:
   read into a spool first, to the route's limit and one byte more: within the limit the
   app sees it with its Content-Length; past it the app sees a Content-Length over its
   limit and refuses it with the 413 every too-large body gets, in the path's error shape
-  (service/api/errors.py: ours on /v1, OpenAI's under /openai/).
+  (ours on /v1, OpenAI's under /openai/: service/api/errors.py).
 """
 
 from __future__ import annotations

@@ -14,8 +14,6 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from service.api.openai import openapi as openai_paths
-from service.api.openai import schemas as openai_schemas
 from service.api.responses import (
     BatchList,
     ErrorResponse,
@@ -25,12 +23,14 @@ from service.api.responses import (
 )
 from service.api.schemas import GenerateInput, JobCreate, UnderstandInput
 from service.lifecycle.views import BatchObject, JobObject, ResultLine
+from service.openai import openapi_paths
+from service.openai import shapes as openai_shapes
 
 REQUESTS: tuple[type[BaseModel], ...] = (
-    JobCreate, GenerateInput, UnderstandInput, *openai_schemas.REQUESTS)
+    JobCreate, GenerateInput, UnderstandInput, *openai_shapes.REQUESTS)
 RESPONSES: tuple[type[BaseModel], ...] = (
     JobObject, JobList, BatchObject, BatchList, ResultLine, ModelList, WebhookDeliveryList,
-    ErrorResponse, *openai_schemas.RESPONSES,
+    ErrorResponse, *openai_shapes.RESPONSES,
 )
 # Component names clients know (class names say which layer a model lives in).
 RENAMED = {"JobObject": "Job", "BatchObject": "Batch", "ErrorResponse": "Error"}
@@ -221,5 +221,5 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
-        "paths": {**_with_outages(_paths()), **openai_paths.paths()},
+        "paths": {**_with_outages(_paths()), **openapi_paths.paths()},
     }

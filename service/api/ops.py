@@ -7,7 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from service.api.context import runtime
-from service.api.errors import error_response
+from service.api.errors import ApiError
 from service.api.openapi import openapi_document
 from service.core.broker import ping as broker_ping
 from service.core.storage import StorageError
@@ -38,7 +38,7 @@ def readyz() -> Response:
     except StorageError as exc:
         failed["storage"] = str(exc)[:200]
     if failed:
-        return error_response(
+        raise ApiError(
             503, "not_ready", f"not ready: {', '.join(sorted(failed))}", {"failed": failed}
         )
     return jsonify(

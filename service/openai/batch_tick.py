@@ -4,7 +4,7 @@ OpenAI's batches move on their own, so a client that polls only `files.content`,
 webhook consumer, sees them done. The dispatcher (service/entry/dispatcher.py) runs
 `advance_due` every sweep interval on a thread of its own (`start_ticker`: writing a
 large batch's files delays neither the sweeper nor webhooks). It takes the batches that
-are due (openai_records.due_records) and, each in its own transactions:
+are due (records.due_records) and, each in its own transactions:
 
 - past its completion window and not finished: cancels what is left and marks it
   `expired` (a conditional UPDATE: of two racers, one does it);
@@ -12,7 +12,7 @@ are due (openai_records.due_records) and, each in its own transactions:
   (batch_output.finalize, under the record's row lock taken with SKIP LOCKED: a racer
   skips it and sees `finalizing`).
 
-Reads of the batch do the same things (service/api/openai/batches.py), so whichever
+Reads of the batch do the same things (service/openai/routes/batches.py), so whichever
 comes first does each once: never two output files, never a second cancel. One batch
 that fails (its files cannot be stored, a bad row) is logged and tried again a few
 ticks later (Ticker); the others go on. Nothing here imports Flask or service.api: the
@@ -33,9 +33,9 @@ from service.core.db import session_scope
 from service.core.settings import Settings
 from service.core.storage import Storage
 from service.core.tables import utcnow
-from service.lifecycle import openai_records as records
 from service.lifecycle.status import BatchStatus
-from service.openai_wire.batch_output import finalize
+from service.openai import records
+from service.openai.batch_output import finalize
 
 log = logging.getLogger(__name__)
 

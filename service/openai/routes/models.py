@@ -8,7 +8,7 @@ from typing import Any
 from flask import Response, jsonify
 
 from service.api.context import ModelInfo, runtime
-from service.api.openai.blueprint import bp, model_info
+from service.openai.routes.blueprint import bp, model_info
 
 OWNED_BY = "deepseek-ai"
 _STARTED = int(time.time())  # OpenAI's `created`; ours is when this process started

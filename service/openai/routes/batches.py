@@ -15,8 +15,8 @@ before it answers, so no batch is ever still being validated (an invalid file is
 `failed` in the create answer itself).
 
 What time alone triggers (a batch past its completion window is canceled and marked
-expired; a finished batch gets its files, service/openai_wire/batch_output.py) the
-dispatcher's tick does with nobody reading (service/openai_wire/batch_tick.py); a read
+expired; a finished batch gets its files, service/openai/batch_output.py) the
+dispatcher's tick does with nobody reading (service/openai/batch_tick.py); a read
 that comes first does it too, once.
 """
 
@@ -30,18 +30,17 @@ from flask import Response, g, jsonify, request
 from service.api.bodies import text_problems
 from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError
-from service.api.openai.batch_lines import ENDPOINTS, parse_lines
-from service.api.openai.blueprint import bp, json_body
-from service.api.openai.errors import OpenAIError, bad_request
-from service.api.openai.files import owned_file
 from service.api.submit import check_webhook
 from service.core.ids import new_id
 from service.core.tables import Batch, OpenAIBatch, utcnow
 from service.lifecycle import batches as crud
-from service.lifecycle import openai_records as records
 from service.lifecycle.jobs import publish_jobs
 from service.lifecycle.status import BatchStatus
-from service.openai_wire.batch_output import finalize
+from service.openai import records
+from service.openai.batch_output import finalize
+from service.openai.routes.batch_lines import ENDPOINTS, parse_lines
+from service.openai.routes.blueprint import OpenAIError, bad_request, bp, json_body
+from service.openai.routes.files import owned_file
 
 # `webhook` is ours (`extra_body` in the client): the batch's `batch.completed` event.
 CREATE_KEYS = {"input_file_id", "endpoint", "completion_window", "metadata", "webhook"}

@@ -1,4 +1,4 @@
-"""The /openai/v1 paths of /openapi.json (components: service/api/openai/schemas.py)."""
+"""The /openai/v1 paths of /openapi.json (components: service/openai/shapes.py)."""
 
 from __future__ import annotations
 

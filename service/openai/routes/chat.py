@@ -10,19 +10,42 @@ from typing import Any
 from flask import Response, g, jsonify, stream_with_context
 
 from service.api.context import current_key, runtime
-from service.api.openai.blueprint import bp, hold_seconds, json_body
-from service.api.openai.jobs import TextStream, submit, wait_terminal
-from service.api.openai.render import JOB_HEADER, chunk, job_error, timeout_error
-from service.api.openai.translate import chat_request
 from service.core.tables import Job
 from service.lifecycle.status import JobStatus
-from service.openai_wire.render import (
+from service.openai.render import (
     chat_completion,
+    completion_id,
     created,
     error_body,
     finish_reason,
     usage,
 )
+from service.openai.routes.blueprint import bp, json_body
+from service.openai.routes.hold import (
+    JOB_HEADER,
+    TextStream,
+    hold_seconds,
+    job_error,
+    submit,
+    timeout_error,
+    wait_succeeded,
+)
+from service.openai.routes.translate import chat_request
+
+
+def chunk(job_id: str, model: str, created_at: int, delta: dict[str, Any],
+          finish: str | None = None, usage_: dict[str, int] | None = None,
+          choices: bool = True) -> dict[str, Any]:
+    """One `chat.completion.chunk`; the usage chunk (stream_options) has no choices."""
+    body: dict[str, Any] = {
+        "id": completion_id(job_id), "object": "chat.completion.chunk", "created": created_at,
+        "model": model, "system_fingerprint": None,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+        if choices else [],
+    }
+    if usage_ is not None:
+        body["usage"] = usage_
+    return body
 
 
 def _event(body: dict[str, Any]) -> str:
@@ -64,11 +87,7 @@ def create_chat_completion() -> Response:
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"  # nginx: pass events on at once
     else:
-        done = wait_terminal(job.id, seconds)
-        if done is None:
-            raise timeout_error(job.id, seconds)
-        if done.status != JobStatus.SUCCEEDED:
-            raise job_error(done)
+        done = wait_succeeded(job.id, seconds)
         response = jsonify(chat_completion(done, rt.settings.models))
     response.headers[JOB_HEADER] = job.id
     return response

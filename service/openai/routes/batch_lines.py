@@ -13,9 +13,9 @@ from typing import Any
 
 from service.api.batch_upload import MAX_LISTED_ERRORS, Line
 from service.api.bodies import loads, text_problems
-from service.api.openai.errors import OpenAIError
-from service.api.openai.translate import chat_request, image_request
 from service.api.submit import CheckedJob
+from service.openai.routes.blueprint import OpenAIError
+from service.openai.routes.translate import chat_request, image_request
 
 
 def _image_job(body: dict[str, Any]) -> CheckedJob:

@@ -1,7 +1,9 @@
-"""The OpenAI-compatible face's own rows: files, and what an OpenAI batch adds to ours.
+"""The OpenAI-compatible face's own rows (files, and what an OpenAI batch adds to ours)
+and the names it stores things under, shared by the API that writes them and the
+dispatcher that reads or writes them when it finishes a batch.
 
-Jobs and batches themselves are created, canceled and counted by the rest of the
-lifecycle exactly as for /v1; these rows only remember OpenAI's extra fields.
+Jobs and batches themselves are created, canceled and counted by the lifecycle
+exactly as for /v1; these rows only remember OpenAI's extra fields.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ from service.lifecycle.status import BatchStatus
 
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
 TERMINAL = [status.value for status in BatchStatus if status.is_terminal]
+# Job metadata: an image request's `response_format` when it is not the default `url`
+# (a batch line's images are rendered long after its request was read).
+RESPONSE_FORMAT_KEY = "openai_response_format"
+
+
+def storage_key(file_id: str) -> str:
+    """Where an OpenAI file's bytes live in object storage (uploads and result files)."""
+    return f"openai/files/{file_id}"
 
 
 def new_file_id() -> str:

@@ -12,11 +12,9 @@ from flask import Response, jsonify, request, stream_with_context
 
 from service.api.bodies import text_problems
 from service.api.context import current_key, db, runtime
-from service.api.openai.blueprint import bp
-from service.api.openai.errors import OpenAIError, bad_request
 from service.core.tables import OpenAIFile
-from service.lifecycle import openai_records as records
-from service.openai_wire.keys import storage_key
+from service.openai import records
+from service.openai.routes.blueprint import OpenAIError, bad_request, bp
 
 UPLOAD_PURPOSES = ("batch",)
 MAX_LIST = 10_000
@@ -59,7 +57,7 @@ def upload_file() -> Response:
     except UnicodeDecodeError as exc:
         raise bad_request(f"a batch file is UTF-8 JSONL text: {exc}", "file") from exc
     file_id = records.new_file_id()
-    key = storage_key(file_id)
+    key = records.storage_key(file_id)
     rt.storage.put(key, data, "application/jsonl")  # stored before the row names it
     session = db()
     row = records.create_file(session=session, api_key_id=current_key().id, file_id=file_id,

@@ -8,7 +8,7 @@ any line's job (for example for fresh image URLs once the file's have expired).
 
 The files are written once, by whichever comes first once the batch's jobs have all
 finished (OpenAI's `finalizing`): the dispatcher's tick (batch_tick.py) or a read of the
-batch (service/api/openai/batches.py). It needs no request and no app: the dispatcher
+batch (service/openai/routes/batches.py). It needs no request and no app: the dispatcher
 runs it too. Lines are spooled to disk past a few MB, so a large batch of b64_json
 images never sits in memory whole.
 """
@@ -23,10 +23,9 @@ from sqlalchemy.orm import Session
 
 from service.core.settings import Settings
 from service.core.storage import Storage
-from service.lifecycle import openai_records as records
 from service.lifecycle.status import JobStatus
-from service.openai_wire.keys import RESPONSE_FORMAT_KEY, storage_key
-from service.openai_wire.render import chat_completion, failure_body, images_body
+from service.openai import records
+from service.openai.render import chat_completion, failure_body, images_body
 
 SPOOL_BYTES = 8 * 1024 * 1024
 
@@ -52,7 +51,7 @@ def result_line(row: Any, expired: bool, storage: Storage, settings: Settings
     if row.status == JobStatus.SUCCEEDED and row.data_removed_at is None:
         try:
             if row.task == "generate":
-                fmt = (row.metadata_ or {}).get(RESPONSE_FORMAT_KEY, "url")
+                fmt = (row.metadata_ or {}).get(records.RESPONSE_FORMAT_KEY, "url")
                 body = images_body(row, fmt, storage, settings.url_expiry_seconds)
             else:
                 body = chat_completion(row, settings.models)
@@ -74,7 +73,7 @@ def result_line(row: Any, expired: bool, storage: Storage, settings: Settings
 def _store(session: Session, storage: Storage, api_key_id: str, spool: IO[bytes],
            filename: str) -> str:
     file_id = records.new_file_id()
-    key = storage_key(file_id)
+    key = records.storage_key(file_id)
     size = spool.tell()
     spool.seek(0)
     storage.put_file(key, spool, "application/jsonl")  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """The OpenAI face's request and response shapes, for /openapi.json.
 
-The routes check requests in service/api/openai/translate.py (with OpenAI's error
+The routes check requests in service/openai/routes/translate.py (with OpenAI's error
 messages) and build responses as plain dicts; tests/test_openai.py validates live
 answers against the response models here (extra fields forbidden), so the document
 and the wire cannot drift apart silently.

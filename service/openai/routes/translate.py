@@ -12,12 +12,11 @@ from typing import Any
 
 from service.api.context import runtime
 from service.api.errors import ApiError
-from service.api.openai.blueprint import api_error_param, model_info
-from service.api.openai.errors import OpenAIError, bad_request
 from service.api.schemas import MAX_CONVERSATION_CHARS, MAX_MESSAGE_CHARS, MAX_MESSAGES
 from service.api.submit import CheckedJob, check_job
-from service.openai_wire.keys import RESPONSE_FORMAT_KEY
-from service.openai_wire.render import image_size
+from service.openai.records import RESPONSE_FORMAT_KEY
+from service.openai.render import image_size
+from service.openai.routes.blueprint import OpenAIError, bad_request, model_info
 
 # Janus knobs a client passes as extra body fields (`extra_body` in the openai client).
 IMAGE_EXTRAS = ("seed", "guidance", "temperature", "steps")
@@ -75,6 +74,15 @@ def _labels(body: dict[str, Any]) -> dict[str, Any]:
             raise bad_request(f"{name} must be a string of at most 512 characters", name)
         metadata[name] = value
     return metadata
+
+
+def api_error_param(exc: ApiError, names: dict[str, str]) -> str | None:
+    """The OpenAI parameter a check_job refusal is about (`input.num_images` -> `n`)."""
+    details = exc.details if isinstance(exc.details, list) else []
+    field = details[0].get("field") if details and isinstance(details[0], dict) else None
+    if not isinstance(field, str):
+        return None
+    return names.get(field, names.get(field.split(".")[0] + "." + field.split(".")[-1], field))
 
 
 def _check(job: dict[str, Any], names: dict[str, str]) -> CheckedJob:
@@ -161,7 +169,7 @@ def _image_url(url: str, param: str) -> str:
     return url
 
 
-def _conversation(messages: Any) -> tuple[list[dict[str, Any]], str, str]:
+def conversation(messages: Any) -> tuple[list[dict[str, Any]], str, str]:
     """(our `messages`, image data URL, the image's param) from OpenAI chat messages.
 
     System and developer messages become the one system message, first; consecutive
@@ -253,10 +261,10 @@ def chat_request(body: dict[str, Any]) -> ChatRequest:
     if options is not None and (not isinstance(options, dict)
                                 or not isinstance(options.get("include_usage", False), bool)):
         raise bad_request("stream_options must be {\"include_usage\": bool}", "stream_options")
-    conversation, image, image_param = _conversation(body.get("messages"))
+    turns, image, image_param = conversation(body.get("messages"))
     max_param = ("max_completion_tokens" if body.get("max_completion_tokens") is not None
                  else "max_tokens")
-    data: dict[str, Any] = {"image": image, "messages": conversation}
+    data: dict[str, Any] = {"image": image, "messages": turns}
     for ours, theirs in (("max_new_tokens", max_param), ("temperature", "temperature"),
                          ("top_p", "top_p"), ("seed", "seed")):
         if body.get(theirs) is not None:

@@ -1,6 +1,7 @@
-"""Submitting one checked job as /v1 does, and holding the request until it ends.
+"""Submitting one checked job as /v1 does, and holding the request until it ends; the
+OpenAIError of a job that failed, was canceled or is still running when the hold ends.
 
-Both wait on the job's live event channel (service/core/events.py) through
+Both waits are on the job's live event channel (service/core/events.py) through
 service/api/waiting.py, as `Prefer: wait` and the /v1 event streams do:
 `wait_terminal` for its terminal `status` event, `TextStream` for its `token` events
 as the worker decodes. The job's row stays the truth, checked once per heartbeat
@@ -10,13 +11,16 @@ period should an event be lost.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
+from typing import Any
+
+from flask import request
 
 from service.api import waiting
 from service.api.context import current_key, db, runtime
 from service.api.jobs import insert_and_publish
-from service.api.openai.errors import OpenAIError
 from service.api.submit import CheckedJob
 from service.core import events
 from service.core.events import Event
@@ -24,8 +28,37 @@ from service.core.tables import Job
 from service.lifecycle import jobs as crud
 from service.lifecycle.jobs import NewJob
 from service.lifecycle.status import JobStatus, is_terminal
+from service.openai.render import job_failure
+from service.openai.routes.blueprint import OpenAIError
 
 log = logging.getLogger(__name__)
+
+JOB_HEADER = "x-janus-job-id"  # on every answer that created a job: GET /v1/jobs/{id}
+_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d{1,9})")
+
+
+def hold_seconds() -> int:
+    """How long to hold a request for its job: JANUS_OPENAI_WAIT_SECONDS, or less when the
+    client asks with `Prefer: wait=N` (e.g. a client whose own timeout is shorter)."""
+    limit = runtime().settings.openai_wait_seconds
+    match = _WAIT.search(request.headers.get("Prefer", ""))
+    return min(int(match.group(1)), limit) if match else limit
+
+
+def job_error(job: Any) -> OpenAIError:
+    """`job`: anything with the job row's attributes (an ORM Job or a selected row)."""
+    status, code, message = job_failure(job)
+    return OpenAIError(status, message, code=code, headers={JOB_HEADER: job.id}, retry=False)
+
+
+def timeout_error(job_id: str, seconds: int) -> OpenAIError:
+    """The hold ran out: the job keeps running and its id says where to find it."""
+    return OpenAIError(
+        504,
+        f"job {job_id} did not finish within {seconds} seconds; it keeps running: read it "
+        f"with GET /v1/jobs/{job_id} (or cancel it with POST /v1/jobs/{job_id}/cancel)",
+        code="job_timeout", headers={JOB_HEADER: job_id}, retry=False,
+    )
 
 
 def submit(checked: CheckedJob) -> NewJob:
@@ -49,6 +82,16 @@ def wait_terminal(job_id: str, seconds: float) -> Job | None:
                              lambda: waiting.job_ended(job_id))
     job = load(job_id)
     return job if is_terminal(job.status) else None
+
+
+def wait_succeeded(job_id: str, seconds: int) -> Job:
+    """The job once it has succeeded; raises its OpenAIError if it did not, in time."""
+    done = wait_terminal(job_id, seconds)
+    if done is None:
+        raise timeout_error(job_id, seconds)
+    if done.status != JobStatus.SUCCEEDED:
+        raise job_error(done)
+    return done
 
 
 class TextStream:
