@@ -7,24 +7,24 @@ import time
 
 from flask import Flask, g, request
 
-from service.api import (
-    batches,
-    catalog,
-    console,
-    deliveries,
-    files,
-    guards,
-    jobs,
-    ops,
-    streams,
-)
-from service.api.auth import KeyCache
-from service.api.bodylimit import BodyLimit
 from service.api.context import ModelInfo, Runtime, close_db
 from service.api.errors import register_error_handlers
-from service.api.metrics import ApiMetrics, add_run_time_collector, add_webhook_collector
-from service.api.ratelimit import RateLimiter
-from service.api.ratelimit import headers as rate_headers
+from service.api.middleware import guards
+from service.api.middleware.auth import KeyCache
+from service.api.middleware.bodylimit import BodyLimit
+from service.api.middleware.metrics import ApiMetrics, add_run_time_collector, add_webhook_collector
+from service.api.middleware.ratelimit import RateLimiter
+from service.api.middleware.ratelimit import headers as rate_headers
+from service.api.routes import (
+    batches,
+    console,
+    deliveries,
+    jobs,
+    local_files,
+    ops,
+    served_models,
+    streams,
+)
 from service.core.broker import make_celery, queue_depths
 from service.core.db import make_engine, make_sessionmaker
 from service.core.events import announce_on_commit, event_log
@@ -122,8 +122,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.teardown_appcontext(close_db)
     register_error_handlers(app)
-    blueprints = (jobs.bp, streams.bp, batches.bp, deliveries.bp, catalog.bp, ops.bp, files.bp)
-    for blueprint in (*blueprints, console.bp, openai_bp):
+    blueprints = (jobs.bp, streams.bp, batches.bp, deliveries.bp, served_models.bp, ops.bp,
+                  local_files.bp, console.bp, openai_bp)
+    for blueprint in blueprints:
         app.register_blueprint(blueprint)
     app.wsgi_app = BodyLimit(app.wsgi_app, settings)  # type: ignore[method-assign]
     return app

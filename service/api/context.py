@@ -15,7 +15,7 @@ from service.core.settings import Settings
 from service.core.storage import Storage
 
 if TYPE_CHECKING:
-    from service.api.auth import Principal
+    from service.api.middleware.auth import Principal
 
 log = logging.getLogger(__name__)
 

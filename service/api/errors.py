@@ -14,7 +14,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import exc as sa
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from service.api.responses import ErrorBody, ErrorResponse
+from service.api.schemas.responses import ErrorBody, ErrorResponse
 from service.core.storage import StorageError
 from service.lifecycle.views import public
 

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.api.batch_upload import MAX_LISTED_ERRORS, Line
-from service.api.bodies import loads, text_problems
-from service.api.submit import CheckedJob
+from service.api.parsing.batch_upload import MAX_LISTED_ERRORS, Line
+from service.api.parsing.bodies import loads, text_problems
+from service.api.parsing.submit import CheckedJob
 from service.openai.routes.blueprint import OpenAIError
 from service.openai.routes.translate import chat_request, image_request
 

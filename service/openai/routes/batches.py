@@ -27,10 +27,10 @@ from typing import Any
 
 from flask import Response, g, jsonify, request
 
-from service.api.bodies import text_problems
 from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError
-from service.api.submit import check_webhook
+from service.api.parsing.bodies import text_problems
+from service.api.parsing.submit import check_webhook
 from service.core.ids import new_id
 from service.core.tables import Batch, OpenAIBatch, utcnow
 from service.lifecycle import batches as crud

@@ -16,10 +16,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from service.api.auth import require_api_key
 from service.api.context import ModelInfo, runtime
 from service.api.errors import ApiError, own_error_shape
-from service.api.submit import parse_json
+from service.api.middleware.auth import require_api_key
+from service.api.parsing.submit import parse_json
 from service.openai.render import error_body
 
 PREFIX = "/openai/"
@@ -89,7 +89,7 @@ own_error_shape(bp, PREFIX, openai_response)
 
 
 def json_body() -> dict[str, Any]:
-    """The request's JSON object (the one parse step of service.api.bodies)."""
+    """The request's JSON object (the one parse step of service.api.parsing.bodies)."""
     if request.mimetype != "application/json":
         raise bad_request("send a JSON body (Content-Type: application/json)")
     body = parse_json(request.get_data(cache=True), "body", "request body")

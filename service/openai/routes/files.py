@@ -10,8 +10,8 @@ from typing import Any
 
 from flask import Response, jsonify, request, stream_with_context
 
-from service.api.bodies import text_problems
 from service.api.context import current_key, db, runtime
+from service.api.parsing.bodies import text_problems
 from service.core.tables import OpenAIFile
 from service.openai import records
 from service.openai.routes.blueprint import OpenAIError, bad_request, bp

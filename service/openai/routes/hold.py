@@ -20,8 +20,8 @@ from flask import request
 
 from service.api import waiting
 from service.api.context import current_key, db, runtime
-from service.api.jobs import insert_and_publish
-from service.api.submit import CheckedJob
+from service.api.parsing.submit import CheckedJob
+from service.api.routes.jobs import insert_and_publish
 from service.core import events
 from service.core.events import Event
 from service.core.tables import Job

@@ -12,8 +12,8 @@ from typing import Any
 
 from service.api.context import runtime
 from service.api.errors import ApiError
-from service.api.schemas import MAX_CONVERSATION_CHARS, MAX_MESSAGE_CHARS, MAX_MESSAGES
-from service.api.submit import CheckedJob, check_job
+from service.api.parsing.submit import CheckedJob, check_job
+from service.api.schemas.inputs import MAX_CONVERSATION_CHARS, MAX_MESSAGE_CHARS, MAX_MESSAGES
 from service.openai.records import RESPONSE_FORMAT_KEY
 from service.openai.render import image_size
 from service.openai.routes.blueprint import OpenAIError, bad_request, model_info

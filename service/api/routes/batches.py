@@ -8,13 +8,13 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
-from service.api.auth import require_api_key
-from service.api.batch_upload import detect_format, parse_defaults, parse_upload
-from service.api.bodies import TooDeep, loads, text_problems
 from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError, validation_error
-from service.api.responses import BatchList
-from service.api.submit import check_webhook
+from service.api.middleware.auth import require_api_key
+from service.api.parsing.batch_upload import detect_format, parse_defaults, parse_upload
+from service.api.parsing.bodies import TooDeep, loads, text_problems
+from service.api.parsing.submit import check_webhook
+from service.api.schemas.responses import BatchList
 from service.core.tables import Batch
 from service.lifecycle import batches as crud
 from service.lifecycle.jobs import publish_jobs

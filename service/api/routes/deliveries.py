@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import func, select
 
-from service.api.auth import require_api_key
 from service.api.context import current_key, db
 from service.api.errors import ApiError
-from service.api.responses import WebhookDelivery, WebhookDeliveryList
+from service.api.middleware.auth import require_api_key
+from service.api.schemas.responses import WebhookDelivery, WebhookDeliveryList
 from service.core.tables import WebhookDelivery as WebhookDeliveryRow
 from service.core.tables import WebhookEvent
 from service.lifecycle import jobs as crud

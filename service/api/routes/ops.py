@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from service.api.context import runtime
 from service.api.errors import ApiError
-from service.api.openapi import openapi_document
+from service.api.schemas.openapi import openapi_document
 from service.core.broker import ping as broker_ping
 from service.core.storage import StorageError
 

@@ -14,14 +14,14 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from service.api.responses import (
+from service.api.schemas.inputs import GenerateInput, JobCreate, UnderstandInput
+from service.api.schemas.responses import (
     BatchList,
     ErrorResponse,
     JobList,
     ModelList,
     WebhookDeliveryList,
 )
-from service.api.schemas import GenerateInput, JobCreate, UnderstandInput
 from service.lifecycle.views import BatchObject, JobObject, ResultLine
 from service.openai import openapi_paths
 from service.openai import shapes as openai_shapes

@@ -23,10 +23,11 @@ from typing import Any
 
 from flask import Blueprint, Response, request, stream_with_context
 
-from service.api import jobs, waiting
-from service.api.auth import require_api_key
+from service.api import waiting
 from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError
+from service.api.middleware.auth import require_api_key
+from service.api.routes import jobs
 from service.core.events import QUEUED, START, STARTED, STATUS
 from service.core.tables import Batch, Job
 from service.lifecycle import batches as batch_crud

@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from service.api.bodies import TooDeep, loads, text_problems
 from service.api.context import ModelInfo
 from service.api.errors import ApiError
-from service.api.submit import CheckedJob, check_job
+from service.api.parsing.bodies import TooDeep, loads, text_problems
+from service.api.parsing.submit import CheckedJob, check_job
 from service.core.settings import Settings
 from service.lifecycle.jobs import JobSpec
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from service.api.auth import require_api_key
 from service.api.context import db, runtime
-from service.api.responses import ModelList, ModelObject
+from service.api.middleware.auth import require_api_key
+from service.api.schemas.responses import ModelList, ModelObject
 from service.lifecycle import stats
 from service.lifecycle.status import JobStatus
 from service.lifecycle.views import public

@@ -16,10 +16,10 @@ from typing import Any
 from flask import Request
 from pydantic import ValidationError
 
-from service.api.bodies import TooDeep, loads, text_problems
 from service.api.context import ModelInfo
 from service.api.errors import ApiError, validation_error
-from service.api.schemas import SEED_MAX, JobCreate, error_details, input_model
+from service.api.parsing.bodies import TooDeep, loads, text_problems
+from service.api.schemas.inputs import SEED_MAX, JobCreate, error_details, input_model
 from service.core.images import CheckedImage, ImageRejected, check_image, decode_base64_image
 from service.core.settings import Settings
 from service.lifecycle.jobs import JobSpec
@@ -88,7 +88,7 @@ def _read_body(request: Request) -> tuple[Any, bytes | None]:
     )
 
 
-def _canonical_hash(job: Any, image: bytes | None) -> str:
+def canonical_hash(job: Any, image: bytes | None) -> str:
     digest = hashlib.sha256(json.dumps(job, sort_keys=True, separators=(",", ":")).encode())
     if image is not None:
         digest.update(b"\0image\0" + hashlib.sha256(image).digest())
@@ -213,6 +213,6 @@ def parse_submission(
         raise _field_error("Idempotency-Key", "must be 1 to 255 characters")
     if key is not None and text_problems(key):
         raise _field_error("Idempotency-Key", "must not contain NUL or invalid characters")
-    request_hash = _canonical_hash(job, image_bytes)
+    request_hash = canonical_hash(job, image_bytes)
     return Submission(checked.body, checked.input, checked.image, request_hash, key,
                       _cancel_after(request))

@@ -12,8 +12,8 @@ from __future__ import annotations
 from flask import request
 from werkzeug.routing import Map
 
-from service.api.bodies import printable, text_error
 from service.api.errors import ApiError, validation_error
+from service.api.parsing.bodies import printable, text_error
 
 # Well under gunicorn's own request-line limit (service/entry/server.py raises it to
 # 8190), so every over-long URL that reaches the app gets the JSON error shape.

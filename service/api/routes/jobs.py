@@ -9,11 +9,11 @@ from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy.exc import IntegrityError
 
 from service.api import waiting
-from service.api.auth import require_api_key
 from service.api.context import current_key, db, runtime
 from service.api.errors import ApiError, validation_error
-from service.api.responses import JobList
-from service.api.submit import Submission, parse_submission
+from service.api.middleware.auth import require_api_key
+from service.api.parsing.submit import Submission, parse_submission
+from service.api.schemas.responses import JobList
 from service.core.broker import publish
 from service.core.storage import StorageError
 from service.core.tables import Job

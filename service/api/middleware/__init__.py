@@ -1,0 +1,1 @@
+"""What runs around every route: keys, rate limits, body size, URL guards, metrics."""

@@ -1,0 +1,1 @@
+"""One module of routes (a blueprint) per resource of /v1, and the unauthenticated ones."""
