@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
+from flask.json.provider import DefaultJSONProvider
 
 from service.api.context import ModelInfo, Runtime, close_db
 from service.api.errors import register_error_handlers
@@ -56,15 +57,19 @@ def model_catalog(settings: Settings) -> dict[str, ModelInfo]:
     return out
 
 
+class _Json(DefaultJSONProvider):
+    sort_keys = False  # objects keep the order their fields are written in
+
+
 class _App(Flask):
     url_map_class = guards.StrictMap  # no 308 redirects that merge `//` in paths
+    json_provider_class = _Json
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = _App(__name__, static_folder=None)  # no /static route: nothing is served from disk
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = make_engine(settings.database_url)
     rt = Runtime(
         settings=settings,
@@ -111,7 +116,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.before_request(guards.check_url)  # after the timer, so refusals are observed too
 
     @app.after_request
-    def _observe(response):  # type: ignore[no-untyped-def]
+    def _observe(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
         for name, value in rate_headers(g.get("rate")).items():
             response.headers.setdefault(name, value)

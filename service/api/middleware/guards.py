@@ -9,6 +9,8 @@ server's HTML page.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import request
 from werkzeug.routing import Map
 
@@ -23,7 +25,7 @@ MAX_URL_CHARS = 4096
 class StrictMap(Map):
     """No slash merging: `/files//etc/passwd` is a 404, not a 308 redirect to another path."""
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("merge_slashes", False)
         super().__init__(*args, **kwargs)
 

@@ -76,7 +76,9 @@ class ApiMetrics:
 class _JobCollector(Collector):
     """Reads the database and broker at scrape time, so every API process agrees."""
 
-    def __init__(self, counts, depths, models) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, counts: Callable[[], dict[tuple[str, str], int]],
+                 depths: Callable[[], dict[str, int | None]],
+                 models: Callable[[], list[str]]) -> None:
         self.counts, self.depths, self.models = counts, depths, models
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

@@ -100,7 +100,7 @@ def _paths() -> dict[str, Any]:
     job_id, batch_id = _path("job_id"), _path("batch_id")
     binary = {"type": "string", "format": "binary"}
     json_part = {"type": "string", "description": "JSON object"}
-    open_op = {"security": []}  # no API key needed
+    open_op: dict[str, Any] = {"security": []}  # no API key needed
     return {
         "/v1/jobs": {
             "post": {

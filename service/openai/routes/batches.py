@@ -167,8 +167,9 @@ def create_batch() -> Response:
                           "input_file_id")
     parsed = parse_lines(rt.storage.get(source.key), endpoint, rt.settings.batch_max_lines)
     session = db()
-    fields = {"session": session, "api_key_id": current_key().id, "endpoint": endpoint,
-              "input_file_id": file_id, "completion_window": window, "metadata": metadata}
+    fields: dict[str, Any] = {
+        "session": session, "api_key_id": current_key().id, "endpoint": endpoint,
+        "input_file_id": file_id, "completion_window": window, "metadata": metadata}
     if parsed.errors:  # nothing is enqueued; the batch is `failed`, as OpenAI reports it
         record = records.create_record(record_id=new_id("batch"), batch_id=None,
                                        errors={"object": "list", "data": parsed.errors},

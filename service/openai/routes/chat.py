@@ -11,6 +11,7 @@ from flask import Response, g, jsonify, stream_with_context
 
 from service.api.context import current_key, runtime
 from service.core.tables import Job
+from service.lifecycle.jobs import NewJob
 from service.lifecycle.status import JobStatus
 from service.openai.render import (
     chat_completion,
@@ -52,7 +53,7 @@ def _event(body: dict[str, Any]) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
-def _stream(job: Job, seconds: int, include_usage: bool) -> Iterator[str]:
+def _stream(job: Job | NewJob, seconds: int, include_usage: bool) -> Iterator[str]:
     at = created(job)
     yield _event(chunk(job.id, job.model, at, {"role": "assistant", "content": ""}))
     text = TextStream(job.id, seconds)
