@@ -9,9 +9,8 @@
 
 `service.models` stands apart at the bottom: it imports nothing of the service's
 layers, so it can be used (and tested) without Flask, Celery, SQL or S3.
-Every import counts, lazy ones inside functions included. A layer is a package under
-service/, or one named with its subpackage (`openai.routes`), which then is not part of
-its parent's layer.
+Every import counts, lazy ones inside functions included. A subpackage named in ALLOWED
+(`openai.routes`) is a layer of its own, not part of its parent's.
 """
 
 from __future__ import annotations
@@ -70,10 +69,7 @@ def _imports(path: Path, module: str) -> set[str]:
 
 def layer_of(module: str) -> str | None:
     parts = module.split(".")
-    for layer in (".".join(parts[1:3]), parts[1] if len(parts) > 1 else ""):
-        if layer in ALLOWED:
-            return layer
-    return None
+    return next((n for n in (".".join(parts[1:3]), ".".join(parts[1:2])) if n in ALLOWED), None)
 
 
 def test_every_module_belongs_to_a_layer() -> None:

@@ -1,6 +1,5 @@
 """The OpenAI-compatible face's own rows (files, and what an OpenAI batch adds to ours)
-and the names it stores things under, shared by the API that writes them and the
-dispatcher that reads or writes them when it finishes a batch.
+and the names it stores things under, for the API and the dispatcher alike.
 
 Jobs and batches themselves are created, canceled and counted by the lifecycle
 exactly as for /v1; these rows only remember OpenAI's extra fields.

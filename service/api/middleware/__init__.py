@@ -1,1 +1,0 @@
-"""What runs around every route: keys, rate limits, body size, URL guards, metrics."""

@@ -1,1 +1,0 @@
-"""Request bodies, JSON parts and bulk uploads read into checked jobs, or a 4xx."""

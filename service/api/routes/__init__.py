@@ -1,1 +1,0 @@
-"""One module of routes (a blueprint) per resource of /v1, and the unauthenticated ones."""

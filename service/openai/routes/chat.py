@@ -21,16 +21,8 @@ from service.openai.render import (
     finish_reason,
     usage,
 )
+from service.openai.routes import hold
 from service.openai.routes.blueprint import bp, json_body
-from service.openai.routes.hold import (
-    JOB_HEADER,
-    TextStream,
-    hold_seconds,
-    job_error,
-    submit,
-    timeout_error,
-    wait_succeeded,
-)
 from service.openai.routes.translate import chat_request
 
 
@@ -56,7 +48,7 @@ def _event(body: dict[str, Any]) -> str:
 def _stream(job: Job | NewJob, seconds: int, include_usage: bool) -> Iterator[str]:
     at = created(job)
     yield _event(chunk(job.id, job.model, at, {"role": "assistant", "content": ""}))
-    text = TextStream(job.id, seconds)
+    text = hold.TextStream(job.id, seconds)
     for delta in text:
         if delta is None:
             yield ": keep-alive\n\n"  # a comment line; clients skip it
@@ -64,7 +56,7 @@ def _stream(job: Job | NewJob, seconds: int, include_usage: bool) -> Iterator[st
             yield _event(chunk(job.id, job.model, at, {"content": delta}))
     done = text.job
     if done is None or done.status != JobStatus.SUCCEEDED:
-        error = timeout_error(job.id, seconds) if done is None else job_error(done)
+        error = hold.timeout_error(job.id, seconds) if done is None else hold.job_error(done)
         # OpenAI's clients raise on a data line that holds an error object.
         yield _event(error_body(error.message, error.status, None, error.code))
         return
@@ -80,15 +72,15 @@ def create_chat_completion() -> Response:
     rt = runtime()
     g.rate = rt.limiter.check(current_key().id)
     request = chat_request(json_body())
-    job = submit(request.job)
-    seconds = hold_seconds()
+    job = hold.submit(request.job)
+    seconds = hold.seconds()
     if request.stream:
         response = Response(stream_with_context(_stream(job, seconds, request.include_usage)),
                             mimetype="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"  # nginx: pass events on at once
     else:
-        done = wait_succeeded(job.id, seconds)
+        done = hold.wait_succeeded(job.id, seconds)
         response = jsonify(chat_completion(done, rt.settings.models))
-    response.headers[JOB_HEADER] = job.id
+    response.headers[hold.JOB_HEADER] = job.id
     return response

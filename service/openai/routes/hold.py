@@ -37,7 +37,7 @@ JOB_HEADER = "x-janus-job-id"  # on every answer that created a job: GET /v1/job
 _WAIT = re.compile(r"(?:^|[;,\s])wait=(\d{1,9})")
 
 
-def hold_seconds() -> int:
+def seconds() -> int:
     """How long to hold a request for its job: JANUS_OPENAI_WAIT_SECONDS, or less when the
     client asks with `Prefer: wait=N` (e.g. a client whose own timeout is shorter)."""
     limit = runtime().settings.openai_wait_seconds
