@@ -213,7 +213,7 @@ def test_idempotency_race_replays_the_job_that_won(client, app, auth, monkeypatc
     """A concurrent submit with the same key commits between our lookup and our INSERT:
     the INSERT fails on the unique key (an IntegrityError, though it goes straight to the
     driver) and the winner is replayed; nothing is counted twice in the queue."""
-    from service.api.submit import _canonical_hash
+    from service.api.parsing.submit import canonical_hash
     from service.core.tables import QueueCount
     from service.lifecycle import jobs as crud
 
@@ -233,7 +233,7 @@ def test_idempotency_race_replays_the_job_that_won(client, app, auth, monkeypatc
             won["job"], _ = crud.create_job(
                 engine=app.extensions["janus"].engine, storage=app.extensions["janus"].storage,
                 api_key_id=api_key_id, spec=spec, idempotency_key=key,
-                request_hash=_canonical_hash(body, None))
+                request_hash=canonical_hash(body, None))
             return None
         return real(session=session, api_key_id=api_key_id, key=key)
 

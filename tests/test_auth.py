@@ -9,7 +9,8 @@ import pytest
 import redis
 import requests
 
-from service.api import auth, create_app
+from service.api import create_app
+from service.api.middleware import auth
 from service.core.keyversion import KeyVersion
 from tests.helpers import CLI, free_port, make_key, settings_env, wait_for
 

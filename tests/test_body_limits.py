@@ -1,7 +1,7 @@
 """A body past the size limit is answered 413 in the path's error shape, never with a
 connection reset: against the real server (gunicorn, gevent), with a body sent slowly
 (longer than gunicorn's own 2 s keep-alive drain) or chunked, by http.client, requests
-and the official openai client (service/api/bodylimit.py).
+and the official openai client (service/api/middleware/bodylimit.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import requests
 from openai import OpenAI
 
-from service.api.bodylimit import drain
+from service.api.middleware.bodylimit import drain
 from tests.helpers import IDLE, start_api
 
 LIMIT = 64 * 1024  # job bodies and batch files alike, so a refused body is cheap to send

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.api.console import ASSETS, STATIC
+from service.api.routes.console import ASSETS, STATIC
 from tests.helpers import (
     IDLE,
     TEST_IMAGE_SIZE,

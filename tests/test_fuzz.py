@@ -57,7 +57,7 @@ def api_schema(fuzz_app):  # type: ignore[no-untyped-def]
 
 
 def _operations() -> list[tuple[str, str]]:
-    from service.api.openapi import openapi_document
+    from service.api.schemas.openapi import openapi_document
 
     return [(method.upper(), path) for path, ops in openapi_document()["paths"].items()
             for method in ops]

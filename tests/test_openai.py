@@ -19,10 +19,10 @@ import requests
 from openai import OpenAI
 from sqlalchemy import create_engine, func, select, update
 
-from service.api.openai import schemas
 from service.core.tables import Job, OpenAIBatch, utcnow
 from service.lifecycle.hook import transition
 from service.lifecycle.status import JobStatus
+from service.openai import shapes
 from tests.helpers import IDLE, TEST_IMAGE_SIZE, make_key, png_bytes, start_api, wait_for
 
 DATA_URL = "data:image/png;base64,"
@@ -113,7 +113,7 @@ def assert_openai_error(exc: openai.APIStatusError, status: int, param: str | No
     assert exc.status_code == status, (exc.status_code, exc.body)
     body = exc.response.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    conforms(schemas.OpenAIError, body)
+    conforms(shapes.OpenAIError, body)
     error = body["error"]
     assert isinstance(error["message"], str) and error["message"]
     assert error["type"] == ("server_error" if status >= 500 else "requests" if status == 429
@@ -129,7 +129,7 @@ def assert_openai_error(exc: openai.APIStatusError, status: int, param: str | No
 
 def test_models_list_and_retrieve(oai: OpenAI, settings) -> None:  # type: ignore[no-untyped-def]
     models = oai.models.list()
-    conforms(schemas.OpenAIModelList, {"object": "list",
+    conforms(shapes.OpenAIModelList, {"object": "list",
                                        "data": [m.to_dict() for m in models.data]})
     assert {m.id for m in models.data} == set(settings.models)
     assert all(m.object == "model" and isinstance(m.created, int) for m in models.data)
@@ -384,7 +384,7 @@ def test_files_upload_read_list_download_delete_and_tenancy(
     data = jsonl([image_line("a"), image_line("b")])
     created = oai.files.create(file=("two.jsonl", io.BytesIO(data)), purpose="batch")
     assert created.id.startswith("file-") and created.object == "file"
-    conforms(schemas.FileObject, created)
+    conforms(shapes.FileObject, created)
     assert (created.bytes, created.filename, created.purpose) == (len(data), "two.jsonl",
                                                                   "batch")
     assert oai.files.retrieve(created.id).bytes == len(data)
@@ -408,7 +408,7 @@ def test_files_upload_read_list_download_delete_and_tenancy(
 
     deleted = oai.files.delete(created.id)
     assert (deleted.id, deleted.deleted) == (created.id, True)
-    conforms(schemas.FileDeleted, deleted)
+    conforms(shapes.FileDeleted, deleted)
     with pytest.raises(openai.NotFoundError):
         oai.files.retrieve(created.id)
 
@@ -423,7 +423,7 @@ def test_a_batch_with_bad_lines_fails_validation_listing_them(oai: OpenAI, engin
     batch = oai.batches.create(input_file_id=source.id, endpoint="/v1/images/generations",
                                completion_window="24h")
     assert batch.status == "failed" and batch.failed_at
-    conforms(schemas.OpenAIBatch, batch)
+    conforms(shapes.OpenAIBatch, batch)
     assert batch.request_counts.total == 0
     errors = [(e.line, e.code, e.param) for e in batch.errors.data]
     assert errors == [(2, "invalid_value", "body.n"), (3, "mismatched_endpoint", "url"),
@@ -458,7 +458,7 @@ def test_cancel_a_batch_tenancy_and_the_shared_v1_view(
                                completion_window="24h", metadata={"project": "cancel"},
                                extra_body={"webhook": "http://127.0.0.1:9/hooks"})
     assert batch.status == "in_progress" and batch.request_counts.total == 3
-    conforms(schemas.OpenAIBatch, batch)
+    conforms(shapes.OpenAIBatch, batch)
     assert batch.metadata == {"project": "cancel"}
     ours = requests.get(f"{live}/v1/batches/{batch.id}", timeout=10,
                         headers={"Authorization": f"Bearer {api_key}"}).json()
@@ -473,13 +473,13 @@ def test_cancel_a_batch_tenancy_and_the_shared_v1_view(
     canceled = oai.batches.cancel(batch.id)
     assert canceled.status == "cancelled" and canceled.cancelling_at and canceled.cancelled_at
     assert canceled.output_file_id is None
-    conforms(schemas.OpenAIBatch, canceled)
+    conforms(shapes.OpenAIBatch, canceled)
     assert (canceled.request_counts.completed, canceled.request_counts.failed) == (0, 3)
     lines = result_lines(oai, canceled.error_file_id)
     assert [line["custom_id"] for line in lines] == ["c0", "c1", "c2"]
     assert {line["error"]["code"] for line in lines} == {"batch_cancelled"}
     for line in lines:
-        conforms(schemas.BatchResultLine, line)
+        conforms(shapes.BatchResultLine, line)
     assert all(line["response"] is None and line["id"].startswith("batch_req_")
                for line in lines)
     assert oai.files.retrieve(canceled.error_file_id).purpose == "batch_output"
@@ -524,11 +524,11 @@ def test_a_finished_chat_batch_writes_openai_result_lines(oai: OpenAI, engine) -
     assert done.status == "completed" and done.completed_at and done.finalizing_at
     assert (done.request_counts.total, done.request_counts.completed,
             done.request_counts.failed) == (3, 2, 1)
-    conforms(schemas.OpenAIBatch, done)
+    conforms(shapes.OpenAIBatch, done)
     output = result_lines(oai, done.output_file_id)
     for line in output:
-        conforms(schemas.BatchResultLine, line)
-        conforms(schemas.ChatCompletion, line["response"]["body"])
+        conforms(shapes.BatchResultLine, line)
+        conforms(shapes.ChatCompletion, line["response"]["body"])
     assert [line["custom_id"] for line in output] == ["yes", "more"]
     first = output[0]["response"]
     assert first["status_code"] == 200 and first["request_id"] == jobs["yes"].id
@@ -593,11 +593,11 @@ def test_a_database_outage_is_a_503_in_openai_shape(settings, api_key) -> None: 
 
 
 def test_openai_messages_become_template_turns() -> None:
-    from service.api.openai.translate import DEFAULT_QUESTION, _conversation
+    from service.openai.routes.translate import DEFAULT_QUESTION, conversation
 
     url = data_url()
     image = {"type": "image_url", "image_url": {"url": url}}
-    turns, got, param = _conversation([
+    turns, got, param = conversation([
         {"role": "system", "content": ""},  # empty: DeepSeek's default stays
         {"role": "user", "content": "Hi"},
         {"role": "user", "content": "  "},  # empty: dropped

@@ -16,8 +16,8 @@ import requests
 from openai import OpenAI
 from PIL import Image
 
-from service.api.openai import schemas
 from service.core.events import event_log
+from service.openai import shapes
 from tests.helpers import (
     CLI,
     TEST_IMAGE_SIZE,
@@ -49,7 +49,7 @@ def stack(settings, tmp_path_factory):  # type: ignore[no-untyped-def]
     api, base = start_api(settings, logs / "api.log")
     procs.append(api)
     start_worker(spawn, settings)
-    # Its tick finishes OpenAI batches nobody reads (service/openai_wire/batch_tick.py).
+    # Its tick finishes OpenAI batches nobody reads (service/openai/batch_tick.py).
     spawn(["dispatcher"], settings_env(settings, JANUS_SWEEP_INTERVAL_SECONDS="0.5"),
           "dispatcher")
     yield base
@@ -76,7 +76,7 @@ def test_images_generate_as_urls_and_as_base64(oai: OpenAI) -> None:
                                  size=f"{TEST_IMAGE_SIZE}x{TEST_IMAGE_SIZE}",
                                  extra_body={"seed": 7})
     assert isinstance(by_url.created, int) and len(by_url.data) == 2
-    schemas.ImagesResponse.model_validate(by_url.to_dict())
+    shapes.ImagesResponse.model_validate(by_url.to_dict())
     fetched = [fetch_png(item.url) for item in by_url.data]
     assert all(img.size == (TEST_IMAGE_SIZE, TEST_IMAGE_SIZE) for img in fetched)
     assert all(item.revised_prompt is None and item.b64_json is None for item in by_url.data)
@@ -95,7 +95,7 @@ def test_chat_completion_and_its_stream_give_the_same_answer(oai: OpenAI, settin
     answer = oai.chat.completions.create(**params)
     assert answer.object == "chat.completion" and answer.id.startswith("chatcmpl-job_")
     assert answer.model == TINY
-    schemas.ChatCompletion.model_validate(answer.to_dict())
+    shapes.ChatCompletion.model_validate(answer.to_dict())
     [choice] = answer.choices
     assert choice.message.role == "assistant"
     text = choice.message.content
@@ -110,7 +110,7 @@ def test_chat_completion_and_its_stream_give_the_same_answer(oai: OpenAI, settin
                                               stream_options={"include_usage": True}))
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     for c in chunks:
-        schemas.ChatCompletionChunk.model_validate(c.to_dict())
+        shapes.ChatCompletionChunk.model_validate(c.to_dict())
     assert chunks[0].choices[0].delta.role == "assistant"
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == text  # same seed, same job inputs: the same answer
@@ -217,11 +217,11 @@ def test_batch_files_run_to_completed_with_openai_result_lines(
     assert (done.request_counts.total, done.request_counts.completed,
             done.request_counts.failed) == (2, 2, 0)
     assert done.error_file_id is None and done.completed_at >= done.created_at
-    schemas.OpenAIBatch.model_validate(done.to_dict())
+    shapes.OpenAIBatch.model_validate(done.to_dict())
     fox, cat = _lines(oai, done.output_file_id)
     for line in (fox, cat):
-        schemas.BatchResultLine.model_validate(line)
-        schemas.ImagesResponse.model_validate(line["response"]["body"])
+        shapes.BatchResultLine.model_validate(line)
+        shapes.ImagesResponse.model_validate(line["response"]["body"])
     assert (fox["custom_id"], cat["custom_id"]) == ("fox", "cat")
     assert fox["response"]["status_code"] == 200 and fox["error"] is None
     assert fetch_png(fox["response"]["body"]["data"][0]["url"]).size == (TEST_IMAGE_SIZE,

@@ -1,5 +1,5 @@
 """OpenAI batches move on with nobody reading them: the dispatcher's tick
-(service/openai_wire/batch_tick.py) expires them and writes their result files, once,
+(service/openai/batch_tick.py) expires them and writes their result files, once,
 racing reads and other dispatchers. Driven like tests/test_openai.py (the official
 client against a live API, jobs ended through the lifecycle), the tick run here;
 tests/test_openai_e2e.py and tests/test_embedded.py run it inside a real dispatcher.
@@ -41,7 +41,7 @@ def tick(settings):  # type: ignore[no-untyped-def]
     runs it every sweep; tests/test_openai_e2e.py has a real dispatcher)."""
     from service.core.db import make_engine, make_sessionmaker
     from service.core.storage import storage_from_settings
-    from service.openai_wire.batch_tick import advance_due
+    from service.openai.batch_tick import advance_due
 
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
@@ -146,7 +146,7 @@ def test_racing_ticks_and_reads_write_one_output_file(oai: OpenAI, engine, tick)
 def test_a_tick_racing_an_expiring_read_does_not_expire_it_again(oai: OpenAI, engine, tick) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy.orm import Session
 
-    from service.lifecycle import openai_records as records
+    from service.openai import records
 
     source = upload(oai, [image_line("both")])
     batch = oai.batches.create(input_file_id=source.id, endpoint="/v1/images/generations",
@@ -187,7 +187,7 @@ def test_one_broken_batch_does_not_stop_the_tick(oai: OpenAI, engine, tick) -> N
 def test_a_failing_batch_sits_out_more_ticks_each_time(oai: OpenAI, engine, settings) -> None:  # type: ignore[no-untyped-def]
     from service.core.db import make_engine, make_sessionmaker
     from service.core.storage import storage_from_settings
-    from service.openai_wire.batch_tick import Ticker
+    from service.openai.batch_tick import Ticker
 
     broken = oai.batches.create(input_file_id=upload(oai, [image_line("again")]).id,
                                 endpoint="/v1/images/generations", completion_window="24h")
@@ -213,7 +213,7 @@ def test_on_sqlite_a_second_finalizer_waits_then_finds_it_done(tmp_path) -> None
     from service.core.db import make_engine, make_sessionmaker
     from service.core.tables import ApiKey, Batch
     from service.entry.migrate import upgrade
-    from service.lifecycle import openai_records as records
+    from service.openai import records
 
     url = f"sqlite:///{tmp_path / 'j.db'}"
     upgrade(url)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from service.api.errors import ApiError
-from service.api.ratelimit import RateLimiter
+from service.api.middleware.ratelimit import RateLimiter
 from service.core.tables import Job
 from tests.helpers import IDLE, free_port, make_key
 

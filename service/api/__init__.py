@@ -5,27 +5,27 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
+from flask.json.provider import DefaultJSONProvider
 
-from service.api import (
-    batches,
-    catalog,
-    console,
-    deliveries,
-    files,
-    guards,
-    jobs,
-    ops,
-    streams,
-)
-from service.api import openai as openai_face
-from service.api.auth import KeyCache
-from service.api.bodylimit import BodyLimit
 from service.api.context import ModelInfo, Runtime, close_db
 from service.api.errors import register_error_handlers
-from service.api.metrics import ApiMetrics, add_run_time_collector, add_webhook_collector
-from service.api.ratelimit import RateLimiter
-from service.api.ratelimit import headers as rate_headers
+from service.api.middleware import guards
+from service.api.middleware.auth import KeyCache
+from service.api.middleware.bodylimit import BodyLimit
+from service.api.middleware.metrics import ApiMetrics, add_run_time_collector, add_webhook_collector
+from service.api.middleware.ratelimit import RateLimiter
+from service.api.middleware.ratelimit import headers as rate_headers
+from service.api.routes import (
+    batches,
+    console,
+    deliveries,
+    jobs,
+    local_files,
+    ops,
+    served_models,
+    streams,
+)
 from service.core.broker import make_celery, queue_depths
 from service.core.db import make_engine, make_sessionmaker
 from service.core.events import announce_on_commit, event_log
@@ -34,6 +34,7 @@ from service.core.settings import Settings, load_settings
 from service.core.storage import storage_from_settings
 from service.lifecycle.outbox import event_counts
 from service.lifecycle.stats import RUN_SECONDS_BUCKETS, counts_by_model, run_seconds_histogram
+from service.openai.routes import bp as openai_bp
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,19 @@ def model_catalog(settings: Settings) -> dict[str, ModelInfo]:
     return out
 
 
+class _Json(DefaultJSONProvider):
+    sort_keys = False  # objects keep the order their fields are written in
+
+
 class _App(Flask):
     url_map_class = guards.StrictMap  # no 308 redirects that merge `//` in paths
+    json_provider_class = _Json
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = _App(__name__, static_folder=None)  # no /static route: nothing is served from disk
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = make_engine(settings.database_url)
     rt = Runtime(
         settings=settings,
@@ -111,7 +116,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.before_request(guards.check_url)  # after the timer, so refusals are observed too
 
     @app.after_request
-    def _observe(response):  # type: ignore[no-untyped-def]
+    def _observe(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
         for name, value in rate_headers(g.get("rate")).items():
             response.headers.setdefault(name, value)
@@ -122,8 +127,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.teardown_appcontext(close_db)
     register_error_handlers(app)
-    blueprints = (jobs.bp, streams.bp, batches.bp, deliveries.bp, catalog.bp, ops.bp, files.bp)
-    for blueprint in (*blueprints, console.bp, openai_face.bp):
+    blueprints = (jobs.bp, streams.bp, batches.bp, deliveries.bp, served_models.bp, ops.bp,
+                  local_files.bp, console.bp, openai_bp)
+    for blueprint in blueprints:
         app.register_blueprint(blueprint)
     app.wsgi_app = BodyLimit(app.wsgi_app, settings)  # type: ignore[method-assign]
     return app

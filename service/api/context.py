@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -11,11 +11,13 @@ from flask import current_app, g
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.api.middleware.ratelimit import RateLimiter
+from service.core.events import EventLog
 from service.core.settings import Settings
 from service.core.storage import Storage
 
-if TYPE_CHECKING:
-    from service.api.auth import Principal
+if TYPE_CHECKING:  # auth reads the runtime
+    from service.api.middleware.auth import KeyCache, Principal
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +37,10 @@ class Runtime:
     sessions: sessionmaker[Session]
     storage: Storage
     celery: Celery
-    models: dict[str, ModelInfo] = field(default_factory=dict)
-    limiter: Any = None  # service.api.ratelimit.RateLimiter
-    keys: Any = None  # service.api.auth.KeyCache
-    events: Any = None  # service.core.events.EventLog: live job events
+    models: dict[str, ModelInfo]
+    limiter: RateLimiter
+    keys: KeyCache
+    events: EventLog  # live job events
 
 
 def runtime() -> Runtime:

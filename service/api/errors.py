@@ -1,17 +1,20 @@
-"""The one JSON error shape, produced here and nowhere else."""
+"""Every error a request raises, as the ApiError it answers with, and the one JSON error
+shape it is written in; a face with a shape of its own (the OpenAI routes) plugs that
+in with `own_error_shape`."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
-from flask import Flask, Response, has_request_context, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import exc as sa
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from service.api.responses import ErrorBody, ErrorResponse
+from service.api.schemas.responses import ErrorBody, ErrorResponse
 from service.core.storage import StorageError
 from service.lifecycle.views import public
 
@@ -69,28 +72,9 @@ def validation_error(details: list[dict[str, Any]], message: str | None = None) 
     )
 
 
-def error_response(
-    status: int, code: str, message: str, details: Any = None,
-    headers: dict[str, str] | None = None, param: str | None = None,
-) -> Response:
-    if has_request_context() and request.path.startswith("/openai/"):
-        # The OpenAI-compatible face answers in OpenAI's error shape (one place, here).
-        from service.api.openai.errors import openai_response
-
-        return openai_response(status, code, message, details, headers, param)
-    body = ErrorBody(code=code, message=message)
-    if details is not None:  # absent, not null, when there are none
-        body.details = details
-    response = jsonify(public(ErrorResponse(error=body)))
-    response.status_code = status
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
-
-
-def unavailable(dependency: str) -> Response:
+def unavailable(dependency: str) -> ApiError:
     """503 for a dependency that is down or not answering; the client may retry."""
-    return error_response(
+    return ApiError(
         503,
         f"{dependency}_unavailable",
         f"the {dependency} is unavailable; retry in a few seconds",
@@ -104,61 +88,76 @@ def _is_outage(exc: sa.DBAPIError) -> bool:
     return isinstance(exc, sa.OperationalError | sa.InterfaceError) or exc.connection_invalidated
 
 
-def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(sa.DBAPIError)
-    def _database_error(exc: sa.DBAPIError) -> Response:
-        if _is_outage(exc):
-            log.warning("database unavailable: %s", str(exc).splitlines()[0][:300])
-            return unavailable("database")
-        if isinstance(exc, sa.DataError):
-            # A value the database cannot hold that validation let through: still the
-            # client's input, and the transaction stored nothing (teardown rolls back).
-            log.warning("database refused a value: %s", str(exc).splitlines()[0][:300])
-            return error_response(422, "validation_error", "a value in the request cannot be "
-                                  "stored", [{"field": "body", "message": "cannot be stored"}])
-        return _unexpected(exc)
-
-    @app.errorhandler(sa.TimeoutError)  # the pool had no connection to give in time
-    @app.errorhandler(sa.DisconnectionError)
-    def _database_away(exc: Exception) -> Response:
+def as_api_error(exc: Exception) -> ApiError:
+    """What a request that raised `exc` answers, whatever the shape it is written in."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, sa.DBAPIError) and _is_outage(exc):
+        log.warning("database unavailable: %s", str(exc).splitlines()[0][:300])
+        return unavailable("database")
+    if isinstance(exc, sa.DataError):
+        # A value the database cannot hold that validation let through: still the
+        # client's input, and the transaction stored nothing (teardown rolls back).
+        log.warning("database refused a value: %s", str(exc).splitlines()[0][:300])
+        return ApiError(422, "validation_error", "a value in the request cannot be stored",
+                        [{"field": "body", "message": "cannot be stored"}])
+    # sa.TimeoutError: the pool had no connection to give in time.
+    if isinstance(exc, sa.TimeoutError | sa.DisconnectionError):
         log.warning("database unavailable: %s", exc)
         return unavailable("database")
-
-    @app.errorhandler(BrokerError)
-    @app.errorhandler(redis.RedisError)
-    def _broker_away(exc: Exception) -> Response:
+    if isinstance(exc, BrokerError | redis.RedisError):
         log.warning("broker unavailable: %s", exc)
         return unavailable("broker")
-
-    @app.errorhandler(StorageError)
-    def _storage_away(exc: StorageError) -> Response:
+    if isinstance(exc, StorageError):
         log.warning("object store unavailable: %s", exc)
         return unavailable("storage")
-
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers,
-                              getattr(exc, "param", None))
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
+    if isinstance(exc, HTTPException):
         status = exc.code or 500
         headers = {}
-        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
-            headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            headers["Allow"] = ", ".join(exc.valid_methods)
         message = exc.description or exc.name
         if status == 413:
-            # The rest of the body is drained before this goes out (service/api/bodylimit.py).
+            # The rest of the body is drained before this goes out (BodyLimit).
             message = f"request body is larger than {request.max_content_length} bytes"
-        return error_response(
-            status, _HTTP_CODES.get(status, "http_error"), message, headers=headers
-        )
-
-    @app.errorhandler(Exception)
-    def _any_error(exc: Exception) -> Response:
-        return _unexpected(exc)
-
-
-def _unexpected(exc: Exception) -> Response:
+        return ApiError(status, _HTTP_CODES.get(status, "http_error"), message, headers=headers)
     log.error("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "the server failed to handle this request")
+    return ApiError(500, "internal_error", "the server failed to handle this request")
+
+
+def error_response(error: ApiError) -> Response:
+    """The one JSON error shape of /v1 and everything outside a face of its own."""
+    body = ErrorBody(code=error.code, message=error.message)
+    if error.details is not None:  # absent, not null, when there are none
+        body.details = error.details
+    response = jsonify(public(ErrorResponse(error=body)))
+    response.status_code = error.status
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+Shape = Callable[[ApiError], Response]
+_SHAPES = "janus_error_shapes"  # app.extensions: path prefix -> Shape
+
+
+def own_error_shape(bp: Blueprint, prefix: str, shape: Shape) -> None:
+    """Errors under `prefix` answered in `shape` instead of ours.
+
+    What the blueprint's requests raise goes to its own handler. A URL under `prefix`
+    that matches no route (a 404, or a 405 for the wrong method) belongs to no
+    blueprint, so Flask hands it to the app's handler, which finds the shape here.
+    """
+    bp.register_error_handler(Exception, lambda exc: shape(as_api_error(exc)))
+    bp.record_once(lambda state: state.app.extensions.setdefault(_SHAPES, {}).update(
+        {prefix: shape}))
+
+
+def register_error_handlers(app: Flask) -> None:
+    def answer(exc: Exception) -> Response:
+        shapes: dict[str, Shape] = app.extensions.get(_SHAPES, {})
+        shape = next((s for p, s in shapes.items() if request.path.startswith(p)),
+                     error_response)
+        return shape(as_api_error(exc))
+
+    app.register_error_handler(Exception, answer)

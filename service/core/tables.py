@@ -252,7 +252,7 @@ class OpenAIBatch(Base):
     __tablename__ = "openai_batches"
     __table_args__ = (
         Index("ix_openai_batches_key_id", "api_key_id", "id"),
-        # The dispatcher's tick looks only at batches still open (openai_records.due_records).
+        # The dispatcher's tick looks only at batches still open (openai.records.due_records).
         Index("ix_openai_batches_open", "expires_at",
               postgresql_where=text("finalized_at IS NULL AND batch_id IS NOT NULL"),
               sqlite_where=text("finalized_at IS NULL AND batch_id IS NOT NULL")),

@@ -12,7 +12,7 @@ from service.core.db import make_engine, make_sessionmaker
 from service.core.events import announce_on_commit, event_log
 from service.core.settings import Settings
 from service.core.storage import storage_from_settings
-from service.openai_wire.batch_tick import start_ticker
+from service.openai.batch_tick import start_ticker
 from service.webhooks.consumer import start_webhook_runner
 from service.workers.sweeper import sweep_once
 

@@ -126,7 +126,7 @@ def serve(
             "timeout": 120,
             "graceful_timeout": 30,
             # gunicorn's maximum; the app answers its own JSON 414 past 4096 characters
-            # (service/api/guards.py), and _json_write_error covers what is longer still.
+            # (service/api/middleware/guards.py), and _json_write_error covers what is longer still.
             "limit_request_line": 8190,
             "accesslog": "-",
             "errorlog": "-",

@@ -82,7 +82,7 @@ def wakeups(ids: list[str], models: list[str], per_model: int) -> list[tuple[str
     """A few wake-up messages per model, not one per line.
 
     Each worker run passes the baton while its model has queued jobs
-    (service/workers/executor.py), so a handful drain any number of lines.
+    (service/workers/handler.py), so a handful drain any number of lines.
     """
     first: dict[str, str] = {}
     for job_id, model in zip(ids, models, strict=True):
