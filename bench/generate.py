@@ -307,10 +307,10 @@ def step_ms(runner: Any, requests: list[Any], device: str, steps: int = 64) -> f
 
 def compare_compiled(runner: Any, requests: list[Any], device: str) -> None:
     lm = runner.lm
-    eager = lm.decode_layers
+    eager = lm.pieces
     started = time.perf_counter()
     lm.compile()
-    compiled = lm.decode_layers
+    compiled = lm.pieces
     for n in sorted({1, len(requests)}):  # every length bucket and both row-count graphs
         engine = runner.open_engine("generate", n)
         engine.defer = True
@@ -320,8 +320,8 @@ def compare_compiled(runner: Any, requests: list[Any], device: str) -> None:
     print(f"\n# compile + warm-up (the whole token loop at 1 and {len(requests)} jobs): "
           f"{time.perf_counter() - started:.1f} s")
 
-    def use(fn: Any, is_compiled: bool) -> None:
-        lm.decode_layers, lm.compiled = fn, is_compiled
+    def use(pieces: Any, is_compiled: bool) -> None:
+        lm.pieces, lm.compiled = pieces, is_compiled
 
     best: dict[tuple[int, str], float] = {}
     for _ in range(2):

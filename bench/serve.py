@@ -107,11 +107,11 @@ class Service:
                  admit_every: int) -> None:
         import psycopg
 
-        from service.core.db import make_engine, make_sessionmaker, session_scope
-        from service.core.keys import create_key
+        from service.core.db import make_db, make_sessionmaker, session_scope
         from service.core.settings import Settings
         from service.core.storage import storage_from_settings
         from service.entry.migrate import upgrade
+        from service.keys.store import create_key
 
         self.admin_url = admin_url
         self.db = f"bench_serve_{uuid.uuid4().hex[:8]}"
@@ -122,7 +122,7 @@ class Service:
                                  storage_url=f"file://{tmp}/storage", models={MODEL: "bench"},
                                  secret_key="bench", lease_seconds=120)
         upgrade(self.settings.database_url)
-        self.engine = make_engine(self.settings.database_url)
+        self.engine = make_db(self.settings.database_url)
         self.sessions = make_sessionmaker(self.engine)
         self.storage = storage_from_settings(self.settings)
         with session_scope(self.sessions) as session:
@@ -139,7 +139,7 @@ class Service:
     def submit(self, task_input: dict[str, Any]) -> str:
         from service.lifecycle.jobs import JobSpec, create_job
 
-        job, _position = create_job(engine=self.engine, storage=self.storage,
+        job, _position = create_job(db=self.engine, storage=self.storage,
                                     api_key_id=self.key_id,
                                     spec=JobSpec(model=MODEL, task="generate", input=task_input))
         return job.id

@@ -30,8 +30,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.core.keyversion import KeyVersion  # noqa: E402
 from service.core.settings import Settings  # noqa: E402
+from service.keys.revocation import KeyVersion  # noqa: E402
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -53,9 +53,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from service.api import create_app
-    from service.core.db import make_engine, make_sessionmaker, session_scope
-    from service.core.keys import create_key
+    from service.core.db import make_db, make_sessionmaker, session_scope
     from service.entry.migrate import upgrade
+    from service.keys.store import create_key
 
     name = f"janus_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
@@ -69,7 +69,7 @@ def main() -> None:
             models={"idle": str(work / "no-checkpoint")}, log_level="WARNING",
         )
         upgrade(settings.database_url)
-        engine = make_engine(settings.database_url)
+        engine = make_db(settings.database_url)
         with session_scope(make_sessionmaker(engine)) as session:
             key = create_key(session=session, name="bench").key
         engine.dispose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from service.core.db import make_engine
+from service.core.db import make_db
 from service.core.tables import Base
 
 config = context.config
@@ -33,8 +33,8 @@ def run_migrations_offline() -> None:
 
 def run_migrations_online() -> None:
     url = _url()
-    engine = make_engine(url)
-    with engine.connect() as connection:
+    db = make_db(url)
+    with db.connect() as connection:
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
@@ -43,7 +43,7 @@ def run_migrations_online() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
-    engine.dispose()
+    db.dispose()
 
 
 if context.is_offline_mode():

@@ -82,10 +82,10 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def make_key(settings: Settings, name: str = "test") -> str:
-    from service.core.db import make_engine, make_sessionmaker, session_scope
-    from service.core.keys import create_key
+    from service.core.db import make_db, make_sessionmaker, session_scope
+    from service.keys.store import create_key
 
-    engine = make_engine(settings.database_url)
+    engine = make_db(settings.database_url)
     with session_scope(make_sessionmaker(engine)) as session:
         key = create_key(session=session, name=name).key
     engine.dispose()

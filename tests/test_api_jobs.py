@@ -231,7 +231,7 @@ def test_idempotency_race_replays_the_job_that_won(client, app, auth, monkeypatc
         if not won:  # the first lookup misses; the other request commits right after it
             spec = crud.JobSpec(model=IDLE, task="generate", input=dict(body["input"]))
             won["job"], _ = crud.create_job(
-                engine=app.extensions["janus"].engine, storage=app.extensions["janus"].storage,
+                db=app.extensions["janus"].db, storage=app.extensions["janus"].storage,
                 api_key_id=api_key_id, spec=spec, idempotency_key=key,
                 request_hash=canonical_hash(body, None))
             return None

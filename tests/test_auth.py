@@ -11,7 +11,7 @@ import requests
 
 from service.api import create_app
 from service.api.middleware import auth
-from service.core.keyversion import KeyVersion
+from service.keys.revocation import KeyVersion
 from tests.helpers import CLI, free_port, make_key, settings_env, wait_for
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.core.db import make_engine, make_sessionmaker, session_scope
+from service.core.db import make_db, make_sessionmaker, session_scope
 from service.core.events import event_log, worker_stream
 from service.core.settings import Settings
 from service.core.tables import Batch, Job
@@ -61,7 +61,7 @@ class World:
             update={"models": {**settings.models, self.model: settings.models[IDLE]}})
         self.client = create_app(self.settings).test_client()
         self.auth = {"Authorization": f"Bearer {make_key(self.settings)}"}
-        self.engine = make_engine(self.settings.database_url)
+        self.engine = make_db(self.settings.database_url)
         self.sessions = make_sessionmaker(self.engine)
         self.watches: dict[str, CancelWatch] = {}
 

@@ -14,7 +14,7 @@ from tests.helpers import wait_for
 
 @pytest.fixture()
 def engine(settings):  # type: ignore[no-untyped-def]
-    engine = db.make_engine(settings.database_url)
+    engine = db.make_db(settings.database_url)
     pings: list[int] = []
     real = engine.dialect.do_ping
 

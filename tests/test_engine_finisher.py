@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from service.core.db import make_engine, make_sessionmaker, session_scope
-from service.core.keys import create_key
+from service.core.db import make_db, make_sessionmaker, session_scope
 from service.core.storage import LocalStorage
 from service.core.tables import Job
+from service.keys.store import create_key
 from service.lifecycle.jobs import JobSpec, create_job
 from service.workers.finisher import Finisher
 
@@ -101,7 +101,7 @@ class ModelQueue:
 
     def __init__(self, settings: Any, tmp_path: Path, name: str) -> None:
         self.settings, self.model = settings, f"{name}-{uuid.uuid4().hex[:6]}"
-        self.engine = make_engine(settings.database_url)
+        self.engine = make_db(settings.database_url)
         self.sessions = make_sessionmaker(self.engine)
         self.storage = HeldStorage(tmp_path)
         with session_scope(self.sessions) as session:
@@ -110,7 +110,7 @@ class ModelQueue:
     def submit(self, seed: int) -> str:
         spec = JobSpec(model=self.model, task="generate",
                        input={"prompt": "a kite", "seed": seed})
-        return create_job(engine=self.engine, storage=self.storage, api_key_id=self.key_id,
+        return create_job(db=self.engine, storage=self.storage, api_key_id=self.key_id,
                           spec=spec)[0].id
 
     def loop(self, runner: Any, slots: int) -> Any:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from service.core.db import make_engine, make_sessionmaker, session_scope
+from service.core.db import make_db, make_sessionmaker, session_scope
 from service.core.events import announce_on_commit, event_log
 from service.core.settings import Settings
 from service.core.storage import storage_from_settings
@@ -142,7 +142,7 @@ def embedded(tmp_path: Path) -> Settings:
 
 def test_started_and_terminal_statuses_are_announced_after_commit(embedded: Settings) -> None:
     log = event_log(embedded)
-    engine = make_engine(embedded.database_url)
+    engine = make_db(embedded.database_url)
     sessions = make_sessionmaker(engine)
     announce_on_commit(sessions, log)
     make_key(embedded)
@@ -152,7 +152,7 @@ def test_started_and_terminal_statuses_are_announced_after_commit(embedded: Sett
     spec = JobSpec(model="m", task="generate", input={"prompt": "p", "seed": 1})
     ids = []
     for _ in range(3):
-        job, _ = create_job(engine=engine, storage=storage, api_key_id=key_id, spec=spec)
+        job, _ = create_job(db=engine, storage=storage, api_key_id=key_id, spec=spec)
         ids.append(job.id)
     a, b, c = ids
     # A cancel that rolls back announces nothing.

@@ -15,7 +15,7 @@ import redis
 from sqlalchemy import create_engine, select
 
 from service.core.broker import make_celery
-from service.core.db import make_engine, make_sessionmaker
+from service.core.db import make_db, make_sessionmaker
 from service.core.tables import Job
 from service.workers.sweeper import sweep_once
 from tests.helpers import (
@@ -203,7 +203,7 @@ def test_redis_down_at_submit_then_sweeper_publishes(client, settings, auth, tmp
 
     server = start_redis()
     try:
-        sessions = make_sessionmaker(make_engine(settings.database_url))
+        sessions = make_sessionmaker(make_db(settings.database_url))
         celery = make_celery(broken)
         # The test database may hold other tests' unpublished jobs (older: they go first,
         # a bounded number per pass), so sweep until the pass that reaches this one.

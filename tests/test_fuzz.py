@@ -42,7 +42,7 @@ def fuzz_app(settings):  # type: ignore[no-untyped-def]
         "openai_wait_seconds": 0,
     }))
     yield app
-    app.extensions["janus"].engine.dispose()
+    app.extensions["janus"].db.dispose()
 
 
 @pytest.fixture(scope="module")

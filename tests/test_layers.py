@@ -4,6 +4,7 @@
     openai.routes                  (the /openai/v1 routes, on top of the API's)
     api | workers | webhooks       (siblings; see ALLOWED for the few crossings)
     openai                         (OpenAI's bodies, rows and batch files, no Flask)
+    keys                           (API keys and their revocation version)
     lifecycle                      (the only writer of job and batch status)
     core                           (settings, db, tables, storage, broker, ...)
 
@@ -23,15 +24,16 @@ SERVICE = Path(__file__).resolve().parent.parent / "service"
 ALLOWED: dict[str, set[str]] = {
     "core": {"core"},
     "lifecycle": {"core", "lifecycle"},
+    "keys": {"core", "keys"},
     # No Flask and no service.api: the dispatcher imports it (test_dispatcher_imports).
     "openai": {"core", "lifecycle", "openai", "models"},
     # The API refuses unsafe webhook URLs at submit with the guard that delivery uses,
     # and reads model families and defaults from the model catalog (config.json only).
-    "api": {"core", "lifecycle", "openai", "api", "webhooks", "models"},
+    "api": {"core", "lifecycle", "keys", "openai", "api", "webhooks", "models"},
     "openai.routes": {"core", "lifecycle", "openai", "api", "openai.routes"},
     "workers": {"core", "lifecycle", "workers", "models"},
     "webhooks": {"core", "lifecycle", "webhooks"},
-    "entry": {"core", "lifecycle", "openai", "api", "workers", "webhooks", "entry",
+    "entry": {"core", "lifecycle", "keys", "openai", "api", "workers", "webhooks", "entry",
               "models"},
     "models": {"models"},
 }

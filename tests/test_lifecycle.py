@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import update
 
 from service.core.broker import make_celery
-from service.core.db import make_engine, make_sessionmaker, session_scope
+from service.core.db import make_db, make_sessionmaker, session_scope
 from service.core.tables import Job, utcnow
 from service.workers.sweeper import sweep_once
 from tests.helpers import IDLE, SLOW, settings_env, start_worker, wait_for, wait_terminal
@@ -17,7 +17,7 @@ from tests.helpers import IDLE, SLOW, settings_env, start_worker, wait_for, wait
 
 @pytest.fixture(scope="module")
 def sweeper(settings):  # type: ignore[no-untyped-def]
-    engine = make_engine(settings.database_url)
+    engine = make_db(settings.database_url)
     sessions = make_sessionmaker(engine)
     celery = make_celery(settings)
     yield lambda: sweep_once(sessions=sessions, celery=celery, settings=settings), sessions

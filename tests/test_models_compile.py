@@ -37,13 +37,13 @@ def test_compiled_step_matches_eager_and_never_recompiles(compiled, monkeypatch)
     monkeypatch.setattr(ragged, "LENGTH_BUCKET", 4)
     lm = compiled.lm
     assert lm.compiled
-    eager, fast = type(lm).decode_layers.__get__(lm), lm.decode_layers
+    fast = lm.decode_layers
     ends: list[int] = []
 
     def both(x, rope, kv, mask, rows, columns, end):  # type: ignore[no-untyped-def]
         # The same inputs through both: the eager step on a copy of the cache.
         kv_eager = kv.clone()
-        want = eager(x, rope, kv_eager, mask, rows, columns, end)
+        want = fast(x, rope, kv_eager, mask, rows, columns, end, eager=True)
         got = fast(x, rope, kv, mask, rows, columns, end)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(kv, kv_eager, rtol=1e-4, atol=1e-4)
@@ -63,8 +63,9 @@ def test_compiled_step_matches_eager_and_never_recompiles(compiled, monkeypatch)
         engine.step()
         step += 1
     assert {e % 4 for e in ends} == {0} and len(set(ends)) >= 3, ends
-    # One dynamic graph for every row count and length (dynamo may add one for one row).
-    assert 0 < counters["stats"]["unique_graphs"] <= 2
+    # One dynamic graph per piece for every row count and length (dynamo may add one
+    # per piece for a single row).
+    assert 0 < counters["stats"]["unique_graphs"] <= 4
 
 
 def test_compiled_engine_runs_jobs_to_the_end(compiled) -> None:

@@ -569,7 +569,7 @@ def test_rate_limit_is_a_rate_limit_error(settings) -> None:  # type: ignore[no-
                               completion_window="24h")
     assert_openai_error(caught.value, 429, code="rate_limit_exceeded")
     assert int(caught.value.response.headers["Retry-After"]) > 0
-    app.extensions["janus"].engine.dispose()
+    app.extensions["janus"].db.dispose()
 
 
 def test_a_database_outage_is_a_503_in_openai_shape(settings, api_key) -> None:  # type: ignore[no-untyped-def]
@@ -589,7 +589,7 @@ def test_a_database_outage_is_a_503_in_openai_shape(settings, api_key) -> None: 
         client.files.list()
     assert_openai_error(caught.value, 503, code="database_unavailable")
     assert int(caught.value.response.headers["Retry-After"]) > 0
-    app.extensions["janus"].engine.dispose()
+    app.extensions["janus"].db.dispose()
 
 
 def test_openai_messages_become_template_turns() -> None:

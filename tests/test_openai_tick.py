@@ -39,11 +39,11 @@ def engine(settings):  # type: ignore[no-untyped-def]
 def tick(settings):  # type: ignore[no-untyped-def]
     """One tick of the dispatcher's OpenAI batch step, run here (service/entry/dispatcher.py
     runs it every sweep; tests/test_openai_e2e.py has a real dispatcher)."""
-    from service.core.db import make_engine, make_sessionmaker
+    from service.core.db import make_db, make_sessionmaker
     from service.core.storage import storage_from_settings
     from service.openai.batch_tick import advance_due
 
-    engine = make_engine(settings.database_url)
+    engine = make_db(settings.database_url)
     sessions = make_sessionmaker(engine)
     storage = storage_from_settings(settings)
     yield lambda: advance_due(sessions=sessions, storage=storage, settings=settings)
@@ -185,7 +185,7 @@ def test_one_broken_batch_does_not_stop_the_tick(oai: OpenAI, engine, tick) -> N
 
 
 def test_a_failing_batch_sits_out_more_ticks_each_time(oai: OpenAI, engine, settings) -> None:  # type: ignore[no-untyped-def]
-    from service.core.db import make_engine, make_sessionmaker
+    from service.core.db import make_db, make_sessionmaker
     from service.core.storage import storage_from_settings
     from service.openai.batch_tick import Ticker
 
@@ -193,7 +193,7 @@ def test_a_failing_batch_sits_out_more_ticks_each_time(oai: OpenAI, engine, sett
                                 endpoint="/v1/images/generations", completion_window="24h")
     [job_id] = batch_jobs(engine, broken.id).values()
     finish(engine, job_id, JobStatus.SUCCEEDED, output={"images": 5})
-    own = make_engine(settings.database_url)
+    own = make_db(settings.database_url)
     ticker = Ticker(sessions=make_sessionmaker(own), storage=storage_from_settings(settings),
                     settings=settings)
     tried = [broken.id in ticker.tick().failed for _ in range(8)]
@@ -210,14 +210,14 @@ def test_a_failing_batch_sits_out_more_ticks_each_time(oai: OpenAI, engine, sett
 
 def test_on_sqlite_a_second_finalizer_waits_then_finds_it_done(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """`make run`'s SQLite has no row locks: the claim is the database's write lock."""
-    from service.core.db import make_engine, make_sessionmaker
+    from service.core.db import make_db, make_sessionmaker
     from service.core.tables import ApiKey, Batch
     from service.entry.migrate import upgrade
     from service.openai import records
 
     url = f"sqlite:///{tmp_path / 'j.db'}"
     upgrade(url)
-    sessions = make_sessionmaker(make_engine(url))
+    sessions = make_sessionmaker(make_db(url))
     with sessions() as session:
         session.add(ApiKey(id="key_1", name="k", key_hash="h" * 64, key_prefix="jk_",
                            webhook_secret="whsec_x"))

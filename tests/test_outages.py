@@ -35,7 +35,7 @@ def db_proxy(settings):  # type: ignore[no-untyped-def]
     app = create_app(settings.model_copy(update={"database_url": proxied}))
     yield app.test_client(), proxy
     proxy.cut()
-    app.extensions["janus"].engine.dispose()
+    app.extensions["janus"].db.dispose()
 
 
 def test_database_outage_is_a_503_and_the_app_recovers(db_proxy, auth, settings) -> None:

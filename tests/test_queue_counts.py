@@ -12,11 +12,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import and_, delete, func, insert, or_, select
 
-from service.core.db import make_engine, make_sessionmaker, session_scope
-from service.core.keys import create_key
+from service.core.db import make_db, make_sessionmaker, session_scope
 from service.core.storage import storage_from_settings
 from service.core.tables import Batch, Job, QueueCount, utcnow
 from service.entry.migrate import upgrade
+from service.keys.store import create_key
 from service.lifecycle import jobs as crud
 from service.lifecycle import queues
 from service.lifecycle.batches import cancel_batch, create_batch
@@ -31,7 +31,7 @@ class World:
     their direct UPDATEs do not count)."""
 
     def __init__(self, database_url: str, storage) -> None:  # type: ignore[no-untyped-def]
-        self.engine = make_engine(database_url)
+        self.engine = make_db(database_url)
         self.sessions = make_sessionmaker(self.engine)
         self.storage = storage
         self.model = f"qc-{uuid.uuid4().hex[:8]}"
@@ -40,7 +40,7 @@ class World:
 
     def submit(self, task: str = "generate", **kwargs) -> tuple[crud.NewJob, int]:  # type: ignore[no-untyped-def]
         spec = crud.JobSpec(model=self.model, task=task, input={"prompt": "x", "seed": 1})
-        return crud.create_job(engine=self.engine, storage=self.storage,
+        return crud.create_job(db=self.engine, storage=self.storage,
                                api_key_id=self.key_id, spec=spec, **kwargs)
 
     def batch(self, n: int):  # type: ignore[no-untyped-def]

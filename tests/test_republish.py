@@ -12,10 +12,10 @@ import redis
 from sqlalchemy import delete
 
 from service.core.broker import make_celery, publish, queue_depth
-from service.core.db import make_engine, make_sessionmaker, session_scope
+from service.core.db import make_db, make_sessionmaker, session_scope
 from service.core.ids import new_ids
-from service.core.keys import create_key
 from service.core.tables import Job, utcnow
+from service.keys.store import create_key
 from service.lifecycle.sweep import BATCH, republish
 from tests.helpers import queue_key
 
@@ -23,7 +23,7 @@ from tests.helpers import queue_key
 @pytest.fixture()
 def rows(settings) -> Iterator:  # type: ignore[no-untyped-def]
     """Adds queued rows of throwaway models; removes them and their queues afterwards."""
-    engine = make_engine(settings.database_url)
+    engine = make_db(settings.database_url)
     sessions = make_sessionmaker(engine)
     with session_scope(sessions) as session:
         key_id = create_key(session=session, name="republish").id

@@ -22,7 +22,7 @@ from sqlalchemy import update
 
 from service.api import create_app
 from service.core.broker import make_celery
-from service.core.db import make_engine, make_sessionmaker, session_scope
+from service.core.db import make_db, make_sessionmaker, session_scope
 from service.core.settings import Settings
 from service.core.storage import storage_from_settings
 from service.core.tables import Job, utcnow
@@ -83,7 +83,7 @@ def _urls(obj: object) -> list[str]:
 
 
 def _sweeper(settings: Settings):  # type: ignore[no-untyped-def]
-    sessions = make_sessionmaker(make_engine(settings.database_url))
+    sessions = make_sessionmaker(make_db(settings.database_url))
     celery = make_celery(settings)
     storage = storage_from_settings(settings)
 
@@ -183,7 +183,7 @@ def test_delete_on_local_storage(own, auth, tmp_path) -> None:
     refused = api.delete(f"/v1/jobs/{job['id']}", headers=auth)
     assert refused.status_code == 409 and refused.json["error"]["code"] == "job_not_finished"
     assert path.is_dir()
-    sessions = make_sessionmaker(make_engine(settings.database_url))
+    sessions = make_sessionmaker(make_db(settings.database_url))
     with session_scope(sessions) as session:  # as if a worker had claimed it
         session.execute(update(Job).where(Job.id == job["id"]).values(
             status="running", worker_id="w@h:1", attempts=1, started_at=utcnow()))
@@ -221,7 +221,7 @@ def test_retention_sweep_on_local_storage_in_bounded_passes(own, auth, tmp_path,
     for job in jobs:
         assert api.post(f"/v1/jobs/{job['id']}/cancel", headers=auth).json["status"] == "canceled"
     ids = {job["id"] for job in jobs}
-    sessions = make_sessionmaker(make_engine(settings.database_url))
+    sessions = make_sessionmaker(make_db(settings.database_url))
     storage = storage_from_settings(local)
     with session_scope(sessions) as session:  # finished long ago: older than anyone else's
         session.execute(update(Job).where(Job.id.in_(ids)).values(

@@ -16,11 +16,11 @@ from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
-from service.core.db import make_engine, make_sessionmaker, session_scope
+from service.core.db import make_db, make_sessionmaker, session_scope
 from service.core.ids import new_id
-from service.core.keys import create_key, rotate_secret
 from service.core.settings import Settings
 from service.core.tables import Batch, WebhookEvent, utcnow
+from service.keys.store import create_key, rotate_secret
 from service.lifecycle.outbox import batch_event
 from service.webhooks.delivery import claim_due
 from tests.helpers import IDLE, TINY, free_port, settings_env, start_worker, wait_for
@@ -119,7 +119,7 @@ def hook_client(hook_settings: Settings):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def sessions(settings: Settings):  # type: ignore[no-untyped-def]
-    engine = make_engine(settings.database_url)
+    engine = make_db(settings.database_url)
     yield make_sessionmaker(engine)
     engine.dispose()
 

@@ -13,9 +13,9 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from service.core.keys import new_webhook_secret
 from service.core.settings import Settings
 from service.core.tables import ApiKey
+from service.keys.store import new_webhook_secret
 from service.webhooks.signing import sign, signing_secrets, webhook_headers
 from tests.helpers import CLI, settings_env
 

@@ -27,11 +27,11 @@ from service.api.routes import (
     streams,
 )
 from service.core.broker import make_celery, queue_depths
-from service.core.db import make_engine, make_sessionmaker
+from service.core.db import make_db, make_sessionmaker
 from service.core.events import announce_on_commit, event_log
-from service.core.keyversion import KeyVersion
 from service.core.settings import Settings, load_settings
 from service.core.storage import storage_from_settings
+from service.keys.revocation import KeyVersion
 from service.lifecycle.outbox import event_counts
 from service.lifecycle.stats import RUN_SECONDS_BUCKETS, counts_by_model, run_seconds_histogram
 from service.openai.routes import bp as openai_bp
@@ -70,11 +70,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = _App(__name__, static_folder=None)  # no /static route: nothing is served from disk
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    engine = make_engine(settings.database_url)
+    db = make_db(settings.database_url)
     rt = Runtime(
         settings=settings,
-        engine=engine,
-        sessions=make_sessionmaker(engine),
+        db=db,
+        sessions=make_sessionmaker(db),
         storage=storage_from_settings(settings),
         celery=make_celery(settings, publisher=True),
         models=model_catalog(settings),

@@ -1,4 +1,4 @@
-"""Per-app runtime (engine, storage, broker) and the one-session-per-request rule."""
+"""Per-app runtime (database, storage, broker) and the one-session-per-request rule."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class ModelInfo:
 @dataclass
 class Runtime:
     settings: Settings
-    engine: Engine
+    db: Engine
     sessions: sessionmaker[Session]
     storage: Storage
     celery: Celery

@@ -1,4 +1,5 @@
-"""Engine and sessions. One engine per process, created after any fork."""
+"""The database (a SQLAlchemy `Engine`, named `db` here) and sessions. One per process,
+created after any fork."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.core.sockets import readable
 
 
-def make_engine(url: str) -> Engine:
+def make_db(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        db = create_engine(url, connect_args={"timeout": 30})
 
-        @event.listens_for(engine, "connect")
+        @event.listens_for(db, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             # WAL lets the API read while the worker writes; busy_timeout waits
             # for the writer instead of failing at once.
@@ -32,24 +33,24 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        return engine
+        return db
     # connect_timeout: a server that does not answer costs seconds, not minutes.
-    engine = create_engine(
+    db = create_engine(
         url,
         pool_size=10,
         max_overflow=20,
         pool_timeout=10,
         connect_args={"connect_timeout": 5} if url.startswith("postgresql") else {},
     )
-    _check_on_checkout(engine)
-    return engine
+    _check_on_checkout(db)
+    return db
 
 
 # A pooled connection idle longer than this is pinged before use.
 PING_IDLE_SECONDS = 5.0
 
 
-def _check_on_checkout(engine: Engine) -> None:
+def _check_on_checkout(db: Engine) -> None:
     """Hand out only live connections, without a round trip per checkout.
 
     After a database restart the pooled connections are dead. SQLAlchemy's
@@ -65,12 +66,12 @@ def _check_on_checkout(engine: Engine) -> None:
     use fails that one request (503) and the pool is invalidated, as before.
     """
 
-    @event.listens_for(engine, "connect")
-    @event.listens_for(engine, "checkin")
+    @event.listens_for(db, "connect")
+    @event.listens_for(db, "checkin")
     def _idle_from_now(_dbapi_conn: Any, record: Any) -> None:
         record.info["idle_since"] = time.monotonic()  # `info` lives as long as the connection
 
-    @event.listens_for(engine, "checkout")
+    @event.listens_for(db, "checkout")
     def _checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
         idle_since = record.info.get("idle_since")
         if idle_since is not None and time.monotonic() - idle_since < PING_IDLE_SECONDS:
@@ -81,13 +82,13 @@ def _check_on_checkout(engine: Engine) -> None:
             if quiet:
                 return
         try:
-            engine.dialect.do_ping(dbapi_conn)
+            db.dialect.do_ping(dbapi_conn)
         except Exception as exc:  # noqa: BLE001 - any failure: the connection is not usable
             raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(db: Engine) -> sessionmaker[Session]:
+    return sessionmaker(db, expire_on_commit=False)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 
-from service.core.db import make_engine
+from service.core.db import make_db
 from service.core.events import START, Event, EventLog
 from service.core.settings import Settings
 from service.core.tables import LiveEvent, utcnow
@@ -27,18 +27,18 @@ _ID = re.compile(r"[0-9]{1,18}")  # ASCII: \d takes other scripts
 
 
 class SqlEventLog(EventLog):
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: Settings, db: Engine | None = None) -> None:
         super().__init__(settings)
         self.url = settings.database_url
-        self._engine = engine
+        self._db = db
         self._written: dict[str, int] = {}  # rows written per stream by this process
         self._purged = 0.0
 
     @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = make_engine(self.url)
-        return self._engine
+    def db(self) -> Engine:
+        if self._db is None:
+            self._db = make_db(self.url)
+        return self._db
 
     def _reset_clients(self) -> None:
         self._written = {}
@@ -46,7 +46,7 @@ class SqlEventLog(EventLog):
     # -- writing -----------------------------------------------------------------------
     def _write(self, batch: list[tuple[str, str, str, dict[str, Any]]]) -> None:
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self.db.begin() as conn:
             rows: list[dict[str, Any]] = []
             for op, stream, kind, data in batch:
                 if op == "emit":
@@ -98,7 +98,7 @@ class SqlEventLog(EventLog):
         )
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            with self.engine.connect() as conn:
+            with self.db.connect() as conn:
                 rows = conn.execute(query).all()
             if rows:
                 return [Event(str(r.id), r.kind, dict(r.data)) for r in rows]
@@ -108,7 +108,7 @@ class SqlEventLog(EventLog):
             time.sleep(min(POLL_SECONDS, left))
 
     def last_id(self, job_id: str) -> str:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             newest = conn.execute(
                 select(func.max(LiveEvent.id)).where(LiveEvent.stream == job_id)
             ).scalar()

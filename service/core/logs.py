@@ -4,8 +4,8 @@ A JSON line always has `ts`, `level`, `logger`, `msg` and `process`, plus `model
 `worker_id` and `job_id` (one job) or `job_ids` (a batch) whenever the code that
 logs runs on behalf of them, so a log pipeline can follow one job from the API
 through the worker. The worker sets its model once per process
-(`set_process_context`); the executor scopes job ids to the code that runs a batch
-or finishes a job (`log_context`). Gunicorn's access and error logs use the same
+(`set_process_context`); the worker's loop and job handler scope a job id to the code
+that admits or finishes it (`log_context`). Gunicorn's access and error logs use the same
 format through `GunicornJsonLogger`.
 """
 

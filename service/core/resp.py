@@ -1,6 +1,6 @@
 """A lean Redis client for the API's per-request commands: GET, SET and LPUSH.
 
-Every submit reads the key revocation version (GET, service/core/keyversion.py)
+Every submit reads the key revocation version (GET, service/keys/revocation.py)
 and publishes its job (LPUSH, service/core/fastpublish.py). redis-py spends about
 40 us of CPU on each command (connection pool bookkeeping, retry and
 observability wrappers, response callbacks) around the 5 us the socket and the

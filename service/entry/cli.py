@@ -33,10 +33,10 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> None:
-    from service.core.db import make_engine, make_sessionmaker, session_scope
-    from service.core.keys import create_key
+    from service.core.db import make_db, make_sessionmaker, session_scope
+    from service.keys.store import create_key
 
-    sessions = make_sessionmaker(make_engine(_settings().database_url))
+    sessions = make_sessionmaker(make_db(_settings().database_url))
     with session_scope(sessions) as session:
         new = create_key(session=session, name=args.name)
     if args.json:
@@ -48,12 +48,12 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> None:
-    from service.core.db import make_engine, make_sessionmaker, session_scope
-    from service.core.keys import KeyLookupError, revoke_key
-    from service.core.keyversion import KeyVersion
+    from service.core.db import make_db, make_sessionmaker, session_scope
+    from service.keys.revocation import KeyVersion
+    from service.keys.store import KeyLookupError, revoke_key
 
     settings = _settings()
-    sessions = make_sessionmaker(make_engine(settings.database_url))
+    sessions = make_sessionmaker(make_db(settings.database_url))
     try:
         with session_scope(sessions) as session:
             row = revoke_key(session=session, key_id=args.key_id, name=args.name)
@@ -70,11 +70,11 @@ def cmd_keys_revoke(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> None:
-    from service.core.db import make_engine, make_sessionmaker, session_scope
-    from service.core.keys import list_keys
+    from service.core.db import make_db, make_sessionmaker, session_scope
+    from service.keys.store import list_keys
     from service.lifecycle.views import iso
 
-    sessions = make_sessionmaker(make_engine(_settings().database_url))
+    sessions = make_sessionmaker(make_db(_settings().database_url))
     with session_scope(sessions) as session:
         rows = [
             {
@@ -95,11 +95,11 @@ def cmd_keys_list(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_rotate_secret(args: argparse.Namespace) -> None:
-    from service.core.db import make_engine, make_sessionmaker, session_scope
-    from service.core.keys import KeyLookupError, rotate_secret
+    from service.core.db import make_db, make_sessionmaker, session_scope
+    from service.keys.store import KeyLookupError, rotate_secret
 
     settings = _settings()
-    sessions = make_sessionmaker(make_engine(settings.database_url))
+    sessions = make_sessionmaker(make_db(settings.database_url))
     try:
         with session_scope(sessions) as session:
             secret = rotate_secret(
@@ -190,10 +190,10 @@ def cmd_dev(args: argparse.Namespace) -> None:
 
 def cmd_queues(args: argparse.Namespace) -> None:
     """Compare the kept queue counts with the jobs table; with `recount`, reset them."""
-    from service.core.db import make_engine, make_sessionmaker, session_scope
+    from service.core.db import make_db, make_sessionmaker, session_scope
     from service.lifecycle.queues import drift, recount
 
-    sessions = make_sessionmaker(make_engine(_settings().database_url))
+    sessions = make_sessionmaker(make_db(_settings().database_url))
     with session_scope(sessions) as session:
         if args.queues_command == "recount":
             recount(session=session)

@@ -8,7 +8,7 @@ import signal
 import threading
 
 from service.core.broker import make_celery
-from service.core.db import make_engine, make_sessionmaker
+from service.core.db import make_db, make_sessionmaker
 from service.core.events import announce_on_commit, event_log
 from service.core.settings import Settings
 from service.core.storage import storage_from_settings
@@ -28,7 +28,7 @@ def run_dispatcher(settings: Settings, stop: threading.Event | None = None) -> N
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    sessions = make_sessionmaker(make_engine(settings.database_url))
+    sessions = make_sessionmaker(make_db(settings.database_url))
     announce_on_commit(sessions, event_log(settings))  # the sweeper's cancels and failures
     celery = make_celery(settings, publisher=True)  # the sweeper only publishes
     storage = storage_from_settings(settings)

@@ -108,7 +108,7 @@ class NewJob:
 
 def create_job(
     *,
-    engine: Engine,
+    db: Engine,
     storage: Storage,
     api_key_id: str,
     spec: JobSpec,
@@ -118,7 +118,7 @@ def create_job(
 ) -> tuple[NewJob, int]:
     """Insert and commit a queued job; returns it and its queue position (then publish).
 
-    Takes the engine, not a session: on the submit path the ORM's session and unit
+    Takes the database (`db`), not a session: on the submit path the ORM's session and unit
     of work cost more CPU than the statement. On Postgres one statement inserts the
     row, counts the job into its queue and reads its position, committed on its own
     (service/lifecycle/queues.py, `insert_queued`).
@@ -140,7 +140,7 @@ def create_job(
         enqueued_at=now,
         deadline_at=now + timedelta(seconds=cancel_after) if cancel_after else None,
     )
-    return job, queues.insert_queued(engine, job.row())
+    return job, queues.insert_queued(db, job.row())
 
 
 def publish_jobs(

@@ -154,7 +154,7 @@ _SUBMIT_SQL = (
 )
 
 
-def insert_queued(engine: Engine, values: dict[str, Any]) -> int:
+def insert_queued(db: Engine, values: dict[str, Any]) -> int:
     """INSERT one queued job (`values` by column name), count it in; returns its position.
 
     The job is committed when this returns. On Postgres it is one statement, sent
@@ -166,8 +166,8 @@ def insert_queued(engine: Engine, values: dict[str, Any]) -> int:
     """
     model, lane = values["model"], values["lane"]
     shard = random.randrange(SHARDS)
-    if engine.dialect.name != "postgresql":
-        with engine.begin() as connection:
+    if db.dialect.name != "postgresql":
+        with db.begin() as connection:
             connection.execute(insert(_jobs), values)
             add(connection, model=model, lane=lane, shard=shard, n=1)
             counted = connection.execute(
@@ -177,25 +177,25 @@ def insert_queued(engine: Engine, values: dict[str, Any]) -> int:
     params = {**values, "shard": shard}
     for name in _JSON:
         params[name] = json.dumps(params[name]) if params[name] is not None else None
-    return int(_autocommit(engine, _SUBMIT_SQL, params)[0])
+    return int(_autocommit(db, _SUBMIT_SQL, params)[0])
 
 
-def _autocommit(engine: Engine, sql: str, params: dict[str, Any]) -> Any:
+def _autocommit(db: Engine, sql: str, params: dict[str, Any]) -> Any:
     """Run one statement on its own transaction; its first row. Driver errors come out
     as SQLAlchemy's (IntegrityError, OperationalError ...), as the API expects."""
-    dbapi = engine.dialect.loaded_dbapi
+    dbapi = db.dialect.loaded_dbapi
     try:
-        pooled = engine.raw_connection()  # the pool's checkout checks run, as for any use
+        pooled = db.raw_connection()  # the pool's checkout checks run, as for any use
     except dbapi.Error as exc:  # could not connect
-        raise DBAPIError.instance(None, None, exc, dbapi.Error, dialect=engine.dialect) from exc
+        raise DBAPIError.instance(None, None, exc, dbapi.Error, dialect=db.dialect) from exc
     try:
-        return _execute(engine, pooled, sql, params)
+        return _execute(db, pooled, sql, params)
     finally:
         pooled.close()
 
 
-def _execute(engine: Engine, pooled: Any, sql: str, params: dict[str, Any]) -> Any:
-    dbapi = engine.dialect.loaded_dbapi
+def _execute(db: Engine, pooled: Any, sql: str, params: dict[str, Any]) -> Any:
+    dbapi = db.dialect.loaded_dbapi
     driver = pooled.driver_connection
     try:
         driver.autocommit = True
@@ -205,11 +205,11 @@ def _execute(engine: Engine, pooled: Any, sql: str, params: dict[str, Any]) -> A
             if not driver.closed:
                 driver.autocommit = False
     except dbapi.Error as exc:
-        gone = engine.dialect.is_disconnect(exc, driver, None)
+        gone = db.dialect.is_disconnect(exc, driver, None)
         if gone:
             pooled.invalidate(exc)
         raise DBAPIError.instance(
-            sql, params, exc, dbapi.Error, connection_invalidated=gone, dialect=engine.dialect
+            sql, params, exc, dbapi.Error, connection_invalidated=gone, dialect=db.dialect
         ) from exc
 
 

@@ -83,6 +83,7 @@ class LeanLM:
             sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
             self.rope = torch.stack([cos[0], sin], dim=1).contiguous()  # (positions, 2, D)
         self.compiled = False
+        self.pieces: tuple[Any, Any] = (self.qkv, self.attend_finish)  # `compile` swaps them
 
     # -- weights -----------------------------------------------------------------------
 
@@ -118,28 +119,36 @@ class LeanLM:
         return self.rope[positions].unsqueeze(-2)
 
     def compile(self) -> None:
-        """torch.compile the decode step's layers (`decode_layers`). Dynamic shapes: the
-        row count changes whenever a job joins or leaves and the attended length every
-        step (bucketed by the cache), and neither may recompile."""
-        self.decode_layers = torch.compile(self.decode_layers, dynamic=True)  # type: ignore[method-assign]
+        """torch.compile the decode step's layer math (`qkv`, `attend_finish`); the cache
+        writes stay eager: an in-place write to a graph input makes the compiled graph
+        copy the whole cache back every call. Dynamic shapes: the row count changes
+        whenever a job joins or leaves and the attended length every length bucket, and
+        neither may recompile."""
+        self.pieces = (torch.compile(self.qkv, dynamic=True),
+                       torch.compile(self.attend_finish, dynamic=True))
         self.compiled = True
+
+    def attend_finish(self, x: torch.Tensor, q: torch.Tensor, keys: torch.Tensor,
+                      values: torch.Tensor, mask: torch.Tensor, layer: _Layer) -> torch.Tensor:
+        """One masked attention call, then the rest of the layer."""
+        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                              scale=self.scaling, enable_gqa=self.gqa)
+        return self.finish_layer(x, attn, layer)
 
     def decode_layers(self, x: torch.Tensor, rope: torch.Tensor, kv: torch.Tensor,
                       mask: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor,
-                      end: int) -> torch.Tensor:
+                      end: int, eager: bool = False) -> torch.Tensor:
         """Every layer of one decode step: x (n, 1, H), row r's keys and values written at
         cache column `columns[r]` of `kv` (layers, 2, n, kv_heads, length, D), and one
-        masked attention call over the first `end` columns (`mask`: (n, 1, 1, end))."""
+        masked attention call over the first `end` columns (`mask`: (n, 1, 1, end)).
+        Compiled pieces unless `eager`."""
+        qkv, attend_finish = (self.qkv, self.attend_finish) if eager else self.pieces
         for i, layer in enumerate(self.layers):
-            q, k, v = self.qkv(x, layer, rope)
+            q, k, v = qkv(x, layer, rope)
             keys, values = kv[i, 0], kv[i, 1]
             keys[rows, :, columns] = k[:, :, 0]
             values[rows, :, columns] = v[:, :, 0]
-            attn = F.scaled_dot_product_attention(
-                q, keys[:, :, :end], values[:, :, :end], attn_mask=mask,
-                scale=self.scaling, enable_gqa=self.gqa,
-            )
-            x = self.finish_layer(x, attn, layer)
+            x = attend_finish(x, q, keys[:, :, :end], values[:, :, :end], mask, layer)
         return x
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from celery.signals import worker_shutting_down
 from sqlalchemy import delete, update
 
 from service.core.broker import make_celery, publish, queue_name
-from service.core.db import make_engine, make_sessionmaker, session_scope
+from service.core.db import make_db, make_sessionmaker, session_scope
 from service.core.events import announce_on_commit, event_log
 from service.core.ids import new_id
 from service.core.logs import adopt_library_logs, set_process_context
@@ -96,8 +96,8 @@ def run_worker(
     host = hostname or socket.gethostname()
     worker_id = f"{model_id}@{host}:{os.getpid()}"
     set_process_context(worker_id=worker_id)
-    engine = make_engine(settings.database_url)
-    sessions = make_sessionmaker(engine)
+    db = make_db(settings.database_url)
+    sessions = make_sessionmaker(db)
     handler = JobHandler(settings, sessions, storage_from_settings(settings), model_id,
                          worker_id)
     handler.events = event_log(settings)

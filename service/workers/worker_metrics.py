@@ -1,8 +1,8 @@
 """Prometheus metrics of one worker process, served by `janus-service worker --metrics-port`.
 
 A worker is one process with one model, so plain in-process metrics are right here
-(the API's multiprocess files are a gunicorn concern). The executor calls
-`record_batch` when a batch returns and `record_finish` for each terminal state; the
+(the API's multiprocess files are a gunicorn concern). The loop calls `record_row` when a
+job leaves the engine and the job handler `record_finish` for each terminal state; the
 worker calls `record_load` and `serve`. Every series carries `model`, so one
 Prometheus query can sum the workers of a model across GPUs and hosts.
 """
@@ -10,7 +10,7 @@ Prometheus query can sum the workers of a model across GPUs and hosts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -33,14 +33,14 @@ JOBS = Counter(
 )
 BATCH_SIZE = Histogram(
     "janus_worker_batch_size",
-    "Jobs run together in one model call",
+    "Jobs in the engine's step when a job left it",
     ["model", "task"],
     buckets=(1, 2, 4, 8, 16, 32, 64),
     registry=REGISTRY,
 )
 JOB_RUN_SECONDS = Histogram(
     "janus_worker_job_run_seconds",
-    "Wall time of the batch each job ran in, from claim to results",
+    "Wall time of each job in the engine, from admission to its result",
     ["model", "task"],
     buckets=(0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
     registry=REGISTRY,
@@ -74,30 +74,11 @@ def record_finish(model: str, status: str) -> None:
     JOBS.labels(model, status).inc()
 
 
-def record_batch(model: str, task: str, results: Sequence[Any], elapsed: float) -> None:
-    """One batch returned from the runner: its size, each job's time, the runner's stats.
-
-    Must never raise: a metrics bug cannot be allowed to lose a finished batch.
-    """
-    try:
-        BATCH_SIZE.labels(model, task).observe(len(results))
-        step_seen = False
-        for result in results:
-            JOB_RUN_SECONDS.labels(model, task).observe(elapsed)
-            stats = getattr(result, "stats", None)
-            if isinstance(stats, dict):
-                # The jobs of a batch share one loop: its step time is recorded once.
-                _record_stats(model, task, stats, with_steps=not step_seen)
-                step_seen = step_seen or "step_seconds" in stats
-    except Exception:
-        log.exception("recording batch metrics failed")
-
-
 def record_row(model: str, task: str, result: Any, elapsed: float, running: int) -> None:
     """One job left the continuous engine: `running` jobs shared its last step.
 
     The batch-size histogram then shows how full the engine was when jobs finished. Must
-    never raise, as `record_batch`."""
+    never raise: a metrics bug cannot be allowed to lose a finished job."""
     try:
         BATCH_SIZE.labels(model, task).observe(running)
         JOB_RUN_SECONDS.labels(model, task).observe(elapsed)
@@ -108,8 +89,8 @@ def record_row(model: str, task: str, result: Any, elapsed: float, running: int)
         log.exception("recording row metrics failed")
 
 
-def _record_stats(model: str, task: str, stats: dict[str, Any], with_steps: bool = True) -> None:
-    steps = stats.get("step_seconds") if with_steps else None
+def _record_stats(model: str, task: str, stats: dict[str, Any]) -> None:
+    steps = stats.get("step_seconds")
     # A runner may report one mean step time or every step's.
     for value in steps if isinstance(steps, list | tuple) else [steps]:
         if isinstance(value, int | float) and value >= 0:

@@ -10,8 +10,8 @@ from flask import g, request
 
 from service.api.context import db, runtime
 from service.api.errors import ApiError
-from service.core.keys import find_key, hash_key
-from service.core.keyversion import KeyVersion
+from service.keys.revocation import KeyVersion
+from service.keys.store import find_key, hash_key
 
 # Known keys are remembered so that a poll costs one query, not two. A cached key is
 # used only while the revocation version it was cached under is still current (one

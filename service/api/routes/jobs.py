@@ -83,7 +83,7 @@ def insert_and_publish(
     if "db" in g and g.db.in_transaction():  # the key was read from the database
         g.db.commit()  # (a cache miss): hand that connection back first
     job, position = crud.create_job(
-        engine=rt.engine,
+        db=rt.db,
         storage=rt.storage,
         api_key_id=current_key().id,
         spec=spec,

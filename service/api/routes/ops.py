@@ -25,7 +25,7 @@ def readyz() -> Response:
     rt = runtime()
     failed: dict[str, str] = {}
     try:
-        with rt.engine.connect() as conn:
+        with rt.db.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:  # any driver error means "not ready"
         failed["database"] = type(exc).__name__

@@ -91,7 +91,7 @@ def _one_active(session: Session, key_id: str | None, name: str | None) -> ApiKe
 
 def revoke_key(*, session: Session, key_id: str | None = None, name: str | None = None) -> ApiKey:
     """Refuse the key from now on; after the commit, `KeyVersion.bump` makes every API
-    process drop its cached keys (service/core/keyversion.py)."""
+    process drop its cached keys (service/keys/revocation.py)."""
     row = _one_active(session, key_id, name)
     row.revoked_at = utcnow()
     session.flush()
