@@ -8,6 +8,7 @@
 #   bash bench/gpu.sh --dry-run   # CPU, small shapes, a few jobs: what CI runs so this
 #                                 # script cannot rot (tests/test_bench_gpu.py)
 #
+# The Janus-Pro steps end with the engine step eager vs compiled (compiled_step_speedup).
 # The GPU image needs torch and transformers (it has them); JanusFlow also needs diffusers,
 # whose steps report "skipped" without it (carry its wheel to run them). Static vs
 # continuous batching runs `bench/serve.py --no-db` (the machine has no Postgres: an
@@ -54,7 +55,7 @@ cat "$OUT/env.txt"
 step checks "$PY" bench/gpu_checks.py --device "$DEVICE"
 for shape in $SHAPES; do
   step "janus-pro-$shape" "$PY" bench/generate.py --family janus-pro --shape "$shape" \
-    --jobs "$JOBS" --reference-jobs "$REF" --device "$DEVICE"
+    --jobs "$JOBS" --reference-jobs "$REF" --device "$DEVICE" --compile
 done
 # shellcheck disable=SC2086  # SERVE is a list of flags
 step serve-janus-pro "$PY" bench/serve.py --family janus-pro --device "$DEVICE" --no-db $SERVE

@@ -10,7 +10,8 @@ GPU, `cpu` for the dry run CI does). Each check prints one table row; the last l
 - oom: the engine's out-of-memory fallback on this device: a step that raises the
   device's real OutOfMemoryError type above 4 rows steps each job alone, and every job
   still gets its images, bit-identical to running it alone.
-- compile: `--compile` gives the same greedy image tokens as eager.
+- compile: whether `--compile` gives the same greedy images as eager (CUDA; reported,
+  not required: compiled kernels round differently).
 - continuous: the continuous engine (invariant products on): a job joining crowds at
   steps 0 and 3, first and last, a neighbour dropped mid-run, gives its images alone.
 - deferred: finished rows decoded on a second thread while the engine steps the others
@@ -186,8 +187,9 @@ def compiled(checkpoint: str, device: str) -> None:
     warm = time.perf_counter() - started
     a = [_digest(r) for r in run_batch(eager, "generate", requests)]
     b = [_digest(r) for r in run_batch(fast, "generate", requests)]
+    # Compiled kernels round differently (README, "Reproducibility"): reported, not held.
     report("compile/janus-pro", a == b, f"greedy images equal to eager: {a == b}; "
-           f"compile + warm-up {warm:.1f} s")
+           f"compile + warm-up {warm:.1f} s", must_hold=False)
 
 
 def deferred(family: str, checkpoint: str, device: str, steps: dict) -> None:

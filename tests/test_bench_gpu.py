@@ -27,6 +27,7 @@ def test_gpu_script_dry_run_on_cpu(tmp_path: Path) -> None:
     assert "checks_failed=0" in checks and "| oom-split/janus-pro | pass |" in checks
     generate = (tmp_path / "janus-pro-small.txt").read_text()
     assert "speedup_batched_vs_transformers=" in generate
+    assert generate.strip().splitlines()[-1].startswith("compiled_step_speedup=")
     serve = (tmp_path / "serve-janus-pro.txt").read_text()
     assert serve.strip().splitlines()[-1].startswith("p50_latency_ratio_static_vs_continuous=")
     assert "| continuous/janus-pro | pass |" in checks
