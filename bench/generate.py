@@ -307,10 +307,17 @@ def step_ms(runner: Any, requests: list[Any], device: str, steps: int = 64) -> f
 
 def compare_compiled(runner: Any, requests: list[Any], device: str) -> None:
     lm = runner.lm
-    eager = lm.pieces
+
+    def state() -> tuple:
+        return lm.pieces, lm.compiled, runner.image_scores, runner.text_head
+
+    def use(saved: tuple) -> None:
+        lm.pieces, lm.compiled, runner.image_scores, runner.text_head = saved
+
+    eager = state()
     started = time.perf_counter()
-    lm.compile()
-    compiled = lm.pieces
+    runner.compile_step()
+    compiled = state()
     for n in sorted({1, len(requests)}):  # every length bucket and both row-count graphs
         engine = runner.open_engine("generate", n)
         engine.defer = True
@@ -320,17 +327,14 @@ def compare_compiled(runner: Any, requests: list[Any], device: str) -> None:
     print(f"\n# compile + warm-up (the whole token loop at 1 and {len(requests)} jobs): "
           f"{time.perf_counter() - started:.1f} s")
 
-    def use(pieces: Any, is_compiled: bool) -> None:
-        lm.pieces, lm.compiled = pieces, is_compiled
-
     best: dict[tuple[int, str], float] = {}
     for _ in range(2):
-        for mode, fn in (("eager", eager), ("compiled", compiled)):
-            use(fn, mode == "compiled")
+        for mode, saved in (("eager", eager), ("compiled", compiled)):
+            use(saved)
             for n in sorted({1, len(requests)}):
                 ms = step_ms(runner, requests[:n], device)
                 best[n, mode] = min(best.get((n, mode), ms), ms)
-    use(compiled, True)
+    use(compiled)
     print("| jobs | eager ms/step | compiled ms/step | speedup |")
     print("|---|---|---|---|")
     for n in sorted({1, len(requests)}):

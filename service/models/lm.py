@@ -106,11 +106,14 @@ class LeanLM:
 
         wqkv, bqkv = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
         wgu, bgu = fuse([mlp.gate_proj, mlp.up_proj])
-        return _Layer(
+        tensors = (
             layer.input_layernorm.weight, wqkv, bqkv, attn.o_proj.weight, attn.o_proj.bias,
             layer.post_attention_layernorm.weight, wgu, bgu, mlp.down_proj.weight,
             mlp.down_proj.bias,
         )  # fmt: skip
+        # Plain tensors on the same memory, not Parameters: a compiled step guards on a
+        # Parameter's identity, which would make a graph per layer.
+        return _Layer(*(None if t is None else t.detach() for t in tensors))
 
     # -- building blocks ---------------------------------------------------------------
 
@@ -119,13 +122,10 @@ class LeanLM:
         return self.rope[positions].unsqueeze(-2)
 
     def compile(self) -> None:
-        """torch.compile the decode step's layer math (`qkv`, `attend_finish`); the cache
-        writes stay eager: an in-place write to a graph input makes the compiled graph
-        copy the whole cache back every call. Dynamic shapes: the row count changes
-        whenever a job joins or leaves and the attended length every length bucket, and
-        neither may recompile."""
-        self.pieces = (torch.compile(self.qkv, dynamic=True),
-                       torch.compile(self.attend_finish, dynamic=True))
+        """Compile the decode step's layer math (`qkv`, `attend_finish`; `compiling`)."""
+        from service.models.compiling import dynamic
+
+        self.pieces = (dynamic(self.qkv), dynamic(self.attend_finish))
         self.compiled = True
 
     def attend_finish(self, x: torch.Tensor, q: torch.Tensor, keys: torch.Tensor,

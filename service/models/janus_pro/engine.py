@@ -39,7 +39,6 @@ class ImageEngine(RaggedEngine):
         super().__init__(runner.lm, "generate", slots, runner.batch_invariant)
         self.runner = runner
         self.steps = runner.num_image_tokens
-        self.head = runner.model.model.generation_head
         self.embed = runner.model.prepare_embeddings_for_image_generation
         self._filler: int | None = None  # the preview's token for positions not produced yet
 
@@ -121,10 +120,8 @@ class ImageEngine(RaggedEngine):
         # top-k). The head is proj_out -> activation -> vision_head and its last layer is
         # affine, so mixing the activations before it gives the same logits for half the
         # rows through the head's largest matrix; g == 1 rows take cond as is.
-        act = self.head.activation_fn(self.head.proj_out(self.hidden)).float()
-        cond, uncond = act[self.cond_idx], act[self.uncond_idx]
-        mixed = torch.where(self.guided, uncond + (cond - uncond) * self.guidance, cond)
-        scores = self.head.vision_head(mixed.to(self.hidden.dtype)).float() / self.temperature
+        scores = self.runner.image_scores(self.hidden, self.cond_idx, self.uncond_idx,
+                                          self.guided, self.guidance, self.temperature)
         token = sample(scores, self.spans, self.generators, self.uniform, self.greedy)
         finished: set[Key] = set()
         for (key, live), (_, a, b) in zip(self.jobs.items(), self.spans, strict=True):
@@ -146,10 +143,20 @@ class ImageEngine(RaggedEngine):
         return decode if self.defer else decode.finish()
 
 
+def guided_scores(head: Any, hidden: torch.Tensor, cond_idx: torch.Tensor,
+                  uncond_idx: torch.Tensor, guided: torch.Tensor, guidance: torch.Tensor,
+                  temperature: torch.Tensor) -> torch.Tensor:
+    """Each image's logits over the codebook from its rows' last hidden states."""
+    act = head.activation_fn(head.proj_out(hidden)).float()
+    cond, uncond = act[cond_idx], act[uncond_idx]
+    mixed = torch.where(guided, uncond + (cond - uncond) * guidance, cond)
+    return head.vision_head(mixed.to(hidden.dtype)).float() / temperature
+
+
 class JanusTextEngine(TextEngine):
     def __init__(self, runner: JanusProRunner, slots: int) -> None:
         assert runner.lm is not None, "load() the runner first"
-        super().__init__(runner.lm, slots, head=runner.model.lm_head, eos=runner.eos_token_id,
+        super().__init__(runner.lm, slots, head=runner.text_head, eos=runner.eos_token_id,
                          tokenizer=runner.processor.tokenizer, per_row=runner.batch_invariant)
         self.runner = runner
 

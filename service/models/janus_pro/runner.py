@@ -10,6 +10,7 @@ split).
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from service.models.base import (
     RunControl,
     UnderstandRequest,
 )
+from service.models.compiling import frozen
 from service.models.engine import run_batch
 from service.models.invariance import make_batch_invariant, serial_activations
 from service.models.janus_pro.job_builder import DECODE_CHUNK, ImageJob, JobBuilder
@@ -55,6 +57,8 @@ class JanusProRunner(ModelRunner):
         self.model: Any = None
         self.processor: Any = None
         self.lm: LeanLM | None = None  # the LLM's decode step, for both engines
+        self.image_scores: Any = None  # the image head and guidance (compiled or not)
+        self.text_head: Any = None
         self.eos_token_id = 0
         self.cuda = device.startswith("cuda")
         self.dtype = torch.bfloat16 if self.cuda else torch.float32
@@ -94,10 +98,25 @@ class JanusProRunner(ModelRunner):
         prompts = format_of(self.family)
         self.jobs = JobBuilder(model, processor, self.device, self.dtype, prompts)
         self.lm = LeanLM(model.model.language_model, batch_invariant=self.batch_invariant)
-        if self.compile and not self.batch_invariant:
-            # (The invariant mode's per-row attention has the rows' own shapes: eager.)
-            self.lm.compile()
+        from service.models.janus_pro.engine import guided_scores
+
+        self.image_scores = partial(guided_scores, model.model.generation_head)
+        self.text_head = model.lm_head
         self.eos_token_id = processor.tokenizer.eos_token_id
+        if self.compile and not self.batch_invariant:
+            # (The invariant mode's products and attention are per row, eager by design.)
+            self.compile_step()
+
+    def compile_step(self) -> None:
+        """torch.compile the engines' step (`compiling`): both heads, and on CUDA the
+        decoder layers' math too (on a CPU their products stay MKL's either way, and
+        compiling them measured slower than the heads alone: bench/RESULTS.md). The
+        first steps of each shape then compile."""
+        assert self.lm is not None, "load() the runner first"
+        self.image_scores = frozen(self.image_scores)
+        self.text_head = frozen(self.text_head)
+        if self.cuda:
+            self.lm.compile()
 
     def warmup(self) -> None:
         # Two prompts of different lengths: ragged rows, per-job sampling and greedy rows
