@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
               f"threads={torch.get_num_threads()} cpu={_cpu_model()!r} load={_load()} "
               f"path={'runner only (--no-db)' if args.no_db else 'Postgres + worker code'}")
         print(f"batched capacity: {cap:.3f} jobs/s " + (
-            "(given)" if args.capacity else f"({args.max_batch} jobs as one static batch)"))
+            "(given)" if args.capacity else f"({args.max_batch} jobs run to completion)"))
         header = "load | rate jobs/s | mode       | p50 s  | p95 s  | images/s"
         print(header)
         print("-" * len(header))
