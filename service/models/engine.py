@@ -220,7 +220,7 @@ def run_batch(runner: Any, task: str, batch: list[Any],
 
 
 def run_to_completion(engine: Engine, batch: list[Any], control: RunControl) -> list[Any]:
-    """A static batch through an engine: every job admitted at once and stepped until the
+    """A batch run to completion on an engine: every job admitted at once and stepped until the
     last one leaves, under `control` (a stop before the start or between steps, progress,
     the text so far); nothing joins on the way. Indices of `batch` are the control's keys."""
     results: list[Any] = [None] * len(batch)

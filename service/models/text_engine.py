@@ -8,7 +8,7 @@ check each request on its own first (`_prepare`). A step samples every row (temp
 top-k, top-p per row, in transformers' order, each job from its own generator) with the
 family's draw (`multinomial` or not), lets finished rows leave, then decodes the rest.
 The text so far of each row (`texts`) is detokenized incrementally (`detokenize`); a
-result decodes its whole answer once, as the static path does.
+result decodes its whole answer once, at the end.
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ class TextEngine(RaggedEngine):
         return {k: detokenize(self.tokenizer, live).strip() for k, live in self.jobs.items()}
 
     def _text(self, live: Row) -> str:
-        # The answer is decoded whole once, at the end: it is what the static path gives,
-        # whatever the incremental text held back or decoded differently.
+        # The answer is decoded whole once, at the end, whatever the incremental text held
+        # back or decoded differently.
         return self.tokenizer.decode(live.out, skip_special_tokens=True).strip()
 
     def _layout(self) -> None:

@@ -9,8 +9,7 @@ begin-of-understanding embedding, then the aligned SigLIP features), computed on
 the jobs admitted together. The Llama then samples the answer as DeepSeek's demo does
 (`generate` on input embeddings after `torch.manual_seed(seed)`): transformers'
 temperature, top-k, top-p, then `torch.multinomial`, here from each job's own generator
-(`sampling.multinomial`), so a job's answer depends only on its request and seed. The
-run-to-completion path (`JanusFlowRunner.understand`) runs the same engine.
+(`sampling.multinomial`), so a job's answer depends only on its request and seed.
 """
 
 from __future__ import annotations
