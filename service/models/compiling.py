@@ -8,7 +8,9 @@ joins or leaves, and neither may recompile):
   pick inductor's own GEMM kernel for a product of a few rows against a wide matrix.
   On a 2-core AMD EPYC, MKL runs [2 x 256] x [256 x 16384] at a fifth of the memory
   bandwidth the same product reaches laid out the other way (bench/RESULTS.md, "One
-  engine"); inductor's kernel beat both.
+  engine"); inductor's kernel beat both. On CUDA without max-autotune: cuBLAS has no
+  such gap that we know of, and autotuning every head shape there would add minutes to
+  a worker's warm-up (unmeasured).
 - The decoder layers' math (`lm.LeanLM.compile`, on CUDA): `dynamic`, weights as inputs
   (one graph serves every layer). Their cache writes stay eager: an in-place write to a
   graph input makes the graph copy the whole cache back every call.
@@ -22,17 +24,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-MODE = "max-autotune-no-cudagraphs"
 
-
-def frozen(fn: Callable[..., Any]) -> Callable[..., Any]:
+def frozen(fn: Callable[..., Any], device: str) -> Callable[..., Any]:
     """`fn` compiled with the parameters of the modules it calls as constants. Only for
     inference: frozen weights no longer follow the modules' parameters."""
     import torch
     import torch._inductor.config as inductor
 
     inductor.freezing = True  # process-wide; a worker only ever runs inference
-    return torch.compile(fn, dynamic=True, mode=MODE)
+    mode = None if device.startswith("cuda") else "max-autotune-no-cudagraphs"
+    return torch.compile(fn, dynamic=True, mode=mode)
 
 
 def dynamic(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -113,8 +113,8 @@ class JanusProRunner(ModelRunner):
         compiling them measured slower than the heads alone: bench/RESULTS.md). The
         first steps of each shape then compile."""
         assert self.lm is not None, "load() the runner first"
-        self.image_scores = frozen(self.image_scores)
-        self.text_head = frozen(self.text_head)
+        self.image_scores = frozen(self.image_scores, self.device)
+        self.text_head = frozen(self.text_head, self.device)
         if self.cuda:
             self.lm.compile()
 
