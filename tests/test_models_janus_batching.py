@@ -194,10 +194,20 @@ def test_split_on_oom_fake_fn() -> None:
     assert run_split_on_oom(fn, []) == []
 
 
-def test_warmup_runs_both_engines(runner, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[str, int]] = []
-    open_engine = runner.open_engine
+def test_warmup_steps_each_engine_a_little_and_decodes_once(runner, monkeypatch) -> None:
+    from service.models.base import WARMUP_STEPS
+
+    engines: list[Any] = []
+    open_engine, decode_rows = runner.open_engine, runner._decode_rows
     monkeypatch.setattr(runner, "open_engine",
-                        lambda task, slots: seen.append((task, slots)) or open_engine(task, slots))
+                        lambda task, slots: engines.append(open_engine(task, slots))
+                        or engines[-1])
+    decoded: list[int] = []
+    monkeypatch.setattr(runner, "_decode_rows",
+                        lambda rows: decoded.append(len(rows)) or decode_rows(rows))
     runner.warmup()
-    assert seen == [("understand", 1), ("generate", 2)]
+    assert [(e.task, e.slots) for e in engines] == [
+        ("understand", 1), ("understand", 2), ("generate", 1), ("generate", 2)]
+    # A few steps each, not whole jobs; nothing left running; one image through the VQ.
+    assert all(e.steps_run == WARMUP_STEPS and not e.active() for e in engines)
+    assert engines[2].cache.rows == 0 and decoded == [1]

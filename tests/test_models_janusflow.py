@@ -273,3 +273,18 @@ def test_understand_cancel(runner) -> None:
     [result] = run_batch(runner, "understand",
                          [UnderstandRequest(image, "hi", max_new_tokens=20)], control)
     assert isinstance(result, Canceled)
+
+
+def test_warmup_steps_each_engine_a_little_and_decodes_once(runner, monkeypatch) -> None:
+    engines: list = []
+    open_engine, decode = runner.open_engine, runner.decode
+    monkeypatch.setattr(runner, "open_engine",
+                        lambda task, slots: engines.append(open_engine(task, slots))
+                        or engines[-1])
+    decoded: list = []
+    monkeypatch.setattr(runner, "decode", lambda z: decoded.append(z.shape) or decode(z))
+    runner.warmup()
+    assert [(e.task, e.slots) for e in engines] == [
+        ("understand", 1), ("understand", 2), ("generate", 1), ("generate", 2)]
+    assert all(not e.active() for e in engines) and len(decoded) == 1
+    assert decoded[0][0] == 1  # one image's latents through the VAE

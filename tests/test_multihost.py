@@ -152,6 +152,7 @@ def test_jobs_spread_over_two_hosts_and_a_killed_worker_loses_none(
             by_worker[worker_id])
         assert metric(body, "janus_worker_batch_size_count", model=TINY, task="generate") > 0
         assert metric(body, "janus_worker_model_load_seconds", model=TINY, device="cpu") > 0
+        assert metric(body, "janus_worker_model_warmup_seconds", model=TINY, device="cpu") > 0
         assert metric(body, "janus_worker_decode_step_seconds_count", model=TINY,
                       task="generate") > 0
 

@@ -120,6 +120,10 @@ class NullControl:
         return None
 
 
+# Engine steps a warm-up runs per batch (`ModelRunner.warmup`).
+WARMUP_STEPS = 3
+
+
 class ModelRunner(ABC):
     """One loaded model. Construct cheaply; `load()` does the heavy work once."""
 
@@ -135,13 +139,33 @@ class ModelRunner(ABC):
         """Read weights from `self.path` onto `self.device`. Raises on a bad path."""
 
     def warmup(self) -> None:
-        """Run one tiny request of each task through the engines, so the first real job
-        pays no setup."""
-        from service.models.engine import run_batch
+        """A few steps of each engine over the shapes real jobs bring (one row and several,
+        prompts of different lengths, sampled and greedy rows), then one image decode:
+        every kernel has run, and every compiled function compiled, before the first job.
+        Not whole jobs: a 576-token image at real size takes minutes on a CPU."""
+        from service.models.engine import step_a_few
 
-        run_batch(self, "understand",
-                  [UnderstandRequest(Image.new("RGB", (32, 32)), "hi", max_new_tokens=2)])
-        run_batch(self, "generate", [GenerateRequest("warm-up", num_images=1)])
+        image = Image.new("RGB", (32, 32))
+        batches = {
+            "understand": [
+                [UnderstandRequest(image, "hi", max_new_tokens=8)],
+                [UnderstandRequest(image, "hi", max_new_tokens=8),
+                 UnderstandRequest(image, "a longer question about it", temperature=0.0)],
+            ],
+            "generate": [
+                [GenerateRequest("warm-up", guidance=1.0)],  # a single row
+                [GenerateRequest("warm-up", seed=1),
+                 GenerateRequest("a longer warm-up prompt", seed=2, temperature=0.0)],
+            ],
+        }
+        for task, requests in batches.items():
+            for batch in requests:
+                step_a_few(self.open_engine(task, len(batch)), batch, WARMUP_STEPS)
+        self.warm_decode()
+
+    @abstractmethod
+    def warm_decode(self) -> None:
+        """Decode one image from made-up tokens or latents (the VQ decoder, the VAE)."""
 
     @abstractmethod
     def defaults(self) -> dict[str, dict[str, Any]]:

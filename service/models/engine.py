@@ -6,7 +6,8 @@ may `admit` new jobs, which join the rows already running, and `drop` jobs (canc
 deadline, lost lease). `step()` advances every active row once and returns the jobs
 that finished during that step; they have left and their slots are free at once.
 Run-to-completion (`run_batch`: admit everything, step until empty, admit nothing on the
-way) is a helper over the same engine, for warm-up, tests and benchmark baselines.
+way) is a helper over the same engine, for tests and benchmark baselines; a warm-up
+steps a few times (`step_a_few`).
 
 Keys are the caller's (job ids); the engine never looks inside them. A job's result must
 depend only on its own request and seed, never on which rows share its steps, its slot or
@@ -217,6 +218,21 @@ def run_batch(runner: Any, task: str, batch: list[Any],
         return []
     engine = runner.open_engine(task, len(batch))
     return run_to_completion(engine, batch, control or NullControl())
+
+
+def step_a_few(engine: Engine, batch: list[Any], steps: int) -> None:
+    """Admit `batch`, step it `steps` times and drop what still runs: a warm-up. Rows that
+    finish in it leave undecoded."""
+    engine.defer = True
+    refused = engine.admit(list(enumerate(batch)))
+    if refused:  # a warm-up request the runner refuses: it cannot serve
+        raise refused[0][1]
+    for _ in range(steps):
+        if not engine.active():
+            break
+        engine.step()
+    for key in engine.active():
+        engine.drop(key)
 
 
 def run_to_completion(engine: Engine, batch: list[Any], control: RunControl) -> list[Any]:

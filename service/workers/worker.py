@@ -81,10 +81,12 @@ def run_worker(
         if model_id not in message:
             message = f"model {model_id!r}: {message}"
         raise WorkerStartError(message) from exc
+    loaded = time.monotonic()
     runner.warmup()
-    load_seconds = time.monotonic() - started
-    log.info("model %s loaded from %s on %s in %.1fs", model_id, path, device, load_seconds)
-    worker_metrics.record_load(model_id, device, load_seconds)
+    load_seconds, warmup_seconds = loaded - started, time.monotonic() - loaded
+    log.info("model %s loaded from %s on %s in %.1fs, warmed up in %.1fs", model_id, path,
+             device, load_seconds, warmup_seconds)
+    worker_metrics.record_load(model_id, device, load_seconds, warmup_seconds)
     worker_metrics.watch_device(model_id, device)
     if metrics_port:
         # Started once the model is in memory: a worker whose endpoint answers has loaded.

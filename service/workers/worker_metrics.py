@@ -60,14 +60,21 @@ TOKENS = Counter(
 )
 LOAD_SECONDS = Gauge(
     "janus_worker_model_load_seconds",
-    "Seconds the model took to load and warm up at worker start",
+    "Seconds the model took to load (read its weights onto the device) at worker start",
+    ["model", "device"],
+    registry=REGISTRY,
+)
+WARMUP_SECONDS = Gauge(
+    "janus_worker_model_warmup_seconds",
+    "Seconds the loaded model's warm-up took (a few steps of each engine, one decode)",
     ["model", "device"],
     registry=REGISTRY,
 )
 
 
-def record_load(model: str, device: str, seconds: float) -> None:
-    LOAD_SECONDS.labels(model, device).set(seconds)
+def record_load(model: str, device: str, load_seconds: float, warmup_seconds: float) -> None:
+    LOAD_SECONDS.labels(model, device).set(load_seconds)
+    WARMUP_SECONDS.labels(model, device).set(warmup_seconds)
 
 
 def record_finish(model: str, status: str) -> None:

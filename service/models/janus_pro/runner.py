@@ -24,10 +24,8 @@ from service.models.base import (
     ModelError,
     ModelRunner,
     RunControl,
-    UnderstandRequest,
 )
 from service.models.compiling import frozen
-from service.models.engine import run_batch
 from service.models.invariance import make_batch_invariant, serial_activations
 from service.models.janus_pro.job_builder import DECODE_CHUNK, ImageJob, JobBuilder
 from service.models.janus_pro.layout import use_channels_last
@@ -118,15 +116,9 @@ class JanusProRunner(ModelRunner):
         if self.cuda:
             self.lm.compile()
 
-    def warmup(self) -> None:
-        # Two prompts of different lengths: ragged rows, per-job sampling and greedy rows
-        # all get exercised before the first real job.
-        run_batch(self, "understand",
-                  [UnderstandRequest(Image.new("RGB", (32, 32)), "hi", max_new_tokens=2)])
-        run_batch(self, "generate", [
-            GenerateRequest("warm-up", seed=1),
-            GenerateRequest("a longer warm-up prompt", seed=2, temperature=0.0),
-        ])
+    def warm_decode(self) -> None:
+        self._decode_rows([torch.zeros(self.num_image_tokens, dtype=torch.long,
+                                       device=self.device)])
 
     def defaults(self) -> dict[str, dict[str, Any]]:
         values = catalog.defaults_of(self.family)

@@ -22,7 +22,6 @@ from PIL import Image
 
 from service.models import catalog
 from service.models.base import GenerateRequest, InvalidInput, ModelRunner, UnderstandRequest
-from service.models.engine import run_batch
 from service.models.invariance import make_batch_invariant
 from service.models.janusflow.attention import ATTN_IMPLEMENTATION, ATTN_INVARIANT
 from service.models.janusflow.config import BOI, BOS, EOI, EOS, IMAGE, PAD, SPECIAL_TOKENS
@@ -133,10 +132,11 @@ class JanusFlowRunner(ModelRunner):
         )
         return values
 
-    def warmup(self) -> None:
-        run_batch(self, "understand",
-                  [UnderstandRequest(Image.new("RGB", (32, 32)), "hi", max_new_tokens=2)])
-        run_batch(self, "generate", [GenerateRequest("warm-up", num_images=1, steps=2)])
+    def warm_decode(self) -> None:
+        sampler = self.sampler
+        assert sampler is not None, "load() the runner first"
+        self.decode(torch.zeros(1, sampler.channels, sampler.latent, sampler.latent,
+                                device=self.device))
 
     # -- helpers ----------------------------------------------------------------------
 
