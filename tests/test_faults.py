@@ -148,12 +148,23 @@ def test_a_poison_job_fails_alone_and_its_batch_mates_succeed(settings, auth, sp
 
 # A runner bug in the continuous engine: every decode step raises, after the step has
 # let its finished rows leave.
+# Every engine step raises once the worker has warmed up (a warm-up that fails stops
+# the worker before it registers: test_a_warm_up_that_fails_stops_the_worker).
 STEP_FAULT_HOOK = textwrap.dedent("""
-    from service.models import ragged_engine
+    from service.models import base, ragged_engine
+
+    _warmup, _forward, warm = base.ModelRunner.warmup, ragged_engine.RaggedEngine._forward, []
+
+    def warmup(self):
+        _warmup(self)
+        warm.append(True)
 
     def _broken(self, x):
+        if not warm:
+            return _forward(self, x)
         raise RuntimeError("injected")
 
+    base.ModelRunner.warmup = warmup
     ragged_engine.RaggedEngine._forward = _broken
 """)
 
@@ -173,6 +184,17 @@ def test_a_faulty_engine_step_fails_every_job_of_the_step(settings, auth, spawn,
     done = [wait_terminal(api, auth, job_id, timeout=120) for job_id in ids]
     assert [d["status"] for d in done] == ["failed", "failed"], done
     assert all("injected" in d["error"]["message"] for d in done), done
+
+
+def test_a_warm_up_that_fails_stops_the_worker(settings, spawn, tmp_path) -> None:
+    model = "janus-pro-warm-fault"
+    hook = STEP_FAULT_HOOK.replace("if not warm:", "if False:")  # warm-up steps fail too
+    own, _api, worker_env = _hooked(settings, model, hook, tmp_path)
+    worker = spawn(["worker", "--model", model, "--hostname", "warm-fault"],
+                   env=worker_env, name="warm-fault")
+    assert worker.proc.wait(120) != 0
+    out = worker.output()
+    assert f"model '{model}': warm-up failed: RuntimeError: injected" in out, out[-2000:]
 
 
 def test_redis_down_at_submit_then_sweeper_publishes(client, settings, auth, tmp_path) -> None:

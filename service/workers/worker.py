@@ -82,7 +82,11 @@ def run_worker(
             message = f"model {model_id!r}: {message}"
         raise WorkerStartError(message) from exc
     loaded = time.monotonic()
-    runner.warmup()
+    try:
+        runner.warmup()
+    except Exception as exc:  # it cannot serve: say so now, not on every job
+        raise WorkerStartError(
+            f"model {model_id!r}: warm-up failed: {type(exc).__name__}: {exc}") from exc
     load_seconds, warmup_seconds = loaded - started, time.monotonic() - loaded
     log.info("model %s loaded from %s on %s in %.1fs, warmed up in %.1fs", model_id, path,
              device, load_seconds, warmup_seconds)
