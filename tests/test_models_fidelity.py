@@ -139,8 +139,8 @@ def test_janus_prompts_are_deepseeks(
         runner.num_image_tokens,
     )
     assert runner.jobs.understanding_ids(_ask("What is this?")) == expected_ids
-    job = runner.jobs.text_job(0, UnderstandRequest(Image.new("RGB", (40, 24)), "What is this?"),
-                               runner.defaults()["understand"])
+    [job] = runner.jobs.text_jobs([UnderstandRequest(Image.new("RGB", (40, 24)), "What is this?")],
+                                  runner.defaults()["understand"])
     assert job.ids == expected_ids and job.embeds.shape[0] == len(expected_ids)
 
 

@@ -6,9 +6,9 @@ joins or leaves, and neither may recompile):
 - The heads (the image head with its guidance mix, the text head): `frozen`. Their
   weights become constants of the graph (inductor's freezing), which lets max-autotune
   pick inductor's own GEMM kernel for a product of a few rows against a wide matrix.
-  On a 2-core AMD EPYC, MKL runs [2 x 256] x [256 x 16384] at a fifth of the memory
-  bandwidth the same product reaches laid out the other way (bench/RESULTS.md, "One
-  engine"); inductor's kernel beat both. On CUDA without max-autotune: cuBLAS has no
+  On a 2-core AMD EPYC, MKL runs [2 x 256] x [256 x 16384] several times slower than
+  the same product laid out the other way, and inductor's kernel beat both
+  (`bench/products.py`, bench/RESULTS.md "One engine"). On CUDA without max-autotune: cuBLAS has no
   such gap that we know of, and autotuning every head shape there would add minutes to
   a worker's warm-up (unmeasured).
 - The decoder layers' math (`lm.LeanLM.compile`, on CUDA): `dynamic`, weights as inputs

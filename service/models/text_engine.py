@@ -30,7 +30,6 @@ _REPLACEMENT = "\ufffd"  # what a decoder gives for the bytes of an unfinished c
 
 @dataclass
 class TextJob:
-    index: int
     embeds: torch.Tensor  # (p, hidden) prompt embeddings with image features in place
     max_new_tokens: int
     seed: int

@@ -116,10 +116,6 @@ class ImageEngine(RaggedEngine):
         self._layout_stale = False
 
     def _sample(self) -> tuple[torch.Tensor, set[Key]]:
-        # DeepSeek's guidance, uncond + g * (cond - uncond), over the full codebook (no
-        # top-k). The head is proj_out -> activation -> vision_head and its last layer is
-        # affine, so mixing the activations before it gives the same logits for half the
-        # rows through the head's largest matrix; g == 1 rows take cond as is.
         scores = self.runner.image_scores(self.hidden, self.cond_idx, self.uncond_idx,
                                           self.guided, self.guidance, self.temperature)
         token = sample(scores, self.spans, self.generators, self.uniform, self.greedy)
@@ -146,7 +142,11 @@ class ImageEngine(RaggedEngine):
 def guided_scores(head: Any, hidden: torch.Tensor, cond_idx: torch.Tensor,
                   uncond_idx: torch.Tensor, guided: torch.Tensor, guidance: torch.Tensor,
                   temperature: torch.Tensor) -> torch.Tensor:
-    """Each image's logits over the codebook from its rows' last hidden states."""
+    """Each image's logits over the codebook from its rows' last hidden states: DeepSeek's
+    guidance, uncond + g * (cond - uncond), over the full codebook (no top-k). The head is
+    proj_out -> activation -> vision_head and its last layer is affine, so mixing the
+    activations before it gives the same logits for half the rows through the head's
+    largest matrix; g == 1 rows take cond as is."""
     act = head.activation_fn(head.proj_out(hidden)).float()
     cond, uncond = act[cond_idx], act[uncond_idx]
     mixed = torch.where(guided, uncond + (cond - uncond) * guidance, cond)
@@ -165,4 +165,4 @@ class JanusTextEngine(TextEngine):
 
     def _jobs(self, ready: list[UnderstandRequest]) -> list[TextJob | Exception]:
         return self.runner.jobs.text_jobs(  # type: ignore[union-attr]
-            [(0, r) for r in ready], self.runner.defaults()["understand"])
+            ready, self.runner.defaults()["understand"])

@@ -22,7 +22,6 @@ DECODE_CHUNK = 4
 
 @dataclass
 class ImageJob:
-    index: int  # position in the caller's batch: the RunControl index
     cond_ids: torch.Tensor  # (p,) prompt ending in <begin_of_image>
     uncond_ids: torch.Tensor  # (p,) the same with everything but BOS/BOI replaced by pad
     num_images: int
@@ -85,7 +84,7 @@ class JobBuilder:
             text = text.replace(token, "")
         return text.strip()
 
-    def image_job(self, index: int, req: GenerateRequest, defaults: dict[str, Any]) -> ImageJob:
+    def image_job(self, req: GenerateRequest, defaults: dict[str, Any]) -> ImageJob:
         guidance = defaults["guidance"] if req.guidance is None else float(req.guidance)
         temperature = float(defaults["temperature"] if req.temperature is None else req.temperature)
         if req.num_images < 1:
@@ -104,23 +103,17 @@ class JobBuilder:
         uncond = ids.masked_fill((ids != self.bos) & (ids != self.boi), self.pad)
         chunks = -(-req.num_images // DECODE_CHUNK)
         units = self.num_image_tokens + chunks
-        return ImageJob(index, ids, uncond, req.num_images, req.seed, guidance, temperature, units)
-
-    def text_job(self, index: int, req: UnderstandRequest, defaults: dict[str, Any]) -> TextJob:
-        [job] = self.text_jobs([(index, req)], defaults)
-        if isinstance(job, Exception):
-            raise job
-        return job
+        return ImageJob(ids, uncond, req.num_images, req.seed, guidance, temperature, units)
 
     def text_jobs(
-        self, requests: list[tuple[int, UnderstandRequest]], defaults: dict[str, Any]
+        self, requests: list[UnderstandRequest], defaults: dict[str, Any]
     ) -> list[TextJob | Exception]:
         """Jobs for these requests, the image tower run once over all their images (the
         continuous engine admits several together); a bad request is its own error."""
         d = defaults
         out: list[Any] = []
         pending: list[tuple[int, torch.Tensor, torch.Tensor, tuple]] = []
-        for index, req in requests:
+        for req in requests:
             try:
                 max_new = d["max_new_tokens"] if req.max_new_tokens is None \
                     else int(req.max_new_tokens)
@@ -147,7 +140,7 @@ class JobBuilder:
                 continue
             # Cut the answer budget, not the question, when only the answer does not fit.
             rest = (min(max_new, room), req.seed, temperature, top_p, top_k, prompt_ids)
-            pending.append((len(out), ids, image["pixel_values"], (index, *rest)))
+            pending.append((len(out), ids, image["pixel_values"], rest))
             out.append(None)
         if not pending:
             return out
@@ -155,9 +148,9 @@ class JobBuilder:
         with torch.inference_mode():
             pixels = torch.cat([p for _, _, p, _ in pending]).to(self.device, self.dtype)
             features = self.model.model.get_image_features(pixels).pooler_output
-            for n, (at, ids, _, (index, *rest)) in enumerate(pending):
+            for n, (at, ids, _, rest) in enumerate(pending):
                 ids = ids.to(self.device)
                 embeds = self.model.get_input_embeddings()(ids)
                 embeds[ids == self.image_token] = features[n].reshape(-1, embeds.shape[-1])
-                out[at] = TextJob(index, embeds, *rest)
+                out[at] = TextJob(embeds, *rest)
         return out

@@ -150,7 +150,7 @@ class JanusProRunner(ModelRunner):
 
     def image_job(self, request: GenerateRequest) -> ImageJob:
         """A generation request checked and tokenized (its error refuses it alone)."""
-        return self.jobs.image_job(0, request, self.defaults()["generate"])  # type: ignore[union-attr]
+        return self.jobs.image_job(request, self.defaults()["generate"])  # type: ignore[union-attr]
 
     def decode_images(
         self,
@@ -161,10 +161,11 @@ class JanusProRunner(ModelRunner):
         started: float,
     ) -> GenerateResult | ModelError:
         """A finished job's image tokens -> its images, `DECODE_CHUNK` per VQ decoder call,
-        under `control` (a stop between chunks cancels; progress runs on to 1)."""
+        under this one job's `control` (a `Deferred` addresses it by the job's key): a stop
+        between chunks cancels; progress runs on to 1."""
         images: list[Image.Image] = []
         for n, start in enumerate(range(0, len(tokens), DECODE_CHUNK)):
-            if control.should_stop(job.index):
+            if control.should_stop(0):
                 return Canceled("canceled")
             rows = list(tokens[start : start + DECODE_CHUNK])
             # A chunk that does not fit is split further; one image that cannot fit fails the job.
@@ -174,7 +175,7 @@ class JanusProRunner(ModelRunner):
                     return item
                 images.append(item)
             done = self.num_image_tokens + n + 1
-            control.report_progress(job.index, done / job.units, done, job.units)
+            control.report_progress(0, done / job.units, done, job.units)
         stats["seconds"] = round(time.monotonic() - started, 3)
         return GenerateResult(images=images, stats=stats)
 

@@ -102,7 +102,7 @@ def text_jobs(runner: JanusFlowRunner, questions: list[_Question]) -> list[TextJ
     for q, feats in zip(questions, features, strict=True):
         embeds = embed(torch.tensor(q.ids, device=runner.device))
         embeds[q.at : q.at + feats.shape[0]] = feats
-        jobs.append(TextJob(0, embeds, q.max_new_tokens, q.seed, q.temperature, q.top_p,
+        jobs.append(TextJob(embeds, q.max_new_tokens, q.seed, q.temperature, q.top_p,
                             q.top_k, q.ids))
     return jobs
 
